@@ -1,0 +1,304 @@
+"""How NDJSON lines become events: the ``raw``, ``ollama`` and ``openai`` dialects, or a callable.
+
+A dialect is a factory of per-stream translators. A translator sees each complete line, the end of
+the upstream body and any failure of the bridge itself, and answers with the events to send. Once
+it has produced a terminal event (``finished``), the stream ends.
+
+Every event is a single ``data:`` field holding compact JSON, the one form that hand-written
+browser hooks, httpx-sse and the openai SDK all parse. The JSON is written as UTF-8 with U+2028,
+U+2029 and U+0085 escaped, so that clients that split lines with ``str.splitlines()`` survive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from ._codec import ServerSentEvent
+
+logger = logging.getLogger("sse_bridge")
+
+DialectFunc = Callable[[Any], Iterable[Any]]
+"""A custom dialect: takes one decoded JSON value, returns the events to send for it.
+
+Each item may be a :class:`ServerSentEvent`, a ``str`` (sent as the data field verbatim), or any
+other JSON-serialisable value (sent as compact JSON)."""
+
+TRUNCATED = (
+    "upstream closed the stream before its final chunk (done: true); the answer is incomplete"
+)
+EMPTY = "upstream closed the stream without sending anything"
+
+_UNSAFE = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for a ``data:`` field (see the module docstring for the escaping)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_UNSAFE)
+
+
+def _data(value: Any) -> ServerSentEvent:
+    return ServerSentEvent(data=dumps(value))
+
+
+def _not_json(error: json.JSONDecodeError) -> str:
+    return f"upstream sent a line that is not JSON ({error.msg} at column {error.colno})"
+
+
+class Translator(Protocol):
+    """One stream's translation state."""
+
+    finished: bool
+
+    def line(self, line: str) -> list[ServerSentEvent]: ...
+
+    def end(self) -> list[ServerSentEvent]: ...
+
+    def fail(self, message: str) -> list[ServerSentEvent]: ...
+
+
+class RawTranslator:
+    """``raw``: every line verbatim as one event; errors as ``{"error": "..."}``."""
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    def line(self, line: str) -> list[ServerSentEvent]:
+        return [ServerSentEvent(data=line)]
+
+    def end(self) -> list[ServerSentEvent]:
+        return []
+
+    def fail(self, message: str) -> list[ServerSentEvent]:
+        self.finished = True
+        return [_data({"error": message})]
+
+
+class CallableTranslator:
+    """A user function applied to each decoded JSON value."""
+
+    def __init__(self, func: DialectFunc) -> None:
+        self.finished = False
+        self._func = func
+
+    def line(self, line: str) -> list[ServerSentEvent]:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return [_data({"error": _not_json(exc), "line": line})]
+        try:
+            return [_as_event(item) for item in self._func(value)]
+        except Exception as exc:
+            logger.exception("sse_bridge dialect %r failed on a line", self._func)
+            message = f"the dialect failed on a line ({type(exc).__name__})"
+            return [_data({"error": message, "line": line})]
+
+    def end(self) -> list[ServerSentEvent]:
+        return []
+
+    def fail(self, message: str) -> list[ServerSentEvent]:
+        self.finished = True
+        return [_data({"error": message})]
+
+
+def _as_event(item: Any) -> ServerSentEvent:
+    if isinstance(item, ServerSentEvent):
+        return item
+    if isinstance(item, str):
+        return ServerSentEvent(data=item)
+    return _data(item)
+
+
+def _is_chunk(value: Any) -> bool:
+    """An Ollama /api/chat or /api/generate chunk (as opposed to, say, /api/pull progress)."""
+    return isinstance(value, dict) and "done" in value
+
+
+def _parts(chunk: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    """The token, thinking and tool calls a chat or generate chunk carries."""
+    message = chunk.get("message")
+    if isinstance(message, dict):
+        token = message.get("content") or ""
+        thinking = message.get("thinking") or ""
+        tool_calls = message.get("tool_calls") or []
+    else:
+        token = chunk.get("response") or ""
+        thinking = chunk.get("thinking") or ""
+        tool_calls = []
+    return str(token), str(thinking), list(tool_calls)
+
+
+def _usage(chunk: dict[str, Any]) -> dict[str, Any]:
+    # Ollama's metrics are the *_count and *_duration (nanoseconds) keys of the done chunk.
+    return {k: v for k, v in chunk.items() if k.endswith(("_count", "_duration"))}
+
+
+def _error_text(value: Any) -> str:
+    return value if isinstance(value, str) else dumps(value)
+
+
+class OllamaTranslator:
+    """``ollama``: ``{"token"}`` per chunk, ``{"finished"}`` at the end, ``{"error"}`` on error."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._seen_chunk = False
+        self._seen_any = False
+
+    def line(self, line: str) -> list[ServerSentEvent]:
+        self._seen_any = True
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return [_data({"error": _not_json(exc), "line": line})]
+        if isinstance(value, dict) and "error" in value:
+            return self.fail(_error_text(value["error"]))
+        if not _is_chunk(value):
+            return [ServerSentEvent(data=line)]
+        self._seen_chunk = True
+        events = []
+        token, thinking, tool_calls = _parts(value)
+        if token or thinking or tool_calls:
+            event: dict[str, Any] = {"token": token}
+            if thinking:
+                event["thinking"] = thinking
+            if tool_calls:
+                event["tool_calls"] = tool_calls
+            events.append(_data(event))
+        if value.get("done") is True:
+            self.finished = True
+            final: dict[str, Any] = {"finished": True, "done_reason": value.get("done_reason")}
+            final["usage"] = _usage(value)
+            if "context" in value:
+                final["context"] = value["context"]
+            events.append(_data(final))
+        return events
+
+    def end(self) -> list[ServerSentEvent]:
+        if self._seen_chunk:
+            return self.fail(TRUNCATED)
+        # A stream of other objects (e.g. /api/pull progress) has no done chunk to wait for.
+        return [] if self._seen_any else self.fail(EMPTY)
+
+    def fail(self, message: str) -> list[ServerSentEvent]:
+        self.finished = True
+        return [_data({"error": message, "finished": True})]
+
+
+class OpenAITranslator:
+    """``openai``: Ollama chunks as ``chat.completion.chunk`` objects, then ``[DONE]``."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self._id = f"chatcmpl-{secrets.token_hex(12)}"
+        self._created = int(time.time())
+        self._role_sent = False
+        self._tool_calls = 0
+
+    def line(self, line: str) -> list[ServerSentEvent]:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return [self._error(_not_json(exc))]
+        if isinstance(value, dict) and "error" in value:
+            return self.fail(_error_text(value["error"]))
+        if not _is_chunk(value):
+            return [ServerSentEvent(data=line)]
+        events = []
+        token, thinking, tool_calls = _parts(value)
+        delta: dict[str, Any] = {}
+        if not self._role_sent:
+            delta["role"] = "assistant"
+            self._role_sent = True
+        if token or not tool_calls:
+            delta["content"] = token
+        if thinking:
+            delta["reasoning"] = thinking
+        if tool_calls:
+            delta["tool_calls"] = [self._tool_call(call) for call in tool_calls]
+        if token or thinking or tool_calls or "role" in delta:
+            events.append(self._chunk(value, delta, None))
+        if value.get("done") is True:
+            self.finished = True
+            # Ollama's other reasons (load, unload) have no OpenAI name; they ended normally.
+            if value.get("done_reason") == "length":
+                reason = "length"
+            else:
+                reason = "tool_calls" if self._tool_calls else "stop"
+            final = self._chunk(value, {}, reason)
+            events.append(final)
+            events.append(ServerSentEvent(data="[DONE]"))
+        return events
+
+    def end(self) -> list[ServerSentEvent]:
+        return self.fail(TRUNCATED if self._role_sent else EMPTY)
+
+    def fail(self, message: str) -> list[ServerSentEvent]:
+        self.finished = True
+        return [self._error(message)]
+
+    def _error(self, message: str) -> ServerSentEvent:
+        # The openai SDK raises APIError for a data object with an "error" key.
+        return _data({"error": {"message": message, "type": "api_error"}})
+
+    def _tool_call(self, call: Any) -> dict[str, Any]:
+        function = call.get("function", {}) if isinstance(call, dict) else {}
+        arguments = function.get("arguments", {})
+        converted = {
+            "index": self._tool_calls,
+            "id": (call.get("id") if isinstance(call, dict) else None)
+            or f"call_{secrets.token_hex(8)}",
+            "type": "function",
+            "function": {
+                "name": function.get("name", ""),
+                # OpenAI carries arguments as a JSON string; Ollama as an object.
+                "arguments": arguments if isinstance(arguments, str) else dumps(arguments),
+            },
+        }
+        self._tool_calls += 1
+        return converted
+
+    def _chunk(
+        self, value: dict[str, Any], delta: dict[str, Any], reason: str | None
+    ) -> ServerSentEvent:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": value.get("model", ""),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+        }
+        if reason is not None and "eval_count" in value:
+            prompt = value.get("prompt_eval_count", 0)
+            completion = value.get("eval_count", 0)
+            chunk["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+        return _data(chunk)
+
+
+DIALECTS: dict[str, Callable[[], Translator]] = {
+    "raw": RawTranslator,
+    "ollama": OllamaTranslator,
+    "openai": OpenAITranslator,
+}
+
+
+def resolve_dialect(dialect: str | DialectFunc) -> Callable[[], Translator]:
+    """The translator factory for a dialect name or a custom callable."""
+    if callable(dialect):
+        func = dialect
+        return lambda: CallableTranslator(func)
+    try:
+        return DIALECTS[dialect]
+    except (KeyError, TypeError):
+        names = ", ".join(repr(name) for name in DIALECTS)
+        raise ValueError(
+            f"unknown dialect {dialect!r}: use one of {names} or a callable (obj) -> events"
+        ) from None

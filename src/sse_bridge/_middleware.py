@@ -1,0 +1,319 @@
+"""``SSEBridgeMiddleware``: NDJSON streaming responses become unbuffered Server-Sent Events."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import anyio
+
+from ._codec import (
+    DEFAULT_MAX_LINE_BYTES,
+    LineDecoder,
+    LineTooLongError,
+    ServerSentEvent,
+    encode_comment,
+    encode_retry,
+)
+from ._dialects import DialectFunc, Translator, resolve_dialect
+from ._receive import SharedReceive
+from ._types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("sse_bridge")
+
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+SCOPE_KEY = "sse_bridge.event_stream"
+PING = encode_comment("ping")
+APP_FAILED = "the stream failed inside the server; the answer is incomplete"
+
+# Headers that describe the NDJSON body and would be false for the event stream that replaces it.
+# Content-Length in particular: h11 raises "Too much data for declared Content-Length".
+_BODY_HEADERS = frozenset(
+    {b"content-length", b"content-type", b"content-encoding", b"transfer-encoding", b"etag"}
+    | {b"content-md5", b"accept-ranges", b"cache-control", b"x-accel-buffering", b"connection"}
+)
+# Server extensions that would let the app bypass http.response.body, which is what we rewrite.
+_BYPASS_EXTENSIONS = (
+    "http.response.pathsend",
+    "http.response.zerocopysend",
+    "http.response.trailers",
+)
+
+
+class SSEBridgeMiddleware:
+    """Serve an ASGI app's ``application/x-ndjson`` streams as ``text/event-stream``.
+
+    Args:
+        app: the ASGI app to wrap.
+        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, or a
+            callable that takes one decoded JSON value and returns the events to send.
+        convert: ``"negotiate"`` converts only for requests whose ``Accept`` names
+            ``text/event-stream``; ``"always"`` converts every 200 NDJSON response.
+        keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` or
+            ``None`` sends none.
+        max_line_bytes: the longest NDJSON line accepted; a longer one ends the stream with an
+            error event. This bounds the memory one stream holds.
+        event_ids: add increasing ``id:`` fields (1, 2, ...) for EventSource clients. Off by
+            default: hand-written clients that expect each event to be one ``data:`` line break
+            on it, and httpx-sse and the openai SDK then turn keepalives into empty events.
+        retry: if set, an EventSource reconnection time in milliseconds, sent first.
+        ndjson_types: the media types treated as NDJSON.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        dialect: str | DialectFunc = "raw",
+        convert: Literal["negotiate", "always"] = "negotiate",
+        keepalive: float | None = 15.0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        event_ids: bool = False,
+        retry: int | None = None,
+        ndjson_types: Sequence[str] = NDJSON_TYPES,
+    ) -> None:
+        if convert not in ("negotiate", "always"):
+            raise ValueError(f"convert must be 'negotiate' or 'always', not {convert!r}")
+        if keepalive is not None and (
+            isinstance(keepalive, bool) or not isinstance(keepalive, int | float) or keepalive < 0
+        ):
+            raise ValueError(
+                f"keepalive must be seconds >= 0 (0 or None disables it): {keepalive!r}"
+            )
+        if (
+            isinstance(max_line_bytes, bool)
+            or not isinstance(max_line_bytes, int)
+            or max_line_bytes < 1
+        ):
+            raise ValueError(f"max_line_bytes must be a positive integer: {max_line_bytes!r}")
+        if isinstance(ndjson_types, str):
+            raise ValueError("ndjson_types must be a sequence of media types, not one string")
+        self.app = app
+        self.translator = resolve_dialect(dialect)
+        self.convert = convert
+        self.keepalive = float(keepalive or 0)
+        self.max_line_bytes = max_line_bytes
+        self.event_ids = event_ids
+        self.retry = None if retry is None else encode_retry(retry)
+        self.ndjson_types = frozenset(t.lower() for t in ndjson_types)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        wanted = scope["method"] != "HEAD" and (
+            self.convert == "always" or _accepts_event_stream(scope["headers"])
+        )
+        if wanted:
+            scope = _conversion_scope(scope)
+        await _Responder(self, scope, wanted).run(receive, send)
+
+
+def _accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() != b"accept":
+            continue
+        for item in value.decode("latin-1").split(","):
+            media, *params = item.split(";")
+            if media.strip().lower() != "text/event-stream":
+                continue
+            for param in params:
+                key, _, q = param.partition("=")
+                if key.strip().lower() == "q":
+                    try:
+                        return float(q) > 0
+                    except ValueError:
+                        return False
+            return True
+    return False
+
+
+def _conversion_scope(scope: Scope) -> Scope:
+    """A copy of the scope that asks the app for an identity-encoded body it can stream."""
+    scope = dict(scope)
+    # A compressed NDJSON body cannot be re-framed line by line.
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+    scope["headers"] = [*headers, (b"accept-encoding", b"identity")]
+    extensions = scope.get("extensions")
+    if extensions:
+        scope["extensions"] = {k: v for k, v in extensions.items() if k not in _BYPASS_EXTENSIONS}
+    scope[SCOPE_KEY] = True
+    return scope
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+class _Responder:
+    """Per-request state: watches ``http.response.start`` and rewrites what follows if needed."""
+
+    def __init__(self, options: SSEBridgeMiddleware, scope: Scope, wanted: bool) -> None:
+        self.options = options
+        self.scope = scope
+        self.wanted = wanted
+        self.converting = False
+        self.closed = False
+        self.last_write = 0.0
+        self.next_id = 0
+        self.lock = anyio.Lock()
+        self.background = anyio.CancelScope()
+        self.decoder = LineDecoder(options.max_line_bytes)
+        self.translator: Translator = options.translator()
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        self.send = send
+        self.receive = SharedReceive(receive)
+        error: Exception | None = None
+        async with anyio.create_task_group() as self.tasks:
+            try:
+                await self.options.app(self.scope, self.receive, self.send_wrapper)
+                if self.converting and not self.closed:
+                    # The app returned without ending its body: end the stream for it.
+                    await self.body(b"", more=False)
+            except Exception as exc:
+                error = exc
+                if self.converting and not self.closed:
+                    await self.write(self.translator.fail(APP_FAILED), more=False)
+            finally:
+                self.background.cancel()
+        if error is not None:
+            raise error
+
+    async def send_wrapper(self, message: Message) -> None:
+        if self.closed:
+            # The client is gone or our stream has ended: like uvicorn under ASGI 2.3, accept
+            # and drop, while receive() tells the app http.disconnect.
+            return
+        if message["type"] == "http.response.start":
+            await self.start(message)
+        elif message["type"] == "http.response.body" and self.converting:
+            await self.body(message.get("body", b""), more=message.get("more_body", False))
+        else:
+            await self.send(message)
+
+    async def start(self, message: Message) -> None:
+        headers = list(message.get("headers", []))
+        media = _header(headers, b"content-type").split(";")[0].strip().lower()
+        encoding = _header(headers, b"content-encoding").strip().lower()
+        if media in self.options.ndjson_types:
+            if self.options.convert == "negotiate":
+                headers.append((b"vary", b"Accept"))
+            if self.wanted and message["status"] == 200:
+                if encoding in ("", "identity"):
+                    await self.begin(message, headers)
+                    return
+                logger.warning(
+                    "sse_bridge: not converting %s: its NDJSON body arrived with "
+                    "Content-Encoding %r; remove the compression inside the bridge",
+                    self.scope.get("path"),
+                    encoding,
+                )
+        elif media == "text/event-stream":
+            headers = _event_stream_headers(headers, self.scope)
+        await self.send({**message, "headers": headers})
+
+    async def begin(self, message: Message, headers: list[tuple[bytes, bytes]]) -> None:
+        self.converting = True
+        kept = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
+        start = {**message, "headers": _event_stream_headers(kept, self.scope)}
+        start.pop("trailers", None)
+        await self.send(start)
+        self.last_write = anyio.current_time()
+        if self.options.retry is not None:
+            await self.write_bytes(self.options.retry, more=True)
+        self.tasks.start_soon(self.watch)
+
+    async def body(self, chunk: bytes, *, more: bool) -> None:
+        events: list[ServerSentEvent] = []
+        try:
+            lines = self.decoder.decode(chunk)
+            if not more:
+                lines += self.decoder.flush()
+        except LineTooLongError as exc:
+            events = self.translate(exc.lines)
+            if not self.translator.finished:
+                events += self.translator.fail(str(exc))
+        else:
+            events = self.translate(lines)
+            if not more and not self.translator.finished:
+                events += self.translator.end()
+        await self.write(events, more=more and not self.translator.finished)
+
+    def translate(self, lines: list[str]) -> list[ServerSentEvent]:
+        events: list[ServerSentEvent] = []
+        for line in lines:
+            events += self.translator.line(line)
+            if self.translator.finished:
+                break
+        return events
+
+    async def write(self, events: list[ServerSentEvent], *, more: bool) -> None:
+        if self.options.event_ids:
+            events = [self.with_id(event) for event in events]
+        await self.write_bytes(b"".join(event.encode() for event in events), more=more)
+
+    def with_id(self, event: ServerSentEvent) -> ServerSentEvent:
+        if event.id is not None:
+            return event
+        self.next_id += 1
+        return dataclasses.replace(event, id=str(self.next_id))
+
+    async def write_bytes(self, payload: bytes, *, more: bool) -> None:
+        # An empty body message with more_body=True flushes nothing (uvicorn writes no chunk).
+        if more and not payload:
+            return
+        async with self.lock:
+            if self.closed:
+                return
+            await self.send({"type": "http.response.body", "body": payload, "more_body": more})
+            self.last_write = anyio.current_time()
+            if not more:
+                self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.receive.close()
+        self.background.cancel()
+
+    async def watch(self) -> None:
+        with self.background:
+            async with anyio.create_task_group() as tasks:
+                if self.options.keepalive:
+                    tasks.start_soon(self.ping)
+                await self.receive.watch()
+                # The client has gone: stop writing at once; the app's receive() says so.
+                self.close()
+
+    async def ping(self) -> None:
+        interval = self.options.keepalive
+        while not self.closed:
+            delay = self.last_write + interval - anyio.current_time()
+            if delay > 0:
+                await anyio.sleep(delay)
+            else:
+                await self.write_bytes(PING, more=True)
+
+
+def _event_stream_headers(
+    headers: list[tuple[bytes, bytes]], scope: Scope
+) -> list[tuple[bytes, bytes]]:
+    """Add what keeps proxies and browsers from buffering or transforming an event stream."""
+    names = {k.lower() for k, _ in headers}
+    added = []
+    if b"content-type" not in names:
+        added.append((b"content-type", b"text/event-stream; charset=utf-8"))
+    if b"cache-control" not in names:
+        added.append((b"cache-control", b"no-cache, no-transform"))
+    if b"x-accel-buffering" not in names:
+        # nginx stops buffering this response (and hides the header from its own client).
+        added.append((b"x-accel-buffering", b"no"))
+    # Connection is a hop-by-hop header that HTTP/2 forbids.
+    if b"connection" not in names and scope.get("http_version") == "1.1":
+        added.append((b"connection", b"keep-alive"))
+    return headers + added

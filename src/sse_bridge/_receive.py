@@ -1,0 +1,68 @@
+"""One reader of the server's ``receive()``, shared by the app and the middleware.
+
+Under ASGI spec 2.3 (uvicorn) ``send()`` returns silently after the client has gone; the only
+reliable signal is ``http.disconnect`` from ``receive()``. A second, concurrent reader would steal
+the app's request body, so the middleware's disconnect watch and the app take turns behind a lock,
+and any body message the watch reads first is kept, in order, for the app.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+
+from ._types import Message, Receive
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+# Body the watch may read ahead for an app that has not asked for it yet. Past this it waits for
+# the app, so memory stays bounded; an app that streams a large body while answering keeps
+# reading it itself, which also shows its disconnect.
+READ_AHEAD_BYTES = 64 * 1024
+
+
+class SharedReceive:
+    """The ``receive`` handed to the app, plus :meth:`watch` for the middleware."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._lock = anyio.Lock()
+        self._pending: deque[Message] = deque()
+        self._pending_bytes = 0
+        self._taken = anyio.Event()
+        self.disconnected = anyio.Event()
+
+    async def __call__(self) -> Message:
+        async with self._lock:
+            if self._pending:
+                message = self._pending.popleft()
+                self._pending_bytes -= len(message.get("body", b""))
+                self._taken.set()
+                return message
+            if self.disconnected.is_set():
+                return dict(DISCONNECT)
+            message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected.set()
+        return message
+
+    def close(self) -> None:
+        """From now on the app is told the client has gone (the response has ended)."""
+        self.disconnected.set()
+
+    async def watch(self) -> None:
+        """Return once the client has disconnected."""
+        while not self.disconnected.is_set():
+            if self._pending_bytes >= READ_AHEAD_BYTES:
+                self._taken = anyio.Event()
+                await self._taken.wait()
+                continue
+            async with self._lock:
+                if self.disconnected.is_set():
+                    break
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self.disconnected.set()
+                else:
+                    self._pending.append(message)
+                    self._pending_bytes += len(message.get("body", b""))
