@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -215,3 +218,41 @@ def test_httpx_reads_the_stream_incrementally() -> None:
             text = "".join(r.iter_text())
     assert text.count("data: ") == 4
     assert text.endswith("\n\n")
+
+
+ARTICLE_HOOK = Path(__file__).parent / "js" / "article_hook.mjs"
+
+
+def run_article_hook(url: str, body: dict[str, object]) -> dict[str, object]:
+    node = shutil.which("node")
+    assert node is not None, "node is required for the article hook test (.ci/run installs it)"
+    result = subprocess.run(
+        [node, str(ARTICLE_HOOK), url, json.dumps(body)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    state: dict[str, object] = json.loads(result.stdout)
+    return state
+
+
+@pytest.mark.parametrize("keepalive", [None, 0.02])
+def test_the_article_browser_hook_works_unchanged(keepalive: float | None) -> None:
+    generation = Generation()
+    app = starlette_app(generation, dialect="ollama", keepalive=keepalive)
+    with serve(app) as url:
+        state = run_article_hook(f"{url}/api/generate", {"count": 8, "interval": 0.01})
+    assert state == {
+        "output": "".join(f" t{i}" for i in range(8)),
+        "isGenerating": False,
+        "error": None,
+        "tokens": 8,
+    }
+
+
+def test_the_article_hook_sees_a_midstream_error() -> None:
+    generation = Generation()
+    with serve(starlette_app(generation, dialect="ollama")) as url:
+        state = run_article_hook(f"{url}/api/generate", {"count": 2, "interval": 0, "fail": True})
+    assert state == {"output": " t0 t1", "isGenerating": False, "error": "model crashed", "tokens": 2}

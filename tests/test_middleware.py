@@ -551,3 +551,44 @@ async def test_bad_options_are_refused_at_construction(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         SSEBridgeMiddleware(ndjson_app([]), **options)
+
+
+async def test_a_write_waiting_behind_a_blocked_ping_is_dropped_after_a_disconnect() -> None:
+    client = Client()
+    original_send = client.send
+
+    async def send(message: Message) -> None:
+        if message.get("body") == b": ping\n\n":
+            # A slow client: this write blocks until the client is gone.
+            await client.gone.wait()
+        await original_send(message)
+
+    client.send = send  # type: ignore[method-assign]
+
+    async def between(i: int) -> None:
+        if i == 0:
+            await anyio.sleep(0.08)
+
+    async def leave() -> None:
+        await anyio.sleep(0.15)
+        client.gone.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(leave)
+        await call(ndjson_app([b'{"n":1}\n'], between=between), client, keepalive=0.05)
+    assert [m.get("body") for m in client.bodies] == [b": ping\n\n"]
+
+
+async def test_an_overlong_line_after_the_done_chunk_needs_no_error() -> None:
+    client = Client()
+    chunks = [b'{"model":"m","response":"a","done":true}\n' + b"x" * 200]
+    await call(ndjson_app(chunks), client, dialect="ollama", max_line_bytes=100)
+    events = httpx_sse_json(client.body_bytes)
+    assert events == [{"token": "a"}, {"finished": True, "done_reason": None, "usage": {}}]
+
+
+async def test_inner_event_stream_keeps_its_own_buffering_header() -> None:
+    headers = [(b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"yes")]
+    client = Client()
+    await call(ndjson_app([b"data: x\n\n"], headers=headers), client, http_scope(http_version="2"))
+    assert client.start["headers"] == [*headers, (b"cache-control", b"no-cache, no-transform")]

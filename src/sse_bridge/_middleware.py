@@ -292,7 +292,8 @@ class _Responder:
 
     async def ping(self) -> None:
         interval = self.options.keepalive
-        while not self.closed:
+        # Runs until close() cancels it.
+        while True:
             delay = self.last_write + interval - anyio.current_time()
             if delay > 0:
                 await anyio.sleep(delay)
