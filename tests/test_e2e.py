@@ -255,4 +255,9 @@ def test_the_article_hook_sees_a_midstream_error() -> None:
     generation = Generation()
     with serve(starlette_app(generation, dialect="ollama")) as url:
         state = run_article_hook(f"{url}/api/generate", {"count": 2, "interval": 0, "fail": True})
-    assert state == {"output": " t0 t1", "isGenerating": False, "error": "model crashed", "tokens": 2}
+    assert state == {
+        "output": " t0 t1",
+        "isGenerating": False,
+        "error": "model crashed",
+        "tokens": 2,
+    }

@@ -12,10 +12,14 @@ from sse_bridge._sse_parser import ParsedEvent, SSEParser, parse_sse
         pytest.param(b"data: a\r\n\r\n", [ParsedEvent("a")], id="crlf"),
         pytest.param(b"data: a\r\rdata: b\r\r", [ParsedEvent("a"), ParsedEvent("b")], id="cr"),
         pytest.param(b"\xef\xbb\xbfdata: a\n\n", [ParsedEvent("a")], id="bom"),
-        pytest.param(b"data:a\ndata:  b\ndata\n\n", [ParsedEvent("a\n b\n")], id="spaces-and-no-colon"),
+        pytest.param(
+            b"data:a\ndata:  b\ndata\n\n", [ParsedEvent("a\n b\n")], id="spaces-and-no-colon"
+        ),
         pytest.param(b"event: e\nid: 7\ndata: x\n\n", [ParsedEvent("x", "e", "7")], id="fields"),
         pytest.param(b"id: 1\0\ndata: x\n\n", [ParsedEvent("x")], id="id-with-nul-ignored"),
-        pytest.param(b": ping\n\nid: 3\n\ndata: x\n\n", [ParsedEvent("x", id="3")], id="no-data-no-event"),
+        pytest.param(
+            b": ping\n\nid: 3\n\ndata: x\n\n", [ParsedEvent("x", id="3")], id="no-data-no-event"
+        ),
         pytest.param(b"retry: x1\ndata: x\n\n", [ParsedEvent("x")], id="bad-retry-ignored"),
         pytest.param(b"retry: 10\ndata: x\n\n", [ParsedEvent("x", retry=10)], id="retry"),
         pytest.param(b"data: x\n", [], id="unterminated-dropped"),

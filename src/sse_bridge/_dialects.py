@@ -53,6 +53,9 @@ class Translator(Protocol):
     """One stream's translation state."""
 
     finished: bool
+    """True once a terminal event was produced: the stream must end."""
+    completed: bool
+    """True once the upstream's own final chunk was seen (the answer is whole)."""
 
     def line(self, line: str) -> list[ServerSentEvent]: ...
 
@@ -66,6 +69,7 @@ class RawTranslator:
 
     def __init__(self) -> None:
         self.finished = False
+        self.completed = False
 
     def line(self, line: str) -> list[ServerSentEvent]:
         return [ServerSentEvent(data=line)]
@@ -83,6 +87,7 @@ class CallableTranslator:
 
     def __init__(self, func: DialectFunc) -> None:
         self.finished = False
+        self.completed = False
         self._func = func
 
     def line(self, line: str) -> list[ServerSentEvent]:
@@ -146,6 +151,7 @@ class OllamaTranslator:
 
     def __init__(self) -> None:
         self.finished = False
+        self.completed = False
         self._seen_chunk = False
         self._seen_any = False
 
@@ -170,7 +176,7 @@ class OllamaTranslator:
                 event["tool_calls"] = tool_calls
             events.append(_data(event))
         if value.get("done") is True:
-            self.finished = True
+            self.finished = self.completed = True
             final: dict[str, Any] = {"finished": True, "done_reason": value.get("done_reason")}
             final["usage"] = _usage(value)
             if "context" in value:
@@ -194,6 +200,7 @@ class OpenAITranslator:
 
     def __init__(self) -> None:
         self.finished = False
+        self.completed = False
         self._id = f"chatcmpl-{secrets.token_hex(12)}"
         self._created = int(time.time())
         self._role_sent = False
@@ -223,7 +230,7 @@ class OpenAITranslator:
         if token or thinking or tool_calls or "role" in delta:
             events.append(self._chunk(value, delta, None))
         if value.get("done") is True:
-            self.finished = True
+            self.finished = self.completed = True
             # Ollama's other reasons (load, unload) have no OpenAI name; they ended normally.
             if value.get("done_reason") == "length":
                 reason = "length"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -18,6 +19,7 @@ from ._codec import (
     encode_retry,
 )
 from ._dialects import DialectFunc, Translator, resolve_dialect
+from ._http import STATS_KEY, StreamStats
 from ._receive import SharedReceive
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
@@ -165,6 +167,7 @@ class _Responder:
         self.background = anyio.CancelScope()
         self.decoder = LineDecoder(options.max_line_bytes)
         self.translator: Translator = options.translator()
+        self.stats: StreamStats | None = scope.get(STATS_KEY)
 
     async def run(self, receive: Receive, send: Send) -> None:
         self.send = send
@@ -179,6 +182,7 @@ class _Responder:
             except Exception as exc:
                 error = exc
                 if self.converting and not self.closed:
+                    self.settle("upstream_error")
                     await self.write(self.translator.fail(APP_FAILED), more=False)
             finally:
                 self.background.cancel()
@@ -238,11 +242,16 @@ class _Responder:
         except LineTooLongError as exc:
             events = self.translate(exc.lines)
             if not self.translator.finished:
+                self.settle("upstream_error")
                 events += self.translator.fail(str(exc))
         else:
             events = self.translate(lines)
             if not more and not self.translator.finished:
                 events += self.translator.end()
+                if self.translator.finished:
+                    self.settle("upstream_truncated")
+        if self.translator.finished:
+            self.settle("completed" if self.translator.completed else "upstream_error")
         await self.write(events, more=more and not self.translator.finished)
 
     def translate(self, lines: list[str]) -> list[ServerSentEvent]:
@@ -256,7 +265,17 @@ class _Responder:
     async def write(self, events: list[ServerSentEvent], *, more: bool) -> None:
         if self.options.event_ids:
             events = [self.with_id(event) for event in events]
+        if self.closed:
+            return
         await self.write_bytes(b"".join(event.encode() for event in events), more=more)
+        if self.stats is not None and events:
+            self.stats.events += len(events)
+            if self.stats.first_event is None:
+                self.stats.first_event = time.monotonic()
+
+    def settle(self, outcome: str) -> None:
+        if self.stats is not None:
+            self.stats.settle(outcome)
 
     def with_id(self, event: ServerSentEvent) -> ServerSentEvent:
         if event.id is not None:
@@ -287,8 +306,10 @@ class _Responder:
                 if self.options.keepalive:
                     tasks.start_soon(self.ping)
                 await self.receive.watch()
-                # The client has gone: stop writing at once; the app's receive() says so.
-                self.close()
+                if not self.closed:
+                    # The client has gone: stop writing at once; the app's receive() says so.
+                    self.settle("client_disconnected")
+                    self.close()
 
     async def ping(self) -> None:
         interval = self.options.keepalive

@@ -1,0 +1,94 @@
+"""The ``sse-bridge`` command: thin click wrappers around keyword-only functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ._codec import DEFAULT_MAX_LINE_BYTES
+from ._dialects import DIALECTS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(name: str, *, flag: bool = False, **kwargs: Any) -> Callable[[F], F]:
+    """A click option that also reads SSE_BRIDGE_<NAME> and shows its default in --help."""
+    decls = [f"--{name}/--no-{name}"] if flag else [f"--{name}"]
+    envvar = "SSE_BRIDGE_" + name.upper().replace("-", "_")
+    option: Callable[[F], F] = click.option(
+        *decls, envvar=envvar, show_envvar=True, show_default=True, **kwargs
+    )
+    return option
+
+
+def _seconds_or_none(value: float) -> float | None:
+    return value or None
+
+
+SECONDS = click.FloatRange(min=0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sse-bridge")
+def main() -> None:
+    """Stream NDJSON (Ollama and friends) to browsers as unbuffered Server-Sent Events."""
+
+
+@main.command()
+@_option("upstream", required=True, help="Base URL of the NDJSON server.")
+@_option("host", default="127.0.0.1", help="Interface to listen on.")
+@_option("port", default=8000, type=click.IntRange(0, 65535), help="Port to listen on.")
+@_option(
+    "dialect",
+    default="raw",
+    type=click.Choice(sorted(DIALECTS)),
+    help="How NDJSON lines become events.",
+)
+@_option(
+    "convert",
+    default="negotiate",
+    type=click.Choice(["negotiate", "always"]),
+    help="negotiate: only when the request accepts text/event-stream; always: every response.",
+)
+@_option("keepalive", default=15.0, type=SECONDS, help="Silent seconds before a ': ping'; 0: off.")
+@_option(
+    "max-line-bytes",
+    default=DEFAULT_MAX_LINE_BYTES,
+    type=click.IntRange(min=1),
+    help="Longest NDJSON line accepted; a longer one ends the stream with an error event.",
+)
+@_option("event-ids", flag=True, default=False, help="Add id: fields for EventSource clients.")
+@_option(
+    "commit-after",
+    default=1.0,
+    type=SECONDS,
+    help="Seconds without upstream headers before an SSE client gets a 200 stream; 0: never.",
+)
+@_option("connect-timeout", default=5.0, type=SECONDS, help="Seconds to connect upstream.")
+@_option("read-timeout", default=0.0, type=SECONDS, help="Seconds upstream may be silent; 0: any.")
+@_option("max-streams", default=1000, type=click.IntRange(min=1), help="Concurrent requests.")
+@_option("max-body", default=10 * 1024 * 1024, type=click.IntRange(min=1), help="Body bytes.")
+@_option("api-key", default=None, help="Require Authorization: Bearer <key> (never forwarded).")
+@_option(
+    "cors-origin",
+    multiple=True,
+    help="An origin browsers may call from; repeat for more (space-separated in the env var).",
+)
+@_option("workers", default=1, type=click.IntRange(min=1), help="Worker processes.")
+@_option("grace", default=10.0, type=SECONDS, help="Seconds streams get to finish on SIGTERM.")
+@_option(
+    "log-level",
+    default="info",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Log level; info logs one line per stream.",
+)
+def serve(**options: Any) -> None:
+    """Run the bridge as a reverse proxy in front of an NDJSON server such as Ollama."""
+    from ._server import serve as run
+
+    server = {key: options.pop(key) for key in ("host", "port", "workers", "log_level")}
+    options["read_timeout"] = _seconds_or_none(options["read_timeout"])
+    options["cors_origins"] = list(options.pop("cors_origin"))
+    run(**server, proxy_options=options)

@@ -1,0 +1,455 @@
+"""The reverse proxy: one request to the one configured upstream, streamed both ways with httpx.
+
+It knows nothing of SSE. It answers with whatever the upstream answers; when the middleware in
+front will turn NDJSON into an event stream (``scope["sse_bridge.event_stream"]``) and the
+upstream is silent before its headers (Ollama writes none until the model has loaded), it commits
+a 200 NDJSON response itself after ``commit_after`` seconds, so that the client gets headers and
+keepalives, and reports a later failure as an Ollama-style ``{"error": ...}`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import anyio.abc
+import httpx
+
+from ._http import STATS_KEY, StreamStats, send_json, without_hop_by_hop
+from ._middleware import SCOPE_KEY
+from ._types import Receive, Scope, Send
+
+logger = logging.getLogger("sse_bridge")
+
+NDJSON = b"application/x-ndjson"
+# A body this small with a known length is read before forwarding, so that a request that failed
+# on a stale pooled connection can be sent once more (FIELD_NOTES: uvicorn and httpx both expire
+# idle connections at 5 s, and a reuse at that moment fails before any response).
+REPLAYABLE_BYTES = 64 * 1024
+# How much of an error body is read to find its message once the stream was committed.
+ERROR_BODY_BYTES = 64 * 1024
+_RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class ClientGoneError(Exception):
+    pass
+
+
+def parse_upstream(url: str) -> httpx.URL:
+    """Validate the upstream base URL; the only host the proxy ever talks to."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"upstream must be a URL such as http://127.0.0.1:11434: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"upstream must be an http:// or https:// URL with a host, not {url!r}")
+    if parsed.query or parsed.fragment or parsed.userinfo:
+        raise ValueError(f"upstream must not carry a query, fragment or credentials: {url!r}")
+    return parsed
+
+
+class ProxyApp:
+    """Forward HTTP requests to ``upstream``; see :func:`sse_bridge.create_proxy` for options."""
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        commit_after: float | None = 1.0,
+        connect_timeout: float = 5.0,
+        read_timeout: float | None = None,
+        max_body: int = 10 * 1024 * 1024,
+        max_connections: int = 1000,
+        strip_authorization: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.upstream = parse_upstream(upstream)
+        self.base_path = self.upstream.raw_path.rstrip(b"/")
+        self.commit_after = commit_after or 0.0
+        self.max_body = max_body
+        self.strip_authorization = strip_authorization
+        self._client_options: dict[str, Any] = {
+            "timeout": httpx.Timeout(connect_timeout, read=read_timeout, write=read_timeout),
+            # Never fewer connections than allowed streams: httpx's default pool of 100 would
+            # silently cap concurrency. Expire idle ones before uvicorn's or Ollama's 5 s.
+            "limits": httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=min(max_connections, 100),
+                keepalive_expiry=4.0,
+            ),
+            "transport": transport,
+            "follow_redirects": False,
+            "trust_env": False,
+        }
+        self._client: httpx.AsyncClient | None = None
+        self.exchanges: set[_Exchange] = set()
+
+    def drain(self) -> None:
+        """End every open exchange now (at the end of a graceful shutdown)."""
+        for exchange in list(self.exchanges):
+            exchange.drain()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(**self._client_options)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def url(self, scope: Scope) -> httpx.URL:
+        # Built from the configured upstream and the request's path only: an absolute-form
+        # target, a //host path or a spoofed Host header cannot change where it goes.
+        path = scope.get("raw_path") or quote(scope["path"]).encode()
+        query = scope.get("query_string", b"")
+        raw_path = self.base_path + path + (b"?" + query if query else b"")
+        return self.upstream.copy_with(raw_path=raw_path)
+
+    def request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        dropped = {b"host", b"accept-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
+        if self.strip_authorization:
+            dropped.add(b"authorization")
+        headers = [
+            (k, v) for k, v in without_hop_by_hop(scope["headers"]) if k.lower() not in dropped
+        ]
+        forwarded = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
+        if scope.get("client"):
+            forwarded.append(scope["client"][0].encode())
+        if forwarded:
+            headers.append((b"x-forwarded-for", b", ".join(forwarded)))
+        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
+        # The body is streamed and, for NDJSON, re-framed line by line: it must arrive as is.
+        headers.append((b"accept-encoding", b"identity"))
+        return headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+        elif scope["type"] == "http":
+            await _Exchange(self, scope, receive, send).run()
+        else:
+            raise RuntimeError(f"sse_bridge's proxy does not serve {scope['type']!r} connections")
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class _Exchange:
+    """One request through the proxy."""
+
+    def __init__(self, proxy: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
+        self.proxy = proxy
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.stats: StreamStats = scope.get(STATS_KEY) or StreamStats()
+        self.committed = False
+        self.started = False
+        self.body_done = anyio.Event()
+        self.headers_ready = anyio.Event()
+        self.response: httpx.Response | None = None
+        self.failure: Exception | None = None
+        self.client_gone = False
+        self.finished = False
+        self.draining = False
+        self.cancel = anyio.CancelScope()
+        # The response so far is NDJSON, and whether its last line is complete: what a clean
+        # error line needs to know.
+        self.ndjson = False
+        self.at_line_start = True
+
+    async def run(self) -> None:
+        declared = next(
+            (v for k, v in self.scope["headers"] if k.lower() == b"content-length"), None
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.proxy.max_body:
+            await self.too_large()
+            return
+        try:
+            content = await self.request_body(declared)
+        except ClientGoneError:
+            self.stats.settle("client_disconnected")
+            return
+        except BodyTooLargeError:
+            await self.too_large()
+            return
+        self.proxy.exchanges.add(self)
+        try:
+            with self.cancel:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self.watch_disconnect)
+                    try:
+                        await self.exchange(content, tasks)
+                    finally:
+                        tasks.cancel_scope.cancel()
+                        if self.response is not None:
+                            with anyio.CancelScope(shield=True):
+                                await self.response.aclose()
+            if self.draining and not self.client_gone:
+                await self.shut_down()
+        finally:
+            self.proxy.exchanges.discard(self)
+
+    def drain(self) -> None:
+        """End this exchange now, telling the client the bridge is shutting down."""
+        self.draining = True
+        self.cancel.cancel()
+
+    async def shut_down(self) -> None:
+        message = "the bridge is shutting down; retry the request"
+        if not self.started:
+            self.stats.settle("upstream_error")
+            await send_json(self.send, 503, {"error": message}, [(b"retry-after", b"1")])
+        elif self.ndjson:
+            await self.error_line(message)
+        # Any other response is left unfinished: the server drops it, and the client sees a
+        # broken transfer rather than a complete one.
+
+    async def too_large(self) -> None:
+        self.stats.settle("upstream_error")
+        message = f"request body larger than {self.proxy.max_body} bytes (see --max-body)"
+        await send_json(self.send, 413, {"error": message})
+
+    async def request_body(self, declared: bytes | None) -> bytes | AsyncIterator[bytes]:
+        first = await self.receive()
+        if first["type"] == "http.disconnect":
+            raise ClientGoneError
+        body = first.get("body", b"")
+        if not first.get("more_body", False):
+            self.body_done.set()
+            return self.check_size(body, 0)
+        if declared is not None and declared.isdigit() and int(declared) <= REPLAYABLE_BYTES:
+            chunks = [body]
+            async for chunk in self.rest_of_body(len(body)):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        return self.streamed_body(body)
+
+    def check_size(self, chunk: bytes, seen: int) -> bytes:
+        if seen + len(chunk) > self.proxy.max_body:
+            raise BodyTooLargeError
+        return chunk
+
+    async def rest_of_body(self, seen: int) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGoneError
+            chunk = self.check_size(message.get("body", b""), seen)
+            seen += len(chunk)
+            yield chunk
+            if not message.get("more_body", False):
+                self.body_done.set()
+                return
+
+    async def streamed_body(self, first: bytes) -> AsyncIterator[bytes]:
+        yield self.check_size(first, 0)
+        async for chunk in self.rest_of_body(len(first)):
+            yield chunk
+
+    async def watch_disconnect(self) -> None:
+        # Only once the body is read: a second reader would steal it.
+        await self.body_done.wait()
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        # The client has gone: closing the upstream request makes Ollama stop generating.
+        self.gone()
+
+    def gone(self) -> None:
+        if self.finished:
+            # After the last body message the server reports a disconnect by design.
+            return
+        self.client_gone = True
+        self.stats.settle("client_disconnected")
+        self.cancel.cancel()
+
+    async def exchange(
+        self, content: bytes | AsyncIterator[bytes], tasks: anyio.abc.TaskGroup
+    ) -> None:
+        tasks.start_soon(self.open_upstream, content)
+        eligible = self.scope.get(SCOPE_KEY) and self.proxy.commit_after > 0
+        if eligible:
+            with anyio.move_on_after(self.proxy.commit_after):
+                await self.headers_ready.wait()
+            if not self.headers_ready.is_set():
+                await self.commit()
+        await self.headers_ready.wait()
+        if self.client_gone:
+            return
+        if self.failure is not None:
+            await self.upstream_failed(self.failure)
+        elif self.committed:
+            await self.continue_committed()
+        else:
+            await self.relay()
+
+    async def open_upstream(self, content: bytes | AsyncIterator[bytes]) -> None:
+        proxy = self.proxy
+        request = proxy.client.build_request(
+            self.scope["method"],
+            proxy.url(self.scope),
+            headers=proxy.request_headers(self.scope),
+            content=content,
+        )
+        try:
+            try:
+                self.response = await proxy.client.send(request, stream=True)
+            except _RETRYABLE as exc:
+                if not isinstance(content, bytes):
+                    raise
+                logger.info(
+                    "sse_bridge: retrying %s once on a fresh connection: %r", request.url, exc
+                )
+                self.response = await proxy.client.send(request, stream=True)
+        except (httpx.HTTPError, BodyTooLargeError) as exc:
+            self.failure = exc
+        except ClientGoneError:
+            self.gone()
+        finally:
+            self.body_done.set()
+            self.headers_ready.set()
+
+    async def commit(self) -> None:
+        self.committed = True
+        self.ndjson = True
+        await self.start(200, [(b"content-type", NDJSON)])
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        self.stats.status = status
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, chunk: bytes, *, more: bool = True) -> None:
+        if chunk:
+            self.at_line_start = chunk.endswith(b"\n")
+        self.finished = not more
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async def error_line(self, message: str) -> None:
+        """End an NDJSON stream with an Ollama-style error line.
+
+        A partial line before it is ended first: it then reaches the client as a line of its
+        own (reported as not JSON when converted) instead of corrupting the error line.
+        """
+        self.stats.settle("upstream_error")
+        line = json.dumps({"error": message}).encode() + b"\n"
+        await self.body((b"" if self.at_line_start else b"\n") + line, more=False)
+
+    async def upstream_failed(self, exc: Exception) -> None:
+        if isinstance(exc, BodyTooLargeError):
+            if self.committed:
+                await self.error_line(f"request body larger than {self.proxy.max_body} bytes")
+            else:
+                await self.too_large()
+            return
+        if isinstance(exc, httpx.TimeoutException):
+            status, message = 504, f"upstream timed out: {_reason(exc)}"
+        else:
+            status, message = 502, f"upstream unreachable: {_reason(exc)}"
+        logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))
+        if self.committed:
+            await self.error_line(message)
+        else:
+            self.stats.settle("upstream_error")
+            await send_json(self.send, status, {"error": message})
+
+    async def relay(self) -> None:
+        response = self.response
+        assert response is not None
+        if response.status_code >= 400:
+            self.stats.settle("upstream_error")
+        headers = without_hop_by_hop(list(response.headers.raw))
+        self.ndjson = _media(response) == "application/x-ndjson"
+        await self.start(response.status_code, headers)
+        await self.stream_body(response)
+
+    async def stream_body(self, response: httpx.Response) -> None:
+        try:
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    await self.body(chunk)
+        except httpx.HTTPError as exc:
+            message = f"upstream connection lost mid-stream: {_reason(exc)}"
+            logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))
+            if self.ndjson:
+                await self.error_line(message)
+            else:
+                # Another format has no error line: leave the response unfinished, so that
+                # the server drops the connection and the client sees a broken transfer
+                # rather than a complete one.
+                self.stats.settle("upstream_truncated")
+            return
+        await self.body(b"", more=False)
+        self.stats.settle("completed")
+
+    async def continue_committed(self) -> None:
+        """The client already has a 200 NDJSON stream: fit the upstream's answer into it."""
+        response = self.response
+        assert response is not None
+        media = _media(response)
+        if response.status_code == 200 and media == "application/x-ndjson":
+            await self.stream_body(response)
+            return
+        raw = await _read_some(response, ERROR_BODY_BYTES)
+        if response.status_code == 200 and media == "application/json":
+            try:
+                line = json.dumps(json.loads(raw), separators=(",", ":")).encode() + b"\n"
+            except ValueError:
+                await self.error_line("upstream answered with a JSON body that does not parse")
+                return
+            await self.body(line, more=False)
+            return
+        if response.status_code >= 400:
+            await self.error_line(_error_message(response.status_code, raw))
+        else:
+            await self.error_line(
+                f"upstream answered {response.status_code} {media or 'without a content type'}, "
+                "which cannot continue an event stream"
+            )
+
+
+async def _read_some(response: httpx.Response, limit: int) -> bytes:
+    data = b""
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return data[:limit]
+
+
+def _error_message(status: int, raw: bytes) -> str:
+    try:
+        error = json.loads(raw)["error"]
+    except (ValueError, KeyError, TypeError):
+        text = raw.decode("utf-8", errors="replace").strip()[:500]
+        return f"upstream answered {status}: {text}" if text else f"upstream answered {status}"
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return error if isinstance(error, str) else json.dumps(error)
+
+
+def _media(response: httpx.Response) -> str:
+    media: str = response.headers.get("content-type", "")
+    return media.split(";")[0].strip().lower()
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

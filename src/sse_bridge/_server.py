@@ -1,0 +1,42 @@
+"""Run the sidecar on uvicorn, in one or more worker processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import uvicorn
+
+from ._sidecar import SidecarApp, create_proxy
+
+CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
+
+
+def app_from_env() -> SidecarApp:
+    """The uvicorn factory each worker calls: the options travel as JSON in the environment."""
+    return create_proxy(**json.loads(os.environ[CONFIG_ENV]))
+
+
+def serve(
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    proxy_options: dict[str, Any],
+) -> None:
+    """Run the sidecar until SIGINT or SIGTERM."""
+    create_proxy(**proxy_options)  # Fail here, once, with a clear ValueError.
+    os.environ[CONFIG_ENV] = json.dumps(proxy_options)
+    uvicorn.run(
+        "sse_bridge._server:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        # A backstop only: the app ends its streams itself when the grace period is over.
+        timeout_graceful_shutdown=math.ceil(proxy_options.get("grace", 10.0)) + 5,
+    )
