@@ -27,7 +27,8 @@ def serve(app: ASGIApp, **config: Any) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     host, port = sock.getsockname()
-    options: dict[str, Any] = {"log_level": "warning", "lifespan": "auto"}
+    # proxy_headers off, as `sse-bridge serve` runs: the peer address stays the real one.
+    options: dict[str, Any] = {"log_level": "warning", "lifespan": "auto", "proxy_headers": False}
     options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -82,7 +82,11 @@ async def fetch(
                 connection.receive_data(data)
                 events: list[ParsedEvent] = []
                 while True:
-                    event = connection.next_event()
+                    try:
+                        event = connection.next_event()
+                    except h11.RemoteProtocolError:
+                        # The server dropped the connection mid-body: `complete` stays False.
+                        return response
                     if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
                         break
                     if isinstance(event, h11.Response):

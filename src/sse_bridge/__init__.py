@@ -3,6 +3,7 @@
 from ._codec import LineDecoder, LineTooLongError, ServerSentEvent
 from ._dialects import DialectFunc
 from ._middleware import SSEBridgeMiddleware
+from ._sidecar import SidecarApp, create_proxy
 
 __all__ = [
     "DialectFunc",
@@ -10,5 +11,7 @@ __all__ = [
     "LineTooLongError",
     "SSEBridgeMiddleware",
     "ServerSentEvent",
+    "SidecarApp",
+    "create_proxy",
 ]
 __version__ = "0.1.0"

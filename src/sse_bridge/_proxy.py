@@ -69,7 +69,6 @@ class ProxyApp:
         max_body: int = 10 * 1024 * 1024,
         max_connections: int = 1000,
         strip_authorization: bool = False,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.upstream = parse_upstream(upstream)
         self.base_path = self.upstream.raw_path.rstrip(b"/")
@@ -85,7 +84,6 @@ class ProxyApp:
                 max_keepalive_connections=min(max_connections, 100),
                 keepalive_expiry=4.0,
             ),
-            "transport": transport,
             "follow_redirects": False,
             "trust_env": False,
         }

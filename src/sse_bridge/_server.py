@@ -37,6 +37,9 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        # The proxy appends the real peer address to X-Forwarded-For itself; uvicorn's rewrite
+        # of the client address from that header would hide the peer and repeat the client.
+        proxy_headers=False,
         # A backstop only: the app ends its streams itself when the grace period is over.
         timeout_graceful_shutdown=math.ceil(proxy_options.get("grace", 10.0)) + 5,
     )

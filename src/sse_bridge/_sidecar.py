@@ -193,7 +193,6 @@ def create_proxy(
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
     grace: float = 10.0,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> SidecarApp:
     """Build the sidecar: a reverse proxy to ``upstream`` behind :class:`SSEBridgeMiddleware`.
 
@@ -214,7 +213,6 @@ def create_proxy(
             ``Authorization: Bearer <key>``; the header is never forwarded upstream.
         cors_origins: origins allowed to call the bridge from a browser; none by default.
         grace: seconds open streams get to finish after SIGTERM before they are ended.
-        transport: an httpx transport for the upstream client (for tests).
     """
     _positive("max_streams", max_streams)
     _positive("max_body", max_body)
@@ -234,7 +232,6 @@ def create_proxy(
         max_body=max_body,
         max_connections=max_streams,
         strip_authorization=api_key is not None,
-        transport=transport,
     )
     app: ASGIApp = SSEBridgeMiddleware(
         proxy,
