@@ -13,10 +13,12 @@ from ._dialects import DIALECTS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _option(name: str, *, flag: bool = False, **kwargs: Any) -> Callable[[F], F]:
-    """A click option that also reads SSE_BRIDGE_<NAME> and shows its default in --help."""
+def _option(
+    name: str, *, flag: bool = False, prefix: str = "SSE_BRIDGE_", **kwargs: Any
+) -> Callable[[F], F]:
+    """A click option that also reads <prefix><NAME> and shows its default in --help."""
     decls = [f"--{name}/--no-{name}"] if flag else [f"--{name}"]
-    envvar = "SSE_BRIDGE_" + name.upper().replace("-", "_")
+    envvar = prefix + name.upper().replace("-", "_")
     option: Callable[[F], F] = click.option(
         *decls, envvar=envvar, show_envvar=True, show_default=True, **kwargs
     )
@@ -92,3 +94,74 @@ def serve(**options: Any) -> None:
     options["read_timeout"] = _seconds_or_none(options["read_timeout"])
     options["cors_origins"] = list(options.pop("cors_origin"))
     run(**server, proxy_options=options)
+
+
+def _fake(name: str, **kwargs: Any) -> Callable[[F], F]:
+    return _option(name, prefix="SSE_BRIDGE_FAKE_", **kwargs)
+
+
+@main.command("fake-ollama")
+@_fake("host", default="127.0.0.1", help="Interface to listen on.")
+@_fake("port", default=11434, type=click.IntRange(0, 65535), help="Port to listen on.")
+@_fake("tokens-per-second", default=20.0, type=SECONDS, help="Token pace; 0: as fast as possible.")
+@_fake(
+    "load-delay", default=0.0, type=SECONDS, help="Seconds before any header, like a model load."
+)
+@_fake("num-tokens", type=click.IntRange(min=0), help="Answer length; default: the whole sample.")
+@_fake("fail-after", type=click.IntRange(min=0), help="Fail after this many tokens.")
+@_fake(
+    "failure",
+    default="error",
+    type=click.Choice(["error", "close"]),
+    help="error: an Ollama error line; close: drop the connection.",
+)
+@_fake("malformed-every", type=click.IntRange(min=1), help="A non-JSON line after every Nth token.")
+@_fake("think", flag=True, default=False, help="Send thinking chunks before the answer.")
+@_fake("stall-after", type=click.IntRange(min=0), help="Go silent after this many tokens...")
+@_fake("stall-seconds", default=0.0, type=SECONDS, help="...for this many seconds.")
+@_fake(
+    "log-level", default="info", type=click.Choice(["warning", "info", "debug"]), help="Log level."
+)
+def fake_ollama(**options: Any) -> None:
+    """Run the embedded fake Ollama: paced tokens and injectable faults, no model needed.
+
+    A request may override any option with a top-level "fake" object in its JSON body, e.g.
+    {"model": "llama3.2", "prompt": "hi", "fake": {"fail_after": 3}}.
+    """
+    import uvicorn
+
+    from ._fake_ollama import FakeOllama, FakeOllamaConfig
+
+    server = {key: options.pop(key) for key in ("host", "port", "log_level")}
+    try:
+        config = FakeOllamaConfig(**options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    uvicorn.run(FakeOllama(config), **server)
+
+
+def _demo(name: str, **kwargs: Any) -> Callable[[F], F]:
+    return _option(name, prefix="SSE_BRIDGE_DEMO_", **kwargs)
+
+
+@main.command()
+@_demo("host", default="127.0.0.1", help="Interface for both servers (keep it on loopback).")
+@_demo(
+    "port", default=8000, type=click.IntRange(0, 65535), help="The bridge's port (if taken, any)."
+)
+@_demo("upstream-port", default=0, type=click.IntRange(0, 65535), help="The fake's port; 0: any.")
+@_demo("model", default="llama3.2", help="Model name sent to the fake upstream.")
+@_demo("prompt", default="Why stream tokens?", help="The question asked.")
+@_demo("tokens-per-second", default=20.0, type=SECONDS, help="The fake model's pace.")
+@_demo("once", flag=True, default=False, help="Exit after the sample answer instead of serving.")
+def demo(**options: Any) -> None:
+    """See tokens stream: the fake Ollama and the bridge on loopback, and one answer live."""
+    import sys
+
+    import anyio
+
+    from ._demo import run_demo
+
+    answer = anyio.run(lambda: run_demo(**options, out=sys.stdout))
+    if answer.error or not answer.tokens:
+        raise SystemExit(1)

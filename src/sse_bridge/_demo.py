@@ -1,0 +1,149 @@
+"""``sse-bridge demo``: the fake Ollama and the bridge on loopback, and one answer streamed live."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import shlex
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import anyio
+import httpx
+import uvicorn
+
+from ._fake_ollama import FakeOllama, FakeOllamaConfig
+from ._sidecar import create_proxy
+from ._sse_parser import SSEParser
+from ._types import ASGIApp
+
+STARTUP_TIMEOUT = 10.0
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the demo, which runs two of them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(host: str, port: int) -> tuple[socket.socket, bool]:
+    """A listening socket on ``port``, or on a free port if that one is taken (then True)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        moved = False
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            sock.close()
+            raise
+        sock.bind((host, 0))
+        moved = True
+    sock.listen(2048)
+    return sock, moved
+
+
+@dataclass
+class Answer:
+    tokens: int
+    first_token: float | None
+    total: float
+    error: str | None
+
+
+async def stream_answer(url: str, body: dict[str, Any], out: TextIO) -> Answer:
+    """POST ``body`` asking for SSE and print each token the moment its event arrives."""
+    parser = SSEParser()
+    tokens = 0
+    first: float | None = None
+    error: str | None = None
+    started = time.monotonic()
+    headers = {"accept": "text/event-stream"}
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), trust_env=False) as client,
+        client.stream("POST", url, json=body, headers=headers) as response,
+    ):
+        async for chunk in response.aiter_raw():
+            for event in parser.feed(chunk):
+                data = json.loads(event.data)
+                if data.get("token"):
+                    if first is None:
+                        first = time.monotonic() - started
+                    tokens += 1
+                    out.write(data["token"])
+                    out.flush()
+                if "error" in data:
+                    error = data["error"]
+    return Answer(tokens, first, time.monotonic() - started, error)
+
+
+async def run_demo(
+    *,
+    host: str,
+    port: int,
+    upstream_port: int,
+    model: str,
+    prompt: str,
+    tokens_per_second: float,
+    once: bool,
+    out: TextIO,
+) -> Answer:
+    """Serve the fake Ollama and the bridge, stream one answer, then serve until interrupted."""
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=tokens_per_second))
+    upstream_sock, _ = bind(host, upstream_port)
+    bridge_sock, moved = bind(host, port)
+    upstream_url = "http://{}:{}".format(*upstream_sock.getsockname())
+    bridge_url = "http://{}:{}".format(*bridge_sock.getsockname())
+    bridge = create_proxy(upstream=upstream_url, dialect="ollama")
+    servers = [_server(fake), _server(bridge)]
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(servers[0].serve, [upstream_sock])
+        tasks.start_soon(servers[1].serve, [bridge_sock])
+        try:
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                # uvicorn offers a flag, not an event, for readiness.
+                while not all(server.started for server in servers):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            if moved:
+                out.write(f"Port {port} is taken; using {bridge_url} instead.\n")
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+            out.write(
+                f"Fake Ollama upstream: {upstream_url}\n"
+                f"sse_bridge (dialect ollama): {bridge_url}\n\n"
+                "Try it yourself:\n"
+                f"  curl -N -H 'Accept: text/event-stream' -d {shlex.quote(json.dumps(body))} "
+                f"{bridge_url}/api/chat\n\n"
+                f"Streaming one answer from {bridge_url}/api/chat:\n\n"
+            )
+            answer = await stream_answer(f"{bridge_url}/api/chat", body, out)
+            out.write("\n\n")
+            if answer.error:
+                out.write(f"The stream ended with an error: {answer.error}\n")
+            rate = answer.tokens / answer.total if answer.total else 0.0
+            first = "-" if answer.first_token is None else f"{answer.first_token * 1000:.0f} ms"
+            out.write(
+                f"time to first token: {first}; {answer.tokens} tokens in "
+                f"{answer.total:.2f} s ({rate:.1f} tokens/s)\n"
+            )
+            if not once:
+                out.write("\nServing until Ctrl+C.\n")
+                out.flush()
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
+        finally:
+            out.flush()
+            for server in servers:
+                server.should_exit = True
+    return answer
+
+
+def _server(app: ASGIApp) -> _Server:
+    return _Server(uvicorn.Config(app, log_level="warning", proxy_headers=False))
