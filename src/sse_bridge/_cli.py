@@ -93,7 +93,10 @@ def serve(**options: Any) -> None:
     server = {key: options.pop(key) for key in ("host", "port", "workers", "log_level")}
     options["read_timeout"] = _seconds_or_none(options["read_timeout"])
     options["cors_origins"] = list(options.pop("cors_origin"))
-    run(**server, proxy_options=options)
+    try:
+        run(**server, proxy_options=options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _fake(name: str, **kwargs: Any) -> Callable[[F], F]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from ._sidecar import SidecarApp, create_proxy
 
@@ -30,6 +32,9 @@ def serve(
     """Run the sidecar until SIGINT or SIGTERM."""
     create_proxy(**proxy_options)  # Fail here, once, with a clear ValueError.
     os.environ[CONFIG_ENV] = json.dumps(proxy_options)
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    # The bridge's own warnings and its one line per stream, next to uvicorn's.
+    log_config["loggers"]["sse_bridge"] = {"handlers": ["default"], "level": log_level.upper()}
     uvicorn.run(
         "sse_bridge._server:app_from_env",
         factory=True,
@@ -37,6 +42,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=log_config,
         # The proxy appends the real peer address to X-Forwarded-For itself; uvicorn's rewrite
         # of the client address from that header would hide the peer and repeat the client.
         proxy_headers=False,

@@ -1,0 +1,224 @@
+"""The sse-bridge command, in-process with click's runner and as real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from sse_bridge import _server
+from sse_bridge._cli import main
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig, SSEParser
+from tests._servers import serve
+
+BIN = Path(sys.executable).parent / "sse-bridge"
+DEADLINE = 15.0
+# uvicorn shuts down gracefully on SIGTERM, then re-raises it: the status a shell shows is 143.
+BY_SIGTERM = -signal.SIGTERM
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{url} did not become ready")
+
+
+@contextlib.contextmanager
+def running(
+    *args: str, ready_path: str = "/healthz"
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN), *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + ready_path, process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=DEADLINE)
+
+
+def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    options = re.findall(r"^  (--[a-z-]+)", result.output, re.M)
+    assert len(options) >= 18
+    blocks = re.split(r"\n  (?=--)", result.output)
+    for block in blocks[1:]:
+        name = block.split()[0].split("/")[0]
+        assert f"env var: SSE_BRIDGE_{name[2:].upper().replace('-', '_')}" in block, block
+        if name not in ("--upstream", "--api-key", "--cors-origin"):
+            assert "default:" in block, block
+
+
+def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(_server, "serve", lambda **kwargs: seen.update(kwargs))
+    env = {
+        "SSE_BRIDGE_UPSTREAM": "http://127.0.0.1:11434",
+        "SSE_BRIDGE_DIALECT": "ollama",
+        "SSE_BRIDGE_CORS_ORIGIN": "http://a.example http://b.example",
+        "SSE_BRIDGE_EVENT_IDS": "true",
+    }
+    result = CliRunner().invoke(main, ["serve", "--port", "9000", "--workers", "2"], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen["port"] == 9000
+    assert seen["workers"] == 2
+    assert seen["host"] == "127.0.0.1"
+    options = seen["proxy_options"]
+    assert options["upstream"] == "http://127.0.0.1:11434"
+    assert options["dialect"] == "ollama"
+    assert options["cors_origins"] == ["http://a.example", "http://b.example"]
+    assert options["event_ids"] is True
+    assert options["read_timeout"] is None
+    assert options["commit_after"] == 1.0
+    assert options["grace"] == 10.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve"], "Missing option '--upstream'"),
+        (["serve", "--upstream", "ftp://x"], "upstream must be an http:// or https:// URL"),
+        (["serve", "--upstream", "http://h", "--dialect", "sse"], "'sse' is not one of"),
+        (["serve", "--upstream", "http://h", "--keepalive", "-1"], "-1.0 is not in the range x>=0"),
+        (["fake-ollama", "--failure", "boom"], "'boom' is not one of"),
+    ],
+)
+def test_bad_options_get_a_clear_error(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_fake_ollama_command() -> None:
+    with running(
+        "fake-ollama", "--tokens-per-second", "0", "--num-tokens", "3", ready_path="/"
+    ) as (
+        url,
+        process,
+    ):
+        assert httpx.get(f"{url}/api/version").json() == {"version": "0.12.0"}
+        lines = httpx.post(f"{url}/api/generate", json={"model": "llama3.2", "prompt": "hi"}).text
+        assert [json.loads(line)["done"] for line in lines.splitlines()] == [False] * 3 + [True]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE) == BY_SIGTERM
+
+
+def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=10, num_tokens=1000))
+    with (
+        serve(fake) as upstream,
+        running("serve", "--upstream", upstream, "--dialect", "ollama", "--grace", "1") as (
+            url,
+            process,
+        ),
+    ):
+        parser = SSEParser()
+        events: list[dict[str, Any]] = []
+        body = {"model": "llama3.2", "prompt": "hi"}
+        headers = {"accept": "text/event-stream"}
+        with httpx.stream("POST", f"{url}/api/generate", json=body, headers=headers) as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            while len(events) < 3:
+                events += [json.loads(e.data) for e in parser.feed(next(chunks))]
+            process.send_signal(signal.SIGTERM)
+            sent_at = time.monotonic()
+            for chunk in chunks:
+                events += [json.loads(e.data) for e in parser.feed(chunk)]
+        ended_at = time.monotonic()
+        assert process.wait(timeout=DEADLINE) == BY_SIGTERM
+        stderr = process.communicate()[1]
+    assert events[-1] == {
+        "error": "the bridge is shutting down; retry the request",
+        "finished": True,
+    }
+    assert all("token" in e for e in events[:-1])
+    assert 0.9 <= ended_at - sent_at <= 3.0
+    assert "Traceback" not in stderr
+    assert "outcome=upstream_error" in stderr
+    # The upstream request was closed too: the fake stopped generating.
+    record = fake.wait_for_record(path="/api/generate", outcome="cancelled", timeout=5)
+    assert record.tokens_sent < 100
+
+
+def test_serve_with_two_workers() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=2))
+    with (
+        serve(fake) as upstream,
+        running("serve", "--upstream", upstream, "--dialect", "ollama", "--workers", "2") as (
+            url,
+            process,
+        ),
+    ):
+        for _ in range(4):
+            response = httpx.post(
+                f"{url}/api/chat",
+                json={"model": "llama3.2", "messages": []},
+                headers={"accept": "text/event-stream"},
+            )
+            assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        # uvicorn's supervisor of several workers exits 0 once they have stopped.
+        assert process.wait(timeout=DEADLINE) == 0
+        assert "Traceback" not in process.communicate()[1]
+
+
+def test_demo_streams_tokens_to_the_terminal_one_by_one() -> None:
+    reads: list[tuple[float, bytes]] = []
+    with subprocess.Popen(
+        [str(BIN), "demo", "--once", "--port", "0", "--tokens-per-second", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        assert process.stdout is not None
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            reads.append((time.monotonic(), chunk))
+        assert process.wait(timeout=DEADLINE) == 0
+    output = b"".join(chunk for _, chunk in reads).decode()
+    assert "curl -N -H 'Accept: text/event-stream'" in output
+    assert "Hello! This answer is streamed token by token" in output
+    assert re.search(r"time to first token: \d+ ms; 66 tokens in [\d.]+ s", output)
+    answer_reads = [t for t, chunk in reads if b"time to first token" not in chunk]
+    # 66 tokens at 40/s: the answer arrives over more than a second, in many pieces.
+    assert len(answer_reads) >= 20
+    assert answer_reads[-1] - answer_reads[0] >= 1.0
