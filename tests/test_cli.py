@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,3 +223,29 @@ def test_demo_streams_tokens_to_the_terminal_one_by_one() -> None:
     # 66 tokens at 40/s: the answer arrives over more than a second, in many pieces.
     assert len(answer_reads) >= 20
     assert answer_reads[-1] - answer_reads[0] >= 1.0
+
+
+def test_sigterm_while_waiting_for_the_upstream_is_a_503() -> None:
+    fake = FakeOllama(FakeOllamaConfig(load_delay=30))
+    with (
+        serve(fake) as upstream,
+        running("serve", "--upstream", upstream, "--commit-after", "0", "--grace", "0.5") as (
+            url,
+            process,
+        ),
+    ):
+
+        def terminate_once_the_upstream_has_the_request() -> None:
+            fake.wait_for_record(path="/api/generate", timeout=DEADLINE)
+            process.send_signal(signal.SIGTERM)
+
+        thread = threading.Thread(target=terminate_once_the_upstream_has_the_request)
+        thread.start()
+        body = {"model": "llama3.2", "prompt": "hi"}
+        response = httpx.post(f"{url}/api/generate", json=body, timeout=DEADLINE)
+        thread.join(timeout=DEADLINE)
+        assert process.wait(timeout=DEADLINE) == BY_SIGTERM
+        assert "Traceback" not in process.communicate()[1]
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json() == {"error": "the bridge is shutting down; retry the request"}

@@ -66,8 +66,27 @@ async def broken_text(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+LATE = {
+    "ollama-404": (404, "application/json", b'{"error":"model \\"x\\" not found"}'),
+    "openai-500": (500, "application/json", b'{"error":{"message":"boom","type":"api_error"}}'),
+    "structured": (500, "application/json", b'{"error":{"code":7}}'),
+    "text-502": (502, "text/plain", b"Bad Gateway"),
+    "empty-503": (503, "text/plain", b""),
+    "html-200": (200, "text/html", b"<p>hi</p>"),
+    "bad-json-200": (200, "application/json", b"{nope"),
+}
+
+
+async def late(request: Request) -> Response:
+    """Answer only after the bridge has committed its stream."""
+    await anyio.sleep(0.5)
+    status, media, body = LATE[request.path_params["kind"]]
+    return Response(body, status_code=status, media_type=media)
+
+
 upstream_app = Starlette(
     routes=[
+        Route("/late/{kind}", late, methods=["POST"]),
         Route("/missing", not_found, methods=["POST"]),
         Route("/slow", slow_headers),
         Route("/broken", broken, methods=["POST"]),
@@ -397,3 +416,89 @@ def test_replayable_limit_is_small() -> None:
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_proxy(**options)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [
+        ("ollama-404", 'model "x" not found'),
+        ("openai-500", "boom"),
+        ("structured", '{"code": 7}'),
+        ("text-502", "upstream answered 502: Bad Gateway"),
+        ("empty-503", "upstream answered 503"),
+        ("html-200", "upstream answered 200 text/html, which cannot continue an event stream"),
+        ("bad-json-200", "upstream answered with a JSON body that does not parse"),
+    ],
+)
+async def test_after_a_commit_a_late_failure_is_an_error_event(
+    upstream: str, kind: str, error: str
+) -> None:
+    app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.1)
+    with serve(app) as url:
+        response = await fetch(f"{url}/late/{kind}", headers={"accept": "text/event-stream"})
+    assert response.status == 200
+    assert [json.loads(e.data) for e in response.events] == [{"error": error, "finished": True}]
+
+
+async def test_after_a_commit_an_unreachable_upstream_is_an_error_event(upstream: str) -> None:
+    app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.1, read_timeout=0.3)
+    with serve(app) as url:
+        response = await fetch(
+            f"{url}/slow", method="GET", body=b"", headers={"accept": "text/event-stream"}
+        )
+    (event,) = [json.loads(e.data) for e in response.events]
+    assert event["error"].startswith("upstream timed out")
+    assert event["finished"] is True
+
+
+async def test_after_a_commit_an_oversized_body_is_an_error_event(upstream: str) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 60
+        await anyio.sleep(0.4)
+        yield b"x" * 60
+
+    app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.1, max_body=100)
+    with serve(app) as url:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{url}/upload", content=body(), headers={"accept": "text/event-stream"}
+            )
+    assert response.status_code == 200
+    assert response.text == (
+        'data: {"error":"request body larger than 100 bytes","finished":true}\n\n'
+    )
+
+
+async def test_a_client_that_leaves_while_uploading_is_not_forwarded(upstream: str) -> None:
+    app = create_proxy(upstream=upstream)
+    with serve(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        stream = await anyio.connect_tcp(host, int(port))
+        await stream.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+        await anyio.sleep(0.2)
+        await stream.aclose()
+        # The bridge is still healthy and answers the next request.
+        response = await fetch(f"{url}/api/chat")
+    assert response.status == 200
+
+
+@respx.mock
+async def test_a_streamed_body_is_never_replayed() -> None:
+    route = respx.post("http://127.0.0.1:11434/api/chat").mock(
+        side_effect=httpx.RemoteProtocolError("Server disconnected")
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * (REPLAYABLE_BYTES + 1)
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=respx_proxy()), base_url="http://bridge"
+    ) as client:
+        response = await client.post("/api/chat", content=body())
+    assert response.status_code == 502
+    assert route.call_count == 1
+
+
+def test_an_invalid_upstream_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="upstream must be a URL"):
+        create_proxy(upstream="http://[::1")
