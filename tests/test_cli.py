@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,52 +18,11 @@ from click.testing import CliRunner
 from sse_bridge import _server
 from sse_bridge._cli import main
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, SSEParser
+from tests._processes import BIN, DEADLINE, running
 from tests._servers import serve
 
-BIN = Path(sys.executable).parent / "sse-bridge"
-DEADLINE = 15.0
 # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the status a shell shows is 143.
 BY_SIGTERM = -signal.SIGTERM
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_ready(url: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not become ready")
-
-
-@contextlib.contextmanager
-def running(
-    *args: str, ready_path: str = "/healthz"
-) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [str(BIN), *args, "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url + ready_path, process)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=DEADLINE)
 
 
 def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:

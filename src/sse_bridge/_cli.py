@@ -79,6 +79,12 @@ def main() -> None:
     help="An origin browsers may call from; repeat for more (space-separated in the env var).",
 )
 @_option("workers", default=1, type=click.IntRange(min=1), help="Worker processes.")
+@_option(
+    "http",
+    default="auto",
+    type=click.Choice(["auto", "h11", "httptools"]),
+    help="uvicorn's HTTP implementation (auto: httptools when installed).",
+)
 @_option("grace", default=10.0, type=SECONDS, help="Seconds streams get to finish on SIGTERM.")
 @_option(
     "log-level",
@@ -90,7 +96,7 @@ def serve(**options: Any) -> None:
     """Run the bridge as a reverse proxy in front of an NDJSON server such as Ollama."""
     from ._server import serve as run
 
-    server = {key: options.pop(key) for key in ("host", "port", "workers", "log_level")}
+    server = {key: options.pop(key) for key in ("host", "port", "workers", "http", "log_level")}
     options["read_timeout"] = _seconds_or_none(options["read_timeout"])
     options["cors_origins"] = list(options.pop("cors_origin"))
     try:
@@ -168,3 +174,85 @@ def demo(**options: Any) -> None:
     answer = anyio.run(lambda: run_demo(**options, out=sys.stdout))
     if answer.error or not answer.tokens:
         raise SystemExit(1)
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, colon, rest = value.partition(":")
+    if not colon or not name.strip():
+        raise click.BadParameter(f"headers look like 'Name: value', not {value!r}")
+    return name.strip(), rest.strip()
+
+
+@main.command()
+@click.argument("url")
+@click.option(
+    "--method", "-X", default=None, help="HTTP method.  [default: POST with --data, else GET]"
+)
+@click.option("--data", "-d", default=None, help="Request body (for example Ollama JSON).")
+@click.option("--header", "-H", multiple=True, help="A request header 'Name: value'; repeatable.")
+@click.option(
+    "--interval-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="The upstream's pace between events, if known; else the mean gap stands in for it.",
+)
+@click.option(
+    "--streams",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Concurrent streams.",
+)
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds per stream.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def probe(
+    url: str,
+    method: str | None,
+    data: str | None,
+    header: tuple[str, ...],
+    interval_ms: float | None,
+    streams: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Find buffering on the way to URL: read streams as they arrive and judge them.
+
+    Exits 0 when events arrive one by one (streaming), 1 when they arrive together (buffered),
+    2 when the figures do not tell (inconclusive, including errors).
+    """
+    import json
+    import sys
+
+    import anyio
+
+    from ._probe import format_report
+    from ._probe import probe as run_probe
+
+    headers = [_header(value) for value in header]
+    if data is not None and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("content-type", "application/json"))
+    try:
+        result = anyio.run(
+            lambda: run_probe(
+                url,
+                method=method or ("POST" if data is not None else "GET"),
+                body=(data or "").encode(),
+                headers=headers,
+                streams=streams,
+                interval=None if interval_ms is None else interval_ms / 1000,
+                deadline=timeout,
+            )
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+    else:
+        click.echo(format_report(result))
+    sys.exit(result.exit_status)

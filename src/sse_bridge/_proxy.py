@@ -97,6 +97,10 @@ class ProxyApp:
 
     @property
     def client(self) -> httpx.AsyncClient:
+        return self.open()
+
+    def open(self) -> httpx.AsyncClient:
+        """The pooled client, one per process; made on first use if there was no lifespan."""
         if self._client is None:
             self._client = httpx.AsyncClient(**self._client_options)
         return self._client
@@ -143,6 +147,8 @@ class ProxyApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Build the client now rather than on the first request, which is then faster.
+                self.open()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()

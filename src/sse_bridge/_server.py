@@ -27,6 +27,7 @@ def serve(
     port: int,
     workers: int,
     log_level: str,
+    http: str = "auto",
     proxy_options: dict[str, Any],
 ) -> None:
     """Run the sidecar until SIGINT or SIGTERM."""
@@ -41,6 +42,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        http=http,
         log_level=log_level,
         log_config=log_config,
         # The proxy appends the real peer address to X-Forwarded-For itself; uvicorn's rewrite
