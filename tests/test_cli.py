@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from loadtests.stack import BIN, DEADLINE, running
 
 from sse_bridge import _server
 from sse_bridge._cli import main
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, SSEParser
-from tests._processes import BIN, DEADLINE, running
 from tests._servers import serve
 
 # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the status a shell shows is 143.

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -18,8 +19,6 @@ from starlette.routing import Route
 from sse_bridge._cli import main
 from sse_bridge._fake_ollama import SAMPLE_ANSWER
 from sse_bridge._probe import probe
-from tests._nginx import DEPLOY_CONF, NAIVE_CONF, nginx
-from tests._processes import free_port, running
 from tests._servers import serve
 
 pytestmark = pytest.mark.anyio

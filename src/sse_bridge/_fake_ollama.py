@@ -67,7 +67,7 @@ Phase = Literal["before_headers", "streaming", "stalled"]
 
 # Tokens are words with their leading whitespace, the way real tokenizers split English.
 _WORD = re.compile(r"\s*\S+")
-_ANSWER_TOKENS = tuple(_WORD.findall(SAMPLE_ANSWER))
+_ANSWER_TOKENS: tuple[str, ...] = tuple(_WORD.findall(SAMPLE_ANSWER))
 _THINKING_TOKENS = tuple(_WORD.findall(SAMPLE_THINKING))
 _GO_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -250,11 +250,23 @@ class _Job:
             return _Token("thinking", _THINKING_TOKENS[index % len(_THINKING_TOKENS)])
         if self.tool:
             return _Token("tool_call", "")
-        index -= self.thinking_tokens
-        word = _ANSWER_TOKENS[index % len(_ANSWER_TOKENS)]
-        if index >= len(_ANSWER_TOKENS) and not word[0].isspace():
-            word = " " + word
-        return _Token("content", word)
+        return _Token("content", _answer_token(index - self.thinking_tokens))
+
+
+def _answer_token(index: int) -> str:
+    word = _ANSWER_TOKENS[index % len(_ANSWER_TOKENS)]
+    if index >= len(_ANSWER_TOKENS) and not word[0].isspace():
+        word = " " + word
+    return word
+
+
+def answer_tokens(num_tokens: int | None = None) -> list[str]:
+    """The content tokens the fake streams for a request with this ``num_tokens``, in order.
+
+    For tests and load tests that check every token arrived, once and in order.
+    """
+    count = len(_ANSWER_TOKENS) if num_tokens is None else num_tokens
+    return [_answer_token(index) for index in range(count)]
 
 
 def _encode(payload: object) -> bytes:

@@ -7,7 +7,13 @@
 chain of servers delivers events one by one.
 """
 
-from ._fake_ollama import FakeOllama, FakeOllamaAbort, FakeOllamaConfig, RequestRecord
+from ._fake_ollama import (
+    FakeOllama,
+    FakeOllamaAbort,
+    FakeOllamaConfig,
+    RequestRecord,
+    answer_tokens,
+)
 from ._probe import Analysis, ProbeResult, Stream, analyse, probe, read_stream
 from ._sse_parser import ParsedEvent, SSEParser, parse_sse
 
@@ -22,6 +28,7 @@ __all__ = [
     "SSEParser",
     "Stream",
     "analyse",
+    "answer_tokens",
     "parse_sse",
     "probe",
     "read_stream",

@@ -1,0 +1,133 @@
+"""Bring up the whole stack on loopback, run the locust suite headless, and tear it all down.
+
+    python -m loadtests.run --users 100 --duration 30          # fake Ollama, bridges, nginx
+    python -m loadtests.run --users 20 --duration 15 --naive   # the negative control
+
+The stack: the fake Ollama at ``--tokens-per-second``, ``--bridges`` sse_bridge processes behind
+nginx with ``deploy/nginx.conf`` (or, with ``--naive``, a naive nginx config in front of a
+hand-written NDJSON-to-SSE app that sends no anti-buffering header). Locust writes its CSV and
+HTML reports under ``--results``; the exit status is locust's, which the quality gate sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
+
+HERE = Path(__file__).parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Run the sse_bridge load test against a local stack.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--users", type=int, default=100, help="concurrent locust users")
+    parser.add_argument("--spawn-rate", type=float, default=50.0, help="users started per second")
+    parser.add_argument("--duration", type=int, default=30, help="seconds of load")
+    parser.add_argument("--bridges", type=int, default=2, help="sse-bridge processes behind nginx")
+    parser.add_argument("--tokens-per-second", type=float, default=20.0, help="the fake's pace")
+    parser.add_argument("--num-tokens", type=int, default=40, help="tokens per answer")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="report folder")
+    parser.add_argument("--naive", action="store_true", help="run the negative control instead")
+    parser.add_argument("--max-coalesced", type=float, default=0.05, help="gate threshold")
+    parser.add_argument("--max-ttfe-p95-ms", type=float, default=250.0, help="gate threshold")
+    args = parser.parse_args(argv)
+    if args.users < 1 or args.duration < 1 or args.bridges < 1 or args.tokens_per_second <= 0:
+        parser.error("--users, --duration, --bridges and --tokens-per-second must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    name = "naive" if args.naive else "sse_bridge"
+    args.results.mkdir(parents=True, exist_ok=True)
+    prefix = args.results / f"{name}-{args.users}u-{args.duration}s"
+    with contextlib.ExitStack() as stack:
+        fake, _ = stack.enter_context(
+            running(
+                "fake-ollama",
+                "--tokens-per-second",
+                str(args.tokens_per_second),
+                "--log-level",
+                "warning",
+                ready_path="/",
+            )
+        )
+        ports = [free_port() for _ in range(1 if args.naive else args.bridges)]
+        for port in ports:
+            if args.naive:
+                command = (sys.executable, "-m", "loadtests.naive_app", "--upstream", fake)
+                stack.enter_context(running(port=port, command=command))
+            else:
+                stack.enter_context(
+                    running(
+                        "serve",
+                        "--upstream",
+                        fake,
+                        "--dialect",
+                        "ollama",
+                        "--log-level",
+                        "warning",
+                        "--max-streams",
+                        str(max(1000, args.users * 2)),
+                        port=port,
+                    )
+                )
+        conf = NAIVE_CONF if args.naive else DEPLOY_CONF.read_text()
+        url = stack.enter_context(
+            nginx(conf, bridges=ports, workdir=args.results / f"{name}-nginx")
+        )
+        print(
+            f"load test: {name} stack at {url}; {args.users} users for {args.duration} s",
+            flush=True,
+        )
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(HERE / "locustfile.py"),
+                "--headless",
+                "--host",
+                url,
+                "--users",
+                str(args.users),
+                "--spawn-rate",
+                str(args.spawn_rate),
+                "--run-time",
+                f"{args.duration}s",
+                "--stop-timeout",
+                "10",
+                "--csv",
+                str(prefix),
+                "--html",
+                f"{prefix}.html",
+                "--only-summary",
+                "--fake-tokens-per-second",
+                str(args.tokens_per_second),
+                "--fake-num-tokens",
+                str(args.num_tokens),
+                "--max-coalesced",
+                str(args.max_coalesced),
+                "--max-ttfe-p95-ms",
+                str(args.max_ttfe_p95_ms),
+            ],
+            check=False,
+            timeout=args.duration + 120,
+        )
+        took = time.monotonic() - started
+        print(f"locust exited {result.returncode} after {took:.0f} s; reports: {prefix}*")
+        return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

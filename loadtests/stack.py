@@ -1,0 +1,165 @@
+"""Start the pieces of a deployment on free loopback ports, wait for them, and stop them.
+
+Used by `loadtests/run.py` and by the test suite: the fake Ollama and the bridge as real
+`sse-bridge` processes, and nginx with `deploy/nginx.conf` (or a naive config) rendered with
+free ports and a private working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent / "sse-bridge"
+DEADLINE = 15.0
+DEPLOY_CONF = Path(__file__).parent.parent / "deploy" / "nginx.conf"
+
+# The negative control: what many setups have. nginx speaks HTTP/1.0 to the upstream and
+# buffers responses (both defaults before 1.29.7), with no directive to say otherwise.
+NAIVE_CONF = """
+events {}
+http {
+    server {
+        listen 127.0.0.1:8080;
+        location / {
+            proxy_pass http://127.0.0.1:8001;
+        }
+    }
+}
+"""
+
+
+class StackError(RuntimeError):
+    """A piece of the stack did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, process: subprocess.Popen[str]) -> None:
+    """Poll `url` until it answers below 500, with a bounded deadline (never a fixed sleep)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"{process.args!r} exited: {process.communicate()!r}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        time.sleep(0.05)
+    raise StackError(f"{url} did not become ready")
+
+
+def wait_port(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"{process.args!r} exited: {process.communicate()!r}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.02)
+    raise StackError(f"nothing listened on port {port}")
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.communicate(timeout=DEADLINE)
+
+
+@contextlib.contextmanager
+def running(
+    *args: str,
+    ready_path: str = "/healthz",
+    port: int | None = None,
+    command: Sequence[str] = (str(BIN),),
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run `sse-bridge <args> --port <port>`; yield its URL and process; stop it."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [*command, *args, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + ready_path, process)
+        yield url, process
+    finally:
+        stop(process)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise StackError("nginx is required: apt-get install nginx")
+    return found
+
+
+def _replace(pattern: str, replacement: str, text: str) -> str:
+    new, count = re.subn(pattern, replacement, text)
+    if not count:
+        raise StackError(f"the nginx config no longer has {pattern!r}: update loadtests/stack.py")
+    return new
+
+
+def render(conf: str, *, listen: int, bridges: Sequence[int], workdir: Path) -> str:
+    """The config with its ports and paths swapped for free ones under `workdir`."""
+    conf = _replace(r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{listen};", conf)
+    if "upstream sse_bridge" in conf:
+        servers = "".join(
+            f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n        " for port in bridges
+        )
+        conf = _replace(r"(?:server 127\.0\.0\.1:800\d[^;]*;\s*)+", servers, conf)
+    else:
+        conf = _replace(
+            r"proxy_pass http://127\.0\.0\.1:8001;",
+            f"proxy_pass http://127.0.0.1:{bridges[0]};",
+            conf,
+        )
+    conf = conf.replace("/var/log/nginx/", f"{workdir}/")
+    temp = "".join(
+        f"    {name}_temp_path {workdir}/{name};\n"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return _replace(r"http \{\n", "http {\n" + temp, conf)
+
+
+@contextlib.contextmanager
+def nginx(conf: str, *, bridges: Sequence[int], workdir: Path) -> Iterator[str]:
+    """Run nginx with `conf` in front of the bridges' ports; yield its base URL; stop it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    listen = free_port()
+    path = workdir / "nginx.conf"
+    path.write_text(render(conf, listen=listen, bridges=bridges, workdir=workdir))
+    directives = f"daemon off; pid {workdir}/nginx.pid; error_log {workdir}/main-error.log;"
+    command = [nginx_binary(), "-p", str(workdir), "-c", str(path), "-g", directives]
+    check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=DEADLINE)
+    if check.returncode != 0:
+        raise StackError(f"nginx -t failed: {check.stderr}")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(listen, process)
+        yield f"http://127.0.0.1:{listen}"
+    finally:
+        stop(process, signal.SIGQUIT)  # Graceful: finish open requests, then exit.
