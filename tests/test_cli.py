@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from loadtests.stack import BIN, DEADLINE, running
 
+from loadtests.stack import BIN, DEADLINE, running
 from sse_bridge import _server
 from sse_bridge._cli import main
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, SSEParser

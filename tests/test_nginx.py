@@ -10,12 +10,12 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner
-from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
 from sse_bridge._cli import main
 from sse_bridge._fake_ollama import SAMPLE_ANSWER
 from sse_bridge._probe import probe

@@ -9,8 +9,10 @@ import shlex
 import signal
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
@@ -18,11 +20,91 @@ import httpx
 import uvicorn
 
 from ._fake_ollama import FakeOllama, FakeOllamaConfig
+from ._http import send_json
 from ._sidecar import create_proxy
 from ._sse_parser import SSEParser
-from ._types import ASGIApp
+from ._types import ASGIApp, Message, Receive, Scope, Send
 
 STARTUP_TIMEOUT = 10.0
+PAGE = (Path(__file__).parent / "static" / "demo.html").read_bytes()
+DEFAULT_MODEL = "llama3.2"
+
+
+class DemoApp:
+    """The bridge, plus the demo page at ``/`` and a GET twin of ``/api/chat`` for EventSource.
+
+    ``GET /api/chat/events?prompt=...&model=...&fake={...}`` becomes the same ``POST /api/chat``
+    a page would send with fetch(), handed to the bridge in-process, because EventSource can
+    only do GET.
+    """
+
+    def __init__(self, bridge: ASGIApp) -> None:
+        self.bridge = bridge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            if scope["path"] == "/":
+                await self.page(scope, send)
+                return
+            if scope["path"] == "/api/chat/events":
+                await self.events(scope, receive, send)
+                return
+        await self.bridge(scope, receive, send)
+
+    async def page(self, scope: Scope, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", str(len(PAGE)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        body = b"" if scope["method"] == "HEAD" else PAGE
+        await send({"type": "http.response.body", "body": body})
+
+    async def events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query = urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+        body: dict[str, Any] = {
+            "model": query.get("model", [DEFAULT_MODEL])[0],
+            "messages": [{"role": "user", "content": query.get("prompt", [""])[0]}],
+        }
+        try:
+            fake = json.loads(query.get("fake", ["{}"])[0])
+        except ValueError:
+            fake = None
+        if not isinstance(fake, dict):
+            await send_json(send, 400, {"error": "fake must be a JSON object"})
+            return
+        if fake:
+            body["fake"] = fake
+        payload = json.dumps(body).encode()
+        headers = [
+            (k, v)
+            for k, v in scope["headers"]
+            if k.lower() not in (b"content-length", b"content-type", b"accept")
+        ]
+        post = {
+            **scope,
+            "method": "POST",
+            "path": "/api/chat",
+            "raw_path": b"/api/chat",
+            "query_string": b"",
+            "headers": [
+                *headers,
+                (b"accept", b"text/event-stream"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+        sent = False
+
+        async def post_receive() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            return await receive()
+
+        await self.bridge(post, post_receive, send)
 
 
 class _Server(uvicorn.Server):
@@ -101,7 +183,7 @@ async def run_demo(
     bridge_sock, moved = bind(host, port)
     upstream_url = "http://{}:{}".format(*upstream_sock.getsockname())
     bridge_url = "http://{}:{}".format(*bridge_sock.getsockname())
-    bridge = create_proxy(upstream=upstream_url, dialect="ollama")
+    bridge = DemoApp(create_proxy(upstream=upstream_url, dialect="ollama"))
     servers = [_server(fake), _server(bridge)]
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(servers[0].serve, [upstream_sock])
@@ -116,7 +198,8 @@ async def run_demo(
             body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
             out.write(
                 f"Fake Ollama upstream: {upstream_url}\n"
-                f"sse_bridge (dialect ollama): {bridge_url}\n\n"
+                f"sse_bridge (dialect ollama): {bridge_url}\n"
+                f"Demo page: {bridge_url}/  (open it in a browser)\n\n"
                 "Try it yourself:\n"
                 f"  curl -N -H 'Accept: text/event-stream' -d {shlex.quote(json.dumps(body))} "
                 f"{bridge_url}/api/chat\n\n"

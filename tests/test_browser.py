@@ -1,0 +1,181 @@
+"""The demo page in a real headless Chromium, through nginx with deploy/nginx.conf.
+
+What counts is what a browser shows: tokens enter the DOM one by one over the generation, Stop
+cancels the upstream generation, a failure is shown and the prompt comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from loadtests.stack import DEPLOY_CONF, free_port, nginx, running
+from sse_bridge.testing import answer_tokens
+
+ROOT = Path(__file__).parent.parent
+ARTEFACTS = ROOT / "results" / "browser"
+PACE = 20  # tokens per second: one every 50 ms
+# Flags for a root user on a machine with no network: without the background-networking ones,
+# Chromium keeps trying to reach Google's hosts.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Records when the answer's text changed, as the page's own clock sees it.
+WATCH_ANSWER = """
+window.__changes = [];
+const answer = document.getElementById("answer");
+new MutationObserver(() => window.__changes.push([performance.now(), answer.textContent.length]))
+    .observe(answer, {childList: true, characterData: true, subtree: true});
+"""
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    # Missing Chromium is a failure, never a skip: .ci/run installs it with apt-get.
+    assert found is not None, "Chromium is required for these tests: apt-get install chromium"
+    return found
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    demo = ("demo", "--tokens-per-second", str(PACE))
+    workdir = tmp_path_factory.mktemp("nginx")
+    with (
+        running(*demo, port=port, ready_path="/"),
+        nginx(DEPLOY_CONF.read_text(), bridges=[port], workdir=workdir) as url,
+    ):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def open_demo(page: Page, site: str, **fake: Any) -> None:
+    query = f"?fake={json.dumps(fake)}" if fake else ""
+    page.goto(f"{site}/{query}")
+    page.evaluate(WATCH_ANSWER)
+
+
+def wait_idle(page: Page, timeout: float = 20) -> None:
+    page.wait_for_function(
+        "document.body.dataset.state === 'idle' && document.getElementById('stats').textContent"
+        " || !document.getElementById('error').hidden",
+        timeout=timeout * 1000,
+    )
+
+
+def fake_records(site: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = httpx.get(f"{site}/_fake/requests").json()
+    return [r for r in records if r["path"] == "/api/chat"]
+
+
+def test_tokens_enter_the_page_one_by_one(page: Page, site: str) -> None:
+    tokens = 30
+    open_demo(page, site, num_tokens=tokens)
+    page.click("#send")
+    wait_idle(page)
+    assert page.inner_text("#answer") == "".join(answer_tokens(tokens))
+    assert page.is_hidden("#error")
+    stats = page.inner_text("#stats")
+    assert f"{tokens} tokens in" in stats
+    assert "time to first token" in stats
+    changes: list[list[float]] = page.evaluate("window.__changes")
+    times = [at for at, _ in changes]
+    # Every token changed the DOM on its own, and the changes span the generation (29 x 50 ms).
+    assert len(changes) == tokens
+    assert [length for _, length in changes] == sorted({length for _, length in changes})
+    assert (times[-1] - times[0]) / 1000 >= 0.8 * (tokens - 1) / PACE
+    together = sum(b - a < 1000 / PACE / 4 for a, b in itertools.pairwise(times))
+    assert together <= 2
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "demo-finished.png"), full_page=True)
+    assert (ARTEFACTS / "demo-finished.png").stat().st_size > 10_000
+
+
+def test_stop_cancels_the_upstream_generation(page: Page, site: str) -> None:
+    open_demo(page, site, num_tokens=400)
+    before = len(fake_records(site))
+    page.click("#send")
+    page.wait_for_function("window.__changes.length >= 3", timeout=10_000)
+    page.click("#stop")
+    stopped_at = time.monotonic()
+    wait_idle(page)
+    assert page.inner_text("#stats").startswith("Stopped.")
+    assert page.is_enabled("#prompt")
+    assert page.is_enabled("#send")
+    while True:
+        records = fake_records(site)[before:]
+        if records and records[0]["outcome"] is not None:
+            break
+        assert time.monotonic() - stopped_at < 1.0, records
+        time.sleep(0.02)
+    assert records[0]["outcome"] == "cancelled"
+    assert records[0]["cancelled_phase"] == "streaming"
+    assert records[0]["tokens_sent"] < 100
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ('{"fail_after": 8}', "an error was encountered while running the model"),
+        ('{"fail_after": 8, "failure": "close"}', "upstream connection lost mid-stream"),
+    ],
+)
+def test_an_upstream_failure_is_shown_and_the_prompt_comes_back(
+    page: Page, site: str, fault: str, message: str
+) -> None:
+    open_demo(page, site)
+    page.select_option("#fault", fault)
+    page.click("#send")
+    wait_idle(page)
+    assert page.is_visible("#error")
+    assert message in page.inner_text("#error")
+    assert page.inner_text("#answer") == "".join(answer_tokens(8))
+    assert page.is_enabled("#prompt")
+    assert page.is_enabled("#send")
+    assert page.is_disabled("#stop")
+
+
+def test_eventsource_shows_the_same_stream(page: Page, site: str) -> None:
+    tokens = 12
+    open_demo(page, site, num_tokens=tokens)
+    before = len(fake_records(site))
+    page.select_option("#reader", "eventsource")
+    page.click("#send")
+    wait_idle(page)
+    assert page.inner_text("#answer") == "".join(answer_tokens(tokens))
+    assert page.is_hidden("#error")
+    assert len(page.evaluate("window.__changes")) == tokens
+    # The page closed the EventSource on the final event, so it does not reconnect and ask
+    # again. Chromium would retry after about 3 s: watch a little longer than that.
+    time.sleep(3.5)
+    assert len(fake_records(site)) == before + 1
