@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from starlette.routing import Route
 
 from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
 from sse_bridge._cli import main
-from sse_bridge._fake_ollama import SAMPLE_ANSWER
-from sse_bridge._probe import probe
+from sse_bridge.testing import answer_tokens, probe
 from tests._servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -48,10 +46,6 @@ def bridges(fake: str) -> Iterator[list[int]]:
         yield ports
 
 
-def expected_tokens() -> list[str]:
-    return re.findall(r"\s*\S+", SAMPLE_ANSWER)[:TOKENS]
-
-
 def test_the_config_is_valid(tmp_path: Path) -> None:
     with nginx(DEPLOY_CONF.read_text(), bridges=[free_port(), free_port()], workdir=tmp_path):
         pass
@@ -74,7 +68,7 @@ async def test_twenty_streams_through_nginx_stay_separate(
         # nginx obeys X-Accel-Buffering and hides it from its own client.
         assert "x-accel-buffering" not in stream.headers
         events = [json.loads(event.data) for event in stream.events]
-        assert [e.get("token") for e in events[:-1]] == expected_tokens()
+        assert [e.get("token") for e in events[:-1]] == answer_tokens(TOKENS)
         assert events[-1]["finished"] is True
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,9 +14,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from sse_bridge import create_proxy
-from sse_bridge._fake_ollama import SAMPLE_ANSWER
 from sse_bridge._probe import Stream
-from sse_bridge.testing import FakeOllama, FakeOllamaConfig, RequestRecord
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig, RequestRecord, answer_tokens
 from tests._servers import serve
 from tests._wire import fetch
 
@@ -140,8 +138,8 @@ async def test_after_a_commit_a_non_streaming_answer_still_arrives() -> None:
 
 
 def fake_text(tokens: int) -> str:
-    """The first tokens of the fake's answer: words with their leading space."""
-    return "".join(re.findall(r"\s*\S+", SAMPLE_ANSWER)[:tokens])
+    """The first tokens of the fake's answer, joined."""
+    return "".join(answer_tokens(tokens))
 
 
 def cancellation(fake: FakeOllama) -> RequestRecord:
