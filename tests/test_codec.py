@@ -97,7 +97,7 @@ def test_held_bytes_stay_bounded() -> None:
 
 @pytest.mark.parametrize("bad", [0, -1])
 def test_bad_limit_is_refused(bad: int) -> None:
-    with pytest.raises(ValueError, match="max_line_bytes"):
+    with pytest.raises(ValueError, match="max_line_bytes must be an integer >= 1"):
         LineDecoder(bad)
 
 
@@ -179,9 +179,9 @@ def test_encoded_data_round_trips_through_a_conforming_parser(data: str) -> None
         ({"id": "1\n"}, "id cannot contain CR, LF or NUL"),
         ({"id": "1\r"}, "id cannot contain CR, LF or NUL"),
         ({"id": "1\0"}, "id cannot contain CR, LF or NUL"),
-        ({"retry": -1}, "retry must be a non-negative integer"),
-        ({"retry": 1.5}, "retry must be a non-negative integer"),
-        ({"retry": True}, "retry must be a non-negative integer"),
+        ({"retry": -1}, "retry must be an integer >= 0"),
+        ({"retry": 1.5}, "retry must be an integer >= 0"),
+        ({"retry": True}, "retry must be an integer >= 0"),
     ],
 )
 def test_encoder_refuses_fields_that_break_framing(kwargs: dict[str, object], message: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ._validate import check_count
+
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 
 # JSON whitespace plus the other ASCII whitespace bytes.strip() removes: a line made only of these
@@ -50,8 +52,7 @@ class LineDecoder:
     """
 
     def __init__(self, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        if max_line_bytes < 1:
-            raise ValueError("max_line_bytes must be a positive number of bytes, e.g. 1048576")
+        check_count("max_line_bytes", max_line_bytes, 1, "the longest line, e.g. 1048576")
         self._max = max_line_bytes
         # A bytearray, so that a long line arriving in small chunks is not copied quadratically.
         self._buffer = bytearray()
@@ -138,8 +139,6 @@ def encode_comment(text: str = "") -> bytes:
 
 def encode_retry(milliseconds: int) -> bytes:
     """A block that only sets an EventSource's reconnection time (``retry: N``)."""
-    # The spec ignores a retry field that is not all ASCII digits; bool is an int subclass, but
-    # `retry=True` is certainly a mistake.
-    if isinstance(milliseconds, bool) or not isinstance(milliseconds, int) or milliseconds < 0:
-        raise ValueError(f"SSE retry must be a non-negative integer of ms: {milliseconds!r}")
+    # The spec ignores a retry field that is not all ASCII digits.
+    check_count("retry", milliseconds, 0, "the reconnection time in milliseconds")
     return f"retry: {milliseconds}\n\n".encode("ascii")

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import re
 import threading
 import time
@@ -37,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import anyio
 import anyio.lowlevel
+
+from ._validate import check_count, check_seconds
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -77,30 +78,6 @@ _JSON = "application/json; charset=utf-8"
 _SSE = "text/event-stream"
 
 
-def _is_seconds(value: object) -> bool:
-    # bool is an int subclass, and JSON overrides arrive untyped: refuse `true` where a number goes.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value) and value >= 0
-    except OverflowError:  # a JSON integer too big for a float
-        return False
-
-
-def _check_seconds(name: str, value: object, meaning: str) -> None:
-    if not _is_seconds(value):
-        raise ValueError(f"{name} must be a finite number >= 0 ({meaning}), got {value!r}")
-
-
-def _check_count(name: str, value: object, minimum: int, meaning: str) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"{name} must be null/None or an integer >= {minimum} ({meaning}), got {value!r}"
-        )
-
-
 @dataclass(frozen=True)
 class FakeOllamaConfig:
     """Defaults for every request a `FakeOllama` answers.
@@ -136,13 +113,15 @@ class FakeOllamaConfig:
     models: tuple[str, ...] = ("llama3.2", "gemma4", "qwen2.5:7b")
 
     def __post_init__(self) -> None:
-        _check_seconds("tokens_per_second", self.tokens_per_second, "0 turns pacing off")
-        _check_seconds("load_delay", self.load_delay, "0 answers at once")
-        _check_seconds("stall_seconds", self.stall_seconds, "used with stall_after")
-        _check_count("num_tokens", self.num_tokens, 0, "None sends the whole sample answer")
-        _check_count("fail_after", self.fail_after, 0, "None never fails")
-        _check_count("malformed_every", self.malformed_every, 1, "None never sends bad lines")
-        _check_count("stall_after", self.stall_after, 0, "None never stalls")
+        check_seconds("tokens_per_second", self.tokens_per_second, "0 turns pacing off")
+        check_seconds("load_delay", self.load_delay, "0 answers at once")
+        check_seconds("stall_seconds", self.stall_seconds, "used with stall_after")
+        check_count("num_tokens", self.num_tokens, 0, "None sends the whole sample", optional=True)
+        check_count("fail_after", self.fail_after, 0, "None never fails", optional=True)
+        check_count(
+            "malformed_every", self.malformed_every, 1, "None never sends bad lines", optional=True
+        )
+        check_count("stall_after", self.stall_after, 0, "None never stalls", optional=True)
         if self.failure not in ("error", "close"):
             raise ValueError(f'failure must be "error" or "close", got {self.failure!r}')
         if not isinstance(self.think, bool):

@@ -22,6 +22,7 @@ from ._dialects import DialectFunc, Translator, resolve_dialect
 from ._http import STATS_KEY, StreamStats
 from ._receive import SharedReceive
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
 
@@ -78,18 +79,9 @@ class SSEBridgeMiddleware:
     ) -> None:
         if convert not in ("negotiate", "always"):
             raise ValueError(f"convert must be 'negotiate' or 'always', not {convert!r}")
-        if keepalive is not None and (
-            isinstance(keepalive, bool) or not isinstance(keepalive, int | float) or keepalive < 0
-        ):
-            raise ValueError(
-                f"keepalive must be seconds >= 0 (0 or None disables it): {keepalive!r}"
-            )
-        if (
-            isinstance(max_line_bytes, bool)
-            or not isinstance(max_line_bytes, int)
-            or max_line_bytes < 1
-        ):
-            raise ValueError(f"max_line_bytes must be a positive integer: {max_line_bytes!r}")
+        if keepalive is not None:
+            check_seconds("keepalive", keepalive, "0 or None sends no keepalives")
+        check_count("max_line_bytes", max_line_bytes, 1, "the longest NDJSON line")
         if isinstance(ndjson_types, str):
             raise ValueError("ndjson_types must be a sequence of media types, not one string")
         self.app = app

@@ -21,6 +21,7 @@ from ._http import STATS_KEY, StreamStats, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import ProxyApp
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
 access_logger = logging.getLogger("sse_bridge.access")
@@ -214,14 +215,14 @@ def create_proxy(
         cors_origins: origins allowed to call the bridge from a browser; none by default.
         grace: seconds open streams get to finish after SIGTERM before they are ended.
     """
-    _positive("max_streams", max_streams)
-    _positive("max_body", max_body)
-    _non_negative("connect_timeout", connect_timeout)
+    check_count("max_streams", max_streams, 1, "concurrent requests")
+    check_count("max_body", max_body, 1, "request body bytes")
+    check_seconds("connect_timeout", connect_timeout, "to connect to the upstream")
     if read_timeout is not None:
-        _non_negative("read_timeout", read_timeout)
+        check_seconds("read_timeout", read_timeout, "None waits forever")
     if commit_after is not None:
-        _non_negative("commit_after", commit_after)
-    _non_negative("grace", grace)
+        check_seconds("commit_after", commit_after, "0 or None never commits early")
+    check_seconds("grace", grace, "after SIGTERM")
     if isinstance(cors_origins, str):
         raise ValueError("cors_origins must be a list of origins, not one string")
     proxy = ProxyApp(
@@ -254,13 +255,3 @@ def create_proxy(
             expose_headers=["*"],
         )
     return SidecarApp(app, proxy, grace=grace)
-
-
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
-
-
-def _non_negative(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
