@@ -26,7 +26,7 @@ class SharedReceive:
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
         self._pending: deque[Message] = deque()
         self._pending_bytes = 0
         self._taken = anyio.Event()
