@@ -58,6 +58,15 @@ async def broken(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="application/x-ndjson")
 
 
+async def truncated(request: Request) -> Response:
+    """NDJSON that ends cleanly but without Ollama's done chunk."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"model":"m","response":"a","done":false}\n'
+
+    return StreamingResponse(chunks(), media_type="application/x-ndjson")
+
+
 async def broken_text(request: Request) -> Response:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"partial"
@@ -91,6 +100,7 @@ upstream_app = Starlette(
         Route("/slow", slow_headers),
         Route("/broken", broken, methods=["POST"]),
         Route("/broken-text", broken_text),
+        Route("/truncated", truncated, methods=["POST"]),
         Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
 )
@@ -327,14 +337,21 @@ async def test_one_log_line_per_stream(upstream: str, caplog: pytest.LogCaptureF
         await fetch(f"{url}/api/chat", body=b"{}")
         await fetch(f"{url}/missing")
         await fetch(f"{url}/broken", headers={"accept": "text/event-stream"})
+        await fetch(f"{url}/truncated", headers={"accept": "text/event-stream"})
+        with pytest.raises(TimeoutError):
+            await fetch(f"{url}/slow", method="GET", body=b"", deadline=0.3)
     lines = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
-    assert len(lines) == 3
+    assert len(lines) == 5
     assert lines[0].startswith("stream method=POST path=/api/chat status=200 dialect=ollama")
     assert lines[0].endswith("outcome=completed")
     assert "status=404" in lines[1]
     assert lines[1].endswith("outcome=upstream_error")
     assert "events=3" in lines[2]
     assert lines[2].endswith("outcome=upstream_error")
+    assert "events=2" in lines[3]
+    assert lines[3].endswith("outcome=upstream_truncated")
+    assert "path=/slow status=0" in lines[4]
+    assert lines[4].endswith("outcome=client_disconnected")
     for line in lines:
         fields = dict(part.split("=", 1) for part in line.split()[1:])
         assert set(fields) == {
