@@ -1,0 +1,270 @@
+"""The servers ``bench_stream.py`` starts, one role per process.
+
+Run as ``python benchmarks/_stream_servers.py ROLE [--upstream URL]``. The process binds a free
+loopback port, prints ``port N`` on stdout, then serves with uvicorn (uvloop, httptools, log level
+warning) until SIGTERM or SIGINT. Roles:
+
+- ``upstream``: the NDJSON source. ``GET /burst?n=N`` writes N Ollama generate chunks as fast as
+  possible, one ``http.response.body`` per line; ``GET /idle`` writes one chunk and then stays
+  silent until the client leaves; everything else is the fake Ollama (unpaced by default).
+- ``inprocess``: the same app three times: as is, under ``/raw`` behind
+  ``SSEBridgeMiddleware(dialect="raw")`` and under ``/ollama`` behind ``dialect="ollama"``.
+- ``sidecar``: ``sse_bridge.create_proxy(upstream=URL, dialect="ollama")``.
+- ``naive``: the baseline proxy most tutorials write (see :func:`naive_app`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import signal
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qs
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from sse_bridge import SSEBridgeMiddleware, create_proxy
+from sse_bridge._types import ASGIApp, Receive, Scope, Send
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
+
+ROLES = ("upstream", "inprocess", "sidecar", "naive")
+NDJSON = b"application/x-ndjson"
+_WORDS = (
+    " The",
+    " answer",
+    " streams",
+    " token",
+    " by",
+    " token,",
+    " as",
+    " a",
+    " model",
+    " would",
+)
+
+
+def _token_lines() -> tuple[bytes, ...]:
+    """64 distinct generate chunks of about 90 bytes, shaped exactly like Ollama's."""
+    lines = []
+    for i in range(64):
+        stamp = f"2025-06-01T12:00:00.{123456789 + 4567 * i:09d}Z"
+        word = _WORDS[i % len(_WORDS)]
+        chunk = f'{{"model":"llama3.2","created_at":"{stamp}","response":"{word}","done":false}}'
+        lines.append(chunk.encode() + b"\n")
+    return tuple(lines)
+
+
+TOKEN_LINES = _token_lines()
+DONE_LINE = (
+    b'{"model":"llama3.2","created_at":"2025-06-01T12:00:01.987654321Z","response":"",'
+    b'"done":true,"done_reason":"stop","total_duration":1000000000,"load_duration":1000000,'
+    b'"prompt_eval_count":10,"prompt_eval_duration":2000000,"eval_count":100,'
+    b'"eval_duration":900000000}\n'
+)
+
+
+async def _drain_request(receive: Receive) -> bool:
+    """Read the request body; False if the client left first."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
+async def _start_ndjson(send: Send) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", NDJSON)]}
+    )
+
+
+async def burst(scope: Scope, receive: Receive, send: Send) -> None:
+    """``n`` lines (n - 1 tokens and a done chunk) as fast as uvicorn takes them."""
+    query = parse_qs(scope["query_string"].decode())
+    n = max(1, int(query.get("n", ["1000"])[0]))
+    if not await _drain_request(receive):
+        return
+    await _start_ndjson(send)
+    lines = TOKEN_LINES
+    for i in range(n - 1):
+        await send({"type": "http.response.body", "body": lines[i % 64], "more_body": True})
+    await send({"type": "http.response.body", "body": DONE_LINE, "more_body": False})
+
+
+async def idle(scope: Scope, receive: Receive, send: Send) -> None:
+    """One token chunk, then silence until the client disconnects."""
+    if not await _drain_request(receive):
+        return
+    await _start_ndjson(send)
+    await send({"type": "http.response.body", "body": TOKEN_LINES[0], "more_body": True})
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class Router:
+    """Dispatch on the first path segment: exact paths first, then prefixes (stripped)."""
+
+    def __init__(
+        self,
+        *,
+        paths: Mapping[str, ASGIApp],
+        prefixes: Mapping[str, ASGIApp] | None = None,
+        default: ASGIApp,
+    ) -> None:
+        self.paths = dict(paths)
+        self.prefixes = dict(prefixes or {})
+        self.default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        if path in self.paths:
+            await self.paths[path](scope, receive, send)
+            return
+        for prefix, app in self.prefixes.items():
+            if path.startswith(prefix + "/"):
+                rest = path[len(prefix) :]
+                scope = {**scope, "path": rest, "raw_path": rest.encode()}
+                await app(scope, receive, send)
+                return
+        await self.default(scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def upstream_app() -> Router:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0))
+    return Router(paths={"/burst": burst, "/idle": idle, "/healthz": healthz}, default=fake)
+
+
+def inprocess_app() -> Router:
+    plain = upstream_app()
+    return Router(
+        paths={"/healthz": healthz},
+        prefixes={
+            "/raw": SSEBridgeMiddleware(plain, dialect="raw"),
+            "/ollama": SSEBridgeMiddleware(plain, dialect="ollama"),
+        },
+        default=plain,
+    )
+
+
+def naive_app(upstream: str) -> Starlette:
+    """The baseline: the httpx + ``StreamingResponse`` proxy of countless tutorials.
+
+    Written the usual way on purpose (``aiter_lines()``, an f-string per line, one body message per
+    line), with one deviation that keeps the comparison about the code path rather than about a
+    default: the shared client's pool is raised from httpx's 100 connections, which would otherwise
+    queue every stream past the hundredth, and its 5 s timeout is off, as the sidecar's is.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=upstream, timeout=None, limits=limits) as client:
+            yield {"client": client}
+
+    async def proxy(request: Request) -> StreamingResponse:
+        client: httpx.AsyncClient = request.state.client
+        body = await request.body()
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+
+        async def events() -> AsyncIterator[str]:
+            async with client.stream(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                content=body,
+                headers=headers,
+            ) as response:
+                async for line in response.aiter_lines():
+                    if line:
+                        yield f"data: {line}\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    return Starlette(
+        routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])], lifespan=lifespan
+    )
+
+
+def build(role: str, upstream: str | None) -> ASGIApp:
+    if role == "upstream":
+        return upstream_app()
+    if role == "inprocess":
+        return inprocess_app()
+    if upstream is None:
+        raise SystemExit(f"the {role} role needs --upstream http://127.0.0.1:PORT")
+    if role == "sidecar":
+        return create_proxy(upstream=upstream, dialect="ollama")
+    return naive_app(upstream)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("--upstream", help="base URL the sidecar and naive roles forward to")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the server here")
+    args = parser.parse_args()
+    # The sidecar logs one INFO line per stream; a benchmark wants none of them.
+    logging.getLogger("sse_bridge").setLevel(logging.WARNING)
+    app = build(args.role, args.upstream)
+    # Bound here rather than by uvicorn, so that the parent learns the port from a free one (0).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    print(f"port {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    if args.profile:
+        # uvicorn re-raises the signal that stopped it once it has shut down; with no-op
+        # handlers installed first, that returns here and the profile gets written.
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop, lambda signum, frame: None)
+        profiler = cProfile.Profile()
+        profiler.runcall(server.run, sockets=[sock])
+        profiler.dump_stats(args.profile)
+    else:
+        server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
