@@ -120,10 +120,10 @@ class ServerSentEvent:
 
     def encode(self) -> bytes:
         """The event's wire form, ending with the blank line that dispatches it."""
-        if self.id is None and self.event is None and self.retry is None:
-            if "\n" not in self.data and "\r" not in self.data:
-                # The common case, once per token: skip the general path below.
-                return b"data: " + self.data.encode("utf-8") + b"\n\n"
+        plain = self.id is None and self.event is None and self.retry is None
+        if plain and "\n" not in self.data and "\r" not in self.data:
+            # The common case, once per token: skip the general path below.
+            return b"data: " + self.data.encode("utf-8") + b"\n\n"
         out = []
         if self.id is not None:
             out.append(f"id: {self.id}\n")
