@@ -271,3 +271,15 @@ def test_dumps_escapes_line_separators_for_splitlines_clients() -> None:
     assert text == '{"t":"a\\u2028b\\u2029c\\u0085d<é"}'
     assert len(text.splitlines()) == 1
     assert json.loads(text) == {"t": "a\u2028b\u2029c\u0085d<é"}
+
+
+def test_openai_usage_needs_integer_counts() -> None:
+    body = b'{"model":"m","response":"","done":true,"eval_count":"many","prompt_eval_count":1}\n'
+    chunks, data = openai_chunks(body)
+    assert "usage" not in chunks[-1]
+    assert data[-1] == "[DONE]"
+
+
+def test_openai_end_after_other_objects_names_the_truncation() -> None:
+    _, data = openai_chunks(b'{"status":"pulling"}\n')
+    assert json.loads(data[-1])["error"]["message"] == TRUNCATED

@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 from sse_bridge import SSEBridgeMiddleware
-from sse_bridge._middleware import APP_FAILED, SCOPE_KEY
+from sse_bridge._http import EVENT_STREAM_KEY as SCOPE_KEY
+from sse_bridge._middleware import APP_ENDED, APP_FAILED
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data, httpx_sse_json
 
@@ -114,8 +115,8 @@ async def test_converted_response_headers() -> None:
     assert client.start["headers"] == [
         (b"set-cookie", b"a=1"),
         (b"vary", b"Accept"),
-        (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"cache-control", b"no-cache, no-transform"),
+        (b"content-type", b"text/event-stream; charset=utf-8"),
         (b"x-accel-buffering", b"no"),
         (b"connection", b"keep-alive"),
     ]
@@ -215,7 +216,8 @@ async def test_inner_event_stream_gets_anti_buffering_headers() -> None:
     await call(ndjson_app([b"data: x\n\n"], headers=headers), client, http_scope([]))
     assert client.headers == {
         b"content-type": b"text/event-stream",
-        b"cache-control": b"private",
+        # The app's own directive stays; what stops caches and transformations is added.
+        b"cache-control": b"private, no-cache, no-transform",
         b"x-accel-buffering": b"no",
         b"connection": b"keep-alive",
     }
@@ -314,14 +316,36 @@ async def test_final_line_without_newline_is_delivered() -> None:
     assert httpx_sse_data(client.body_bytes) == ['{"a":1}', '{"b":2}']
 
 
-async def test_app_that_returns_without_ending_its_body_gets_its_stream_ended() -> None:
+@pytest.mark.parametrize(
+    ("dialect", "expected"),
+    [
+        (
+            "ollama",
+            [
+                '{"token":"a"}',
+                '{"error":"upstream sent a line that is not JSON (Expecting value at column 6)",'
+                '"line":"{\\"x\\":"}',
+                json.dumps({"error": APP_ENDED, "finished": True}, separators=(",", ":")),
+            ],
+        ),
+        (
+            "raw",
+            [
+                '{"model":"m","response":"a","done":false}',
+                '{"x":',
+                json.dumps({"error": APP_ENDED}, separators=(",", ":")),
+            ],
+        ),
+    ],
+)
+async def test_app_that_returns_without_ending_its_body_gets_its_stream_ended(
+    dialect: str, expected: list[str]
+) -> None:
     client = Client()
     app = ndjson_app([b'{"model":"m","response":"a","done":false}\n{"x":'], finish=False)
-    await call(app, client, dialect="ollama")
-    events = httpx_sse_json(client.body_bytes)
-    assert events[0] == {"token": "a"}
-    assert events[1]["line"] == '{"x":'
-    assert events[2]["error"].startswith("upstream closed the stream before its final chunk")
+    await call(app, client, dialect=dialect)
+    # What the app sent is delivered, then the client is told the stream broke off.
+    assert httpx_sse_data(client.body_bytes) == expected
     assert client.bodies[-1]["more_body"] is False
 
 
@@ -592,3 +616,75 @@ async def test_inner_event_stream_keeps_its_own_buffering_header() -> None:
     client = Client()
     await call(ndjson_app([b"data: x\n\n"], headers=headers), client, http_scope(http_version="2"))
     assert client.start["headers"] == [*headers, (b"cache-control", b"no-cache, no-transform")]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "line"),
+    [
+        (
+            "ollama",
+            b'{"model":"m","message":{"role":"assistant","content":"","tool_calls":5},"done":false}',
+        ),
+        (
+            "openai",
+            b'{"model":"m","message":{"role":"assistant","tool_calls":[{"function":null}]},"done":false}',
+        ),
+    ],
+)
+async def test_an_unexpected_shape_is_reported_and_the_stream_goes_on(
+    dialect: str, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = Client()
+    chunks = [line + b"\n", b'{"model":"m","response":"b","done":false}\n']
+    with caplog.at_level(logging.ERROR, logger="sse_bridge"):
+        await call(ndjson_app(chunks), client, dialect=dialect)
+    data = httpx_sse_data(client.body_bytes)
+    assert "could not translate this line" in data[0]
+    assert '"b"' in data[1]  # the next token still arrived
+    assert "failed on a line" in caplog.text
+
+
+async def test_a_lone_surrogate_escape_does_not_break_the_stream() -> None:
+    client = Client()
+    chunks = [
+        b'{"model":"m","response":"\\ud83d","done":false}\n',
+        b'{"model":"m","response":"!","done":true}\n',
+    ]
+    await call(ndjson_app(chunks), client, dialect="ollama")
+    events = httpx_sse_json(client.body_bytes)
+    assert events[0] == {"token": "\ud83d"}
+    assert events[1] == {"token": "!"}
+    assert events[2]["finished"] is True
+
+
+@pytest.mark.parametrize(
+    ("app_value", "sent"),
+    [
+        (None, b"no-cache, no-transform"),
+        (b"private", b"private, no-cache, no-transform"),
+        (b"no-store", b"no-store, no-transform"),
+        (b"no-cache, no-transform", b"no-cache, no-transform"),
+    ],
+)
+async def test_cache_control_keeps_the_apps_directives(
+    app_value: bytes | None, sent: bytes
+) -> None:
+    headers = NDJSON + ([(b"cache-control", app_value)] if app_value else [])
+    client = Client()
+    await call(ndjson_app([b"{}\n"], headers=headers), client)
+    assert client.headers[b"cache-control"] == sent
+
+
+async def test_an_asgi_24_server_is_presented_as_23() -> None:
+    seen: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope)
+        await ndjson_app([])(scope, receive, send)
+
+    original = http_scope(asgi={"version": "3.0", "spec_version": "2.4"})
+    await call(app, Client(), original)
+    # The middleware drops sends after a disconnect, as 2.3 does: Starlette then keeps
+    # listening for http.disconnect instead of relying on send() raising.
+    assert seen[0]["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert original["asgi"]["spec_version"] == "2.4"

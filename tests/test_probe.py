@@ -165,3 +165,23 @@ def test_probe_command_report_and_json() -> None:
     assert "http:// or https://" in bad_url.output
     assert get.exit_code == 2  # one JSON line from /api/tags: fewer than three events
     assert "fewer than 3 events" in get.output
+
+
+def test_a_header_that_cannot_be_sent_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["probe", "http://127.0.0.1:9/", "-H", "bad name: x"])
+    assert result.exit_code == 2
+    assert "not a valid request" in result.output
+
+
+async def test_a_last_ndjson_line_without_newline_counts() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def lines(request: object) -> Response:
+        return Response(b'{"a":1}\n{"a":2}\n{"a":3}', media_type="application/x-ndjson")
+
+    with serve(Starlette(routes=[Route("/", lines)])) as url:
+        stream = await read_stream(f"{url}/")
+    assert [event.data for event in stream.events] == ['{"a":1}', '{"a":2}', '{"a":3}']
+    assert stream.complete

@@ -67,6 +67,10 @@ async def truncated(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="application/x-ndjson")
 
 
+async def ndjson_with_length(request: Request) -> Response:
+    return Response(b'{"a":1}\n', media_type="application/x-ndjson")
+
+
 async def broken_text(request: Request) -> Response:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"partial"
@@ -101,6 +105,7 @@ upstream_app = Starlette(
         Route("/broken", broken, methods=["POST"]),
         Route("/broken-text", broken_text),
         Route("/truncated", truncated, methods=["POST"]),
+        Route("/ndjson-with-length", ndjson_with_length),
         Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
 )
@@ -459,7 +464,9 @@ def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
 async def test_after_a_commit_a_late_failure_is_an_error_event(
     upstream: str, kind: str, error: str
 ) -> None:
-    app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.1)
+    app = create_proxy(
+        upstream=upstream, dialect="ollama", commit_after=0.1, commit_paths=[f"/late/{kind}"]
+    )
     with serve(app) as url:
         response = await fetch(f"{url}/late/{kind}", headers={"accept": "text/event-stream"})
     assert response.status == 200
@@ -467,7 +474,13 @@ async def test_after_a_commit_a_late_failure_is_an_error_event(
 
 
 async def test_after_a_commit_an_unreachable_upstream_is_an_error_event(upstream: str) -> None:
-    app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.1, read_timeout=0.3)
+    app = create_proxy(
+        upstream=upstream,
+        dialect="ollama",
+        commit_after=0.1,
+        commit_paths=["/slow"],
+        read_timeout=0.3,
+    )
     with serve(app) as url:
         response = await fetch(
             f"{url}/slow", method="GET", body=b"", headers={"accept": "text/event-stream"}
@@ -483,7 +496,13 @@ async def test_after_a_commit_an_oversized_body_is_an_error_event(upstream: str)
         await anyio.sleep(0.4)
         yield b"x" * 60
 
-    app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.1, max_body=100)
+    app = create_proxy(
+        upstream=upstream,
+        dialect="ollama",
+        commit_after=0.1,
+        commit_paths=["/upload"],
+        max_body=100,
+    )
     with serve(app) as url:
         async with httpx.AsyncClient() as client:
             response = await client.post(
@@ -528,3 +547,66 @@ async def test_a_streamed_body_is_never_replayed() -> None:
 def test_an_invalid_upstream_url_is_refused() -> None:
     with pytest.raises(ValueError, match="upstream must be a URL"):
         create_proxy(upstream="http://[::1")
+
+
+async def test_relayed_ndjson_drops_its_content_length(upstream: str) -> None:
+    with serve(create_proxy(upstream=upstream)) as url:
+        response = await fetch(f"{url}/ndjson-with-length", method="GET", body=b"")
+    assert response.body == b'{"a":1}\n'
+    assert "content-length" not in response.headers
+    assert response.headers["transfer-encoding"] == "chunked"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "accept", "committed"),
+    [
+        ("/late/html-200", b"{}", "text/event-stream", False),  # not an NDJSON endpoint
+        ("/api/chat", b'{"stream": false}', "text/event-stream", False),
+        ("/api/chat", b"{}", "application/json", False),  # convert=always, but not asked
+        ("/api/chat", b"{}", "text/event-stream", True),
+    ],
+)
+async def test_only_requests_for_events_from_ndjson_endpoints_commit_early(
+    path: str, body: bytes, accept: str, committed: bool
+) -> None:
+    async def slow(request: Request) -> Response:
+        await anyio.sleep(0.5)
+        return JSONResponse({"late": True})
+
+    app = Starlette(routes=[Route(path, slow, methods=["POST"])])
+    with serve(app) as upstream:
+        bridge = create_proxy(upstream=upstream, convert="always", commit_after=0.1)
+        with serve(bridge) as url:
+            response = await fetch(f"{url}{path}", body=body, headers={"accept": accept})
+    assert response.time_to_headers is not None
+    assert (response.time_to_headers < 0.4) is committed
+    if not committed:
+        assert response.headers["content-type"] == "application/json"
+        assert json.loads(response.body) == {"late": True}
+
+
+def test_a_target_that_makes_no_upstream_url_is_a_400(upstream: str) -> None:
+    with serve(create_proxy(upstream=upstream), http="h11") as url:
+        raw = raw_request(url, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"].startswith("no upstream URL for this target")
+
+
+@respx.mock
+async def test_a_slow_failure_is_not_retried() -> None:
+    async def fail_late(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.6)
+        raise httpx.RemoteProtocolError("Server disconnected")
+
+    route = respx.post("http://127.0.0.1:11434/api/chat").mock(side_effect=fail_late)
+    response = await call(respx_proxy())
+    assert response.status_code == 502
+    assert route.call_count == 1
+
+
+def test_an_empty_api_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="api_key must not be empty"):
+        create_proxy(upstream="http://h", api_key="")
+    with pytest.raises(ValueError, match="commit_paths must be a list"):
+        create_proxy(upstream="http://h", commit_paths="/api/chat")

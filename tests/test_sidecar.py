@@ -119,7 +119,7 @@ async def test_a_slow_model_load_commits_the_stream_and_sends_keepalives() -> No
     assert ndjson.headers["content-type"] == "application/x-ndjson"
 
 
-async def test_after_a_commit_a_non_streaming_answer_still_arrives() -> None:
+async def test_stream_false_is_not_committed_but_a_late_json_answer_fits_a_commit() -> None:
     fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=3, load_delay=0.6))
     with serve(fake) as upstream:
         app = create_proxy(upstream=upstream, dialect="ollama", commit_after=0.2)
@@ -128,13 +128,24 @@ async def test_after_a_commit_a_non_streaming_answer_still_arrives() -> None:
             error = await fetch(
                 f"{url}/api/chat", body=chat({"fail_after": 0}, stream=False), headers=SSE
             )
-    assert whole.status == 200
-    events = data(whole)
-    assert events[0]["token"] == fake_text(3)
-    assert events[1]["finished"] is True
-    assert data(error) == [
-        {"error": "an error was encountered while running the model", "finished": True}
-    ]
+            # Ollama answers a chat without messages with one JSON object (it only loads
+            # the model), whatever the client asked: after a commit it becomes one line.
+            load_only = json.dumps({"model": "llama3.2", "messages": []}).encode()
+            loaded = await fetch(f"{url}/api/chat", body=load_only, headers=SSE)
+    # "stream": false asks for one JSON answer: it arrives as such, when the model is ready.
+    assert whole.headers["content-type"].startswith("application/json")
+    assert whole.time_to_headers is not None
+    assert whole.time_to_headers >= 0.55
+    assert json.loads(whole.body)["message"]["content"] == fake_text(3)
+    assert error.status == 500
+    assert json.loads(error.body) == {"error": "an error was encountered while running the model"}
+    assert loaded.status == 200
+    assert loaded.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert loaded.time_to_headers is not None
+    assert loaded.time_to_headers < 0.5
+    (event,) = data(loaded)
+    assert event["finished"] is True
+    assert event["done_reason"] == "load"
 
 
 def fake_text(tokens: int) -> str:

@@ -68,6 +68,12 @@ def main() -> None:
     type=SECONDS,
     help="Seconds without upstream headers before an SSE client gets a 200 stream; 0: never.",
 )
+@_option(
+    "commit-path",
+    multiple=True,
+    default=("/api/chat", "/api/generate"),
+    help="A path that streams NDJSON and may be committed early; repeat for more.",
+)
 @_option("connect-timeout", default=5.0, type=SECONDS, help="Seconds to connect upstream.")
 @_option("read-timeout", default=0.0, type=SECONDS, help="Seconds upstream may be silent; 0: any.")
 @_option("max-streams", default=1000, type=click.IntRange(min=1), help="Concurrent requests.")
@@ -99,6 +105,7 @@ def serve(**options: Any) -> None:
     server = {key: options.pop(key) for key in ("host", "port", "workers", "http", "log_level")}
     options["read_timeout"] = _seconds_or_none(options["read_timeout"])
     options["cors_origins"] = list(options.pop("cors_origin"))
+    options["commit_paths"] = list(options.pop("commit_path"))
     try:
         run(**server, proxy_options=options)
     except ValueError as exc:

@@ -25,6 +25,9 @@ DEFAULT_MAX_LINE_BYTES = 1 << 20
 # carries no value and is skipped.
 _BLANK = b" \t\r\n\x0b\x0c"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# JSON may escape half a surrogate pair ("\ud83d"), which json.loads keeps and UTF-8 cannot
+# encode. Written back as the same escape it stays valid JSON, and no stream fails on it.
+_LONE_SURROGATES = "backslashreplace"
 
 
 class LineTooLongError(Exception):
@@ -123,7 +126,7 @@ class ServerSentEvent:
         plain = self.id is None and self.event is None and self.retry is None
         if plain and "\n" not in self.data and "\r" not in self.data:
             # The common case, once per token: skip the general path below.
-            return b"data: " + self.data.encode("utf-8") + b"\n\n"
+            return b"data: " + self.data.encode("utf-8", _LONE_SURROGATES) + b"\n\n"
         out = []
         if self.id is not None:
             out.append(f"id: {self.id}\n")
@@ -133,7 +136,7 @@ class ServerSentEvent:
             out.append(f"retry: {self.retry}\n")
         out.extend(f"data: {line}\n" for line in _LINE_BREAK.split(self.data))
         out.append("\n")
-        return "".join(out).encode("utf-8")
+        return "".join(out).encode("utf-8", _LONE_SURROGATES)
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -46,7 +46,7 @@ class DemoApp:
             if scope["path"] == "/":
                 await self.page(scope, send)
                 return
-            if scope["path"] == "/api/chat/events":
+            if scope["path"] == "/api/chat/events" and scope["method"] == "GET":
                 await self.events(scope, receive, send)
                 return
         await self.bridge(scope, receive, send)
@@ -152,6 +152,10 @@ async def stream_answer(url: str, body: dict[str, Any], out: TextIO) -> Answer:
         httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), trust_env=False) as client,
         client.stream("POST", url, json=body, headers=headers) as response,
     ):
+        if response.status_code != 200:
+            await response.aread()
+            error = f"the bridge answered {response.status_code}: {response.text}"
+            return Answer(0, None, time.monotonic() - started, error)
         async for chunk in response.aiter_raw():
             for event in parser.feed(chunk):
                 data = json.loads(event.data)

@@ -63,16 +63,17 @@ class Translator(Protocol):
 
     def fail(self, message: str) -> list[ServerSentEvent]: ...
 
+    def bad_line(self, line: str, reason: str) -> list[ServerSentEvent]:
+        """A line that could not be translated: reported, and the stream goes on."""
+        ...
 
-class RawTranslator:
-    """``raw``: every line verbatim as one event; errors as ``{"error": "..."}``."""
+
+class _Translator:
+    """What the dialects share: the state flags, and errors as ``{"error": "..."}``."""
 
     def __init__(self) -> None:
         self.finished = False
         self.completed = False
-
-    def line(self, line: str) -> list[ServerSentEvent]:
-        return [ServerSentEvent(data=line)]
 
     def end(self) -> list[ServerSentEvent]:
         return []
@@ -81,33 +82,35 @@ class RawTranslator:
         self.finished = True
         return [_data({"error": message})]
 
+    def bad_line(self, line: str, reason: str) -> list[ServerSentEvent]:
+        # The line itself goes along: nothing the upstream sent is silently lost.
+        return [_data({"error": reason, "line": line})]
 
-class CallableTranslator:
+
+class RawTranslator(_Translator):
+    """``raw``: every line verbatim as one event; errors as ``{"error": "..."}``."""
+
+    def line(self, line: str) -> list[ServerSentEvent]:
+        return [ServerSentEvent(data=line)]
+
+
+class CallableTranslator(_Translator):
     """A user function applied to each decoded JSON value."""
 
     def __init__(self, func: DialectFunc) -> None:
-        self.finished = False
-        self.completed = False
+        super().__init__()
         self._func = func
 
     def line(self, line: str) -> list[ServerSentEvent]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            return [_data({"error": _not_json(exc), "line": line})]
+            return self.bad_line(line, _not_json(exc))
         try:
             return [_as_event(item) for item in self._func(value)]
         except Exception as exc:
             logger.exception("sse_bridge dialect %r failed on a line", self._func)
-            message = f"the dialect failed on a line ({type(exc).__name__})"
-            return [_data({"error": message, "line": line})]
-
-    def end(self) -> list[ServerSentEvent]:
-        return []
-
-    def fail(self, message: str) -> list[ServerSentEvent]:
-        self.finished = True
-        return [_data({"error": message})]
+            return self.bad_line(line, f"the dialect failed on a line ({type(exc).__name__})")
 
 
 def _as_event(item: Any) -> ServerSentEvent:
@@ -146,12 +149,11 @@ def _error_text(value: Any) -> str:
     return value if isinstance(value, str) else dumps(value)
 
 
-class OllamaTranslator:
+class OllamaTranslator(_Translator):
     """``ollama``: ``{"token"}`` per chunk, ``{"finished"}`` at the end, ``{"error"}`` on error."""
 
     def __init__(self) -> None:
-        self.finished = False
-        self.completed = False
+        super().__init__()
         self._seen_chunk = False
         self._seen_any = False
 
@@ -160,7 +162,7 @@ class OllamaTranslator:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            return [_data({"error": _not_json(exc), "line": line})]
+            return self.bad_line(line, _not_json(exc))
         if isinstance(value, dict) and "error" in value:
             return self.fail(_error_text(value["error"]))
         if not _is_chunk(value):
@@ -195,22 +197,23 @@ class OllamaTranslator:
         return [_data({"error": message, "finished": True})]
 
 
-class OpenAITranslator:
+class OpenAITranslator(_Translator):
     """``openai``: Ollama chunks as ``chat.completion.chunk`` objects, then ``[DONE]``."""
 
     def __init__(self) -> None:
-        self.finished = False
-        self.completed = False
+        super().__init__()
         self._id = f"chatcmpl-{secrets.token_hex(12)}"
         self._created = int(time.time())
         self._role_sent = False
+        self._seen_any = False
         self._tool_calls = 0
 
     def line(self, line: str) -> list[ServerSentEvent]:
+        self._seen_any = True
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            return [self._error(_not_json(exc))]
+            return self.bad_line(line, _not_json(exc))
         if isinstance(value, dict) and "error" in value:
             return self.fail(_error_text(value["error"]))
         if not _is_chunk(value):
@@ -242,11 +245,14 @@ class OpenAITranslator:
         return events
 
     def end(self) -> list[ServerSentEvent]:
-        return self.fail(TRUNCATED if self._role_sent else EMPTY)
+        return self.fail(TRUNCATED if self._seen_any else EMPTY)
 
     def fail(self, message: str) -> list[ServerSentEvent]:
         self.finished = True
         return [self._error(message)]
+
+    def bad_line(self, line: str, reason: str) -> list[ServerSentEvent]:
+        return [self._error(reason)]
 
     def _error(self, message: str) -> ServerSentEvent:
         # The openai SDK raises APIError for a data object with an "error" key.
@@ -279,15 +285,19 @@ class OpenAITranslator:
             "model": value.get("model", ""),
             "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
         }
-        if reason is not None and "eval_count" in value:
-            prompt = value.get("prompt_eval_count", 0)
-            completion = value.get("eval_count", 0)
+        prompt = value.get("prompt_eval_count", 0)
+        completion = value.get("eval_count")
+        if reason is not None and _counts(prompt, completion):
             chunk["usage"] = {
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,
                 "total_tokens": prompt + completion,
             }
         return _data(chunk)
+
+
+def _counts(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 DIALECTS: dict[str, Callable[[], Translator]] = {

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._types import Send
 
 STATS_KEY = "sse_bridge.stats"
+# Set by the middleware on the scope it hands the app: True when a 200 NDJSON response will be
+# converted into an event stream.
+EVENT_STREAM_KEY = "sse_bridge.event_stream"
+# Set with it when the client itself named text/event-stream in Accept (not only convert="always").
+ACCEPTS_EVENTS_KEY = "sse_bridge.accepts_event_stream"
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -25,6 +32,19 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
+    """The first value of a header (names compared case-insensitively), or ""."""
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def media_type(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The Content-Type without its parameters, lower-cased: "application/x-ndjson"."""
+    return header(headers, b"content-type").split(";")[0].strip().lower()
 
 
 def without_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

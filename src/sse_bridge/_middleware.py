@@ -19,23 +19,30 @@ from ._codec import (
     encode_retry,
 )
 from ._dialects import DialectFunc, Translator, resolve_dialect
-from ._http import STATS_KEY, StreamStats
+from ._http import (
+    ACCEPTS_EVENTS_KEY,
+    EVENT_STREAM_KEY,
+    NDJSON_TYPES,
+    STATS_KEY,
+    StreamStats,
+    header,
+    media_type,
+)
 from ._receive import SharedReceive
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
 
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-SCOPE_KEY = "sse_bridge.event_stream"
 PING = encode_comment("ping")
 APP_FAILED = "the stream failed inside the server; the answer is incomplete"
+APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
 
 # Headers that describe the NDJSON body and would be false for the event stream that replaces it.
 # Content-Length in particular: h11 raises "Too much data for declared Content-Length".
 _BODY_HEADERS = frozenset(
     {b"content-length", b"content-type", b"content-encoding", b"transfer-encoding", b"etag"}
-    | {b"content-md5", b"accept-ranges", b"cache-control", b"x-accel-buffering", b"connection"}
+    | {b"content-md5", b"accept-ranges", b"x-accel-buffering", b"connection"}
 )
 # Server extensions that would let the app bypass http.response.body, which is what we rewrite.
 _BYPASS_EXTENSIONS = (
@@ -97,11 +104,9 @@ class SSEBridgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        wanted = scope["method"] != "HEAD" and (
-            self.convert == "always" or _accepts_event_stream(scope["headers"])
-        )
-        if wanted:
-            scope = _conversion_scope(scope)
+        accepts = _accepts_event_stream(scope["headers"])
+        wanted = scope["method"] != "HEAD" and (self.convert == "always" or accepts)
+        scope = _scope_for_app(scope, wanted, accepts)
         await _Responder(self, scope, wanted).run(receive, send)
 
 
@@ -124,24 +129,33 @@ def _accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-def _conversion_scope(scope: Scope) -> Scope:
-    """A copy of the scope that asks the app for an identity-encoded body it can stream."""
+def _scope_for_app(scope: Scope, wanted: bool, accepts: bool) -> Scope:
+    """The app's copy of the scope; the caller's is never changed."""
     scope = dict(scope)
+    asgi = scope.get("asgi") or {}
+    if _spec_version(asgi) >= (2, 4):
+        # After a disconnect or an early end this middleware accepts and drops what the app
+        # sends, as under ASGI 2.3; say so, or Starlette's StreamingResponse stops listening
+        # for http.disconnect and runs its generator to the end.
+        scope["asgi"] = {**asgi, "spec_version": "2.3"}
+    if not wanted:
+        return scope
     # A compressed NDJSON body cannot be re-framed line by line.
     headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
     scope["headers"] = [*headers, (b"accept-encoding", b"identity")]
     extensions = scope.get("extensions")
     if extensions:
         scope["extensions"] = {k: v for k, v in extensions.items() if k not in _BYPASS_EXTENSIONS}
-    scope[SCOPE_KEY] = True
+    scope[EVENT_STREAM_KEY] = True
+    scope[ACCEPTS_EVENTS_KEY] = accepts
     return scope
 
 
-def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""
+def _spec_version(asgi: dict[str, str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(asgi.get("spec_version", "2.0")).split("."))
+    except ValueError:
+        return (2, 0)
 
 
 class _Responder:
@@ -172,8 +186,13 @@ class _Responder:
             try:
                 await self.options.app(self.scope, self.receive, self.send_wrapper)
                 if self.converting and not self.closed:
-                    # The app returned without ending its body: end the stream for it.
-                    await self.body(b"", more=False)
+                    # The app returned without ending its body: deliver what it sent, then say
+                    # that the stream broke off, whatever the dialect.
+                    events = self.translate(self.decoder.flush())
+                    if not self.translator.finished:
+                        self.settle("upstream_truncated")
+                        events += self.translator.fail(APP_ENDED)
+                    await self.write(events, more=False)
             except Exception as exc:
                 error = exc
                 if self.converting and not self.closed:
@@ -198,8 +217,8 @@ class _Responder:
 
     async def start(self, message: Message) -> None:
         headers = list(message.get("headers", []))
-        media = _header(headers, b"content-type").split(";")[0].strip().lower()
-        encoding = _header(headers, b"content-encoding").strip().lower()
+        media = media_type(headers)
+        encoding = header(headers, b"content-encoding").strip().lower()
         if media in self.options.ndjson_types:
             if self.options.convert == "negotiate":
                 headers.append((b"vary", b"Accept"))
@@ -252,7 +271,14 @@ class _Responder:
     def translate(self, lines: list[str]) -> list[ServerSentEvent]:
         events: list[ServerSentEvent] = []
         for line in lines:
-            events += self.translator.line(line)
+            try:
+                events += self.translator.line(line)
+            except Exception as exc:
+                # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
+                # stream: report that line and go on.
+                logger.exception("sse_bridge: %s failed on a line", type(self.translator).__name__)
+                reason = f"the bridge could not translate this line ({type(exc).__name__})"
+                events += self.translator.bad_line(line, reason)
             if self.translator.finished:
                 break
         return events
@@ -325,17 +351,27 @@ class _Responder:
 def _event_stream_headers(
     headers: list[tuple[bytes, bytes]], scope: Scope
 ) -> list[tuple[bytes, bytes]]:
-    """Add what keeps proxies and browsers from buffering or transforming an event stream."""
+    """Add what keeps proxies and browsers from buffering, caching or transforming a stream."""
     names = {k.lower() for k, _ in headers}
-    added = []
+    kept = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
+    added = [(b"cache-control", _cache_control(header(headers, b"cache-control")))]
     if b"content-type" not in names:
         added.append((b"content-type", b"text/event-stream; charset=utf-8"))
-    if b"cache-control" not in names:
-        added.append((b"cache-control", b"no-cache, no-transform"))
     if b"x-accel-buffering" not in names:
         # nginx stops buffering this response (and hides the header from its own client).
         added.append((b"x-accel-buffering", b"no"))
     # Connection is a hop-by-hop header that HTTP/2 forbids.
     if b"connection" not in names and scope.get("http_version") == "1.1":
         added.append((b"connection", b"keep-alive"))
-    return headers + added
+    return kept + added
+
+
+def _cache_control(value: str) -> bytes:
+    """The app's own directives, plus no-cache (unless no-store) and no-transform."""
+    directives = [d.strip() for d in value.split(",") if d.strip()]
+    names = {d.split("=")[0].lower() for d in directives}
+    if not names & {"no-cache", "no-store"}:
+        directives.append("no-cache")
+    if "no-transform" not in names:
+        directives.append("no-transform")
+    return ", ".join(directives).encode("latin-1")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
@@ -70,13 +70,7 @@ async def read_stream(
     Events are SSE events for ``text/event-stream`` and non-blank lines otherwise (NDJSON).
     Network errors and timeouts are recorded in ``error``, never raised.
     """
-    parts, host = _split(url)
-    tls = parts.scheme == "https"
-    port = parts.port or (443 if tls else 80)
-    host_header = parts.netloc.rpartition("@")[2]
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    request_headers = [("host", host_header), ("content-length", str(len(body))), *headers]
-    request = h11.Request(method=method, target=target, headers=request_headers)
+    host, port, tls, request = _prepare(url, method, body, headers)
     stream = Stream()
     started = time.monotonic()
     try:
@@ -91,11 +85,22 @@ async def read_stream(
     return stream
 
 
-def _split(url: str) -> tuple[SplitResult, str]:
+def _prepare(
+    url: str, method: str, body: bytes, headers: Sequence[tuple[str, str]]
+) -> tuple[str, int, bool, h11.Request]:
+    """Where to connect and what to send; ValueError for a URL or header that cannot be."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"probe needs an http:// or https:// URL, not {url!r}")
-    return parts, parts.hostname
+    tls = parts.scheme == "https"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = parts.netloc.rpartition("@")[2]
+    all_headers = [("host", host), ("content-length", str(len(body))), *headers]
+    try:
+        request = h11.Request(method=method, target=target, headers=all_headers)
+    except h11.LocalProtocolError as exc:
+        raise ValueError(f"not a valid request: {exc}") from None
+    return parts.hostname, parts.port or (443 if tls else 80), tls, request
 
 
 async def _connect(host: str, port: int, tls: bool) -> anyio.abc.ByteStream:
@@ -161,6 +166,10 @@ async def _exchange(
                 stream.events += new
                 stream.event_times += [now] * len(new)
             elif isinstance(event, h11.EndOfMessage):
+                if not sse and tail.strip():
+                    # A last NDJSON line without its newline is still a line.
+                    stream.events.append(ParsedEvent(tail.decode("utf-8", "replace")))
+                    stream.event_times.append(now)
                 stream.complete = True
                 return
         if not data:
@@ -283,7 +292,7 @@ async def probe(
         interval: the upstream's pace in seconds between events, if known.
         deadline: seconds each stream may take.
     """
-    _split(url)
+    _prepare(url, method, body, headers)  # A bad URL or header fails here, once.
     if streams < 1:
         raise ValueError("streams must be at least 1")
     if interval is not None and interval <= 0:

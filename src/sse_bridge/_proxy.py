@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -19,8 +20,16 @@ import anyio
 import anyio.abc
 import httpx
 
-from ._http import STATS_KEY, StreamStats, send_json, without_hop_by_hop
-from ._middleware import SCOPE_KEY
+from ._http import (
+    ACCEPTS_EVENTS_KEY,
+    EVENT_STREAM_KEY,
+    NDJSON_TYPES,
+    STATS_KEY,
+    StreamStats,
+    media_type,
+    send_json,
+    without_hop_by_hop,
+)
 from ._types import Receive, Scope, Send
 
 logger = logging.getLogger("sse_bridge")
@@ -33,6 +42,11 @@ REPLAYABLE_BYTES = 64 * 1024
 # How much of an error body is read to find its message once the stream was committed.
 ERROR_BODY_BYTES = 64 * 1024
 _RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+# A stale pooled connection fails at once. A request that failed later may have reached the
+# upstream (a model that crashed while loading): sending it again would repeat the work.
+STALE_FAILURE_SECONDS = 0.5
+# Ollama's endpoints that stream NDJSON and may stay silent for minutes while a model loads.
+COMMIT_PATHS = ("/api/chat", "/api/generate")
 
 
 class BodyTooLargeError(Exception):
@@ -64,16 +78,20 @@ class ProxyApp:
         *,
         upstream: str,
         commit_after: float | None = 1.0,
+        commit_paths: Sequence[str] = COMMIT_PATHS,
         connect_timeout: float = 5.0,
         read_timeout: float | None = None,
         max_body: int = 10 * 1024 * 1024,
+        max_answer_bytes: int = 1 << 20,
         max_connections: int = 1000,
         strip_authorization: bool = False,
     ) -> None:
         self.upstream = parse_upstream(upstream)
         self.base_path = self.upstream.raw_path.rstrip(b"/")
         self.commit_after = commit_after or 0.0
+        self.commit_paths = frozenset(commit_paths)
         self.max_body = max_body
+        self.max_answer_bytes = max_answer_bytes
         self.strip_authorization = strip_authorization
         self._client_options: dict[str, Any] = {
             "timeout": httpx.Timeout(connect_timeout, read=read_timeout, write=read_timeout),
@@ -196,21 +214,27 @@ class _Exchange:
             await self.too_large()
             return
         self.proxy.exchanges.add(self)
+        error: Exception | None = None
         try:
             with self.cancel:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self.watch_disconnect)
                     try:
                         await self.exchange(content, tasks)
+                    except Exception as exc:
+                        # Raised here, it would leave the task group as an ExceptionGroup.
+                        error = exc
                     finally:
                         tasks.cancel_scope.cancel()
                         if self.response is not None:
                             with anyio.CancelScope(shield=True):
                                 await self.response.aclose()
-            if self.draining and not self.client_gone:
+            if self.draining and not self.client_gone and not self.finished:
                 await self.shut_down()
         finally:
             self.proxy.exchanges.discard(self)
+        if error is not None:
+            raise error
 
     def drain(self) -> None:
         """End this exchange now, telling the client the bridge is shutting down."""
@@ -289,8 +313,7 @@ class _Exchange:
         self, content: bytes | AsyncIterator[bytes], tasks: anyio.abc.TaskGroup
     ) -> None:
         tasks.start_soon(self.open_upstream, content)
-        eligible = self.scope.get(SCOPE_KEY) and self.proxy.commit_after > 0
-        if eligible:
+        if self.may_commit(content):
             with anyio.move_on_after(self.proxy.commit_after):
                 await self.headers_ready.wait()
             if not self.headers_ready.is_set():
@@ -305,19 +328,43 @@ class _Exchange:
         else:
             await self.relay()
 
+    def may_commit(self, content: bytes | AsyncIterator[bytes]) -> bool:
+        """Whether to answer early, while the upstream is silent: only for a client that asked
+        for events from an endpoint that streams NDJSON, and never for "stream": false."""
+        scope = self.scope
+        if not (scope.get(EVENT_STREAM_KEY) and scope.get(ACCEPTS_EVENTS_KEY)):
+            return False
+        if self.proxy.commit_after <= 0 or scope["path"] not in self.proxy.commit_paths:
+            return False
+        if isinstance(content, bytes):
+            try:
+                body = json.loads(content)
+            except ValueError:
+                return True
+            return not (isinstance(body, dict) and body.get("stream") is False)
+        return True
+
     async def open_upstream(self, content: bytes | AsyncIterator[bytes]) -> None:
         proxy = self.proxy
-        request = proxy.client.build_request(
-            self.scope["method"],
-            proxy.url(self.scope),
-            headers=proxy.request_headers(self.scope),
-            content=content,
-        )
+        started = time.monotonic()
+        try:
+            request = proxy.client.build_request(
+                self.scope["method"],
+                proxy.url(self.scope),
+                headers=proxy.request_headers(self.scope),
+                content=content,
+            )
+        except httpx.InvalidURL as exc:
+            # A target uvicorn passed through (say "OPTIONS *") that makes no upstream URL.
+            self.failure = exc
+            self.headers_ready.set()
+            return
         try:
             try:
                 self.response = await proxy.client.send(request, stream=True)
             except _RETRYABLE as exc:
-                if not isinstance(content, bytes):
+                quick = time.monotonic() - started < STALE_FAILURE_SECONDS
+                if not isinstance(content, bytes) or not quick:
                     raise
                 logger.info(
                     "sse_bridge: retrying %s once on a fresh connection: %r", request.url, exc
@@ -358,6 +405,10 @@ class _Exchange:
         await self.body((b"" if self.at_line_start else b"\n") + line, more=False)
 
     async def upstream_failed(self, exc: Exception) -> None:
+        if isinstance(exc, httpx.InvalidURL):
+            self.stats.settle("upstream_error")
+            await send_json(self.send, 400, {"error": f"no upstream URL for this target: {exc}"})
+            return
         if isinstance(exc, BodyTooLargeError):
             if self.committed:
                 await self.error_line(f"request body larger than {self.proxy.max_body} bytes")
@@ -381,7 +432,10 @@ class _Exchange:
         if response.status_code >= 400:
             self.stats.settle("upstream_error")
         headers = without_hop_by_hop(list(response.headers.raw))
-        self.ndjson = _media(response) == "application/x-ndjson"
+        self.ndjson = media_type(headers) in NDJSON_TYPES
+        if self.ndjson:
+            # A failure mid-stream adds an error line, which a declared length would not allow.
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
         await self.start(response.status_code, headers)
         await self.stream_body(response)
 
@@ -408,12 +462,21 @@ class _Exchange:
         """The client already has a 200 NDJSON stream: fit the upstream's answer into it."""
         response = self.response
         assert response is not None
-        media = _media(response)
-        if response.status_code == 200 and media == "application/x-ndjson":
+        media = media_type(response.headers.raw)
+        if response.status_code == 200 and media in NDJSON_TYPES:
             await self.stream_body(response)
             return
-        raw = await _read_some(response, ERROR_BODY_BYTES)
-        if response.status_code == 200 and media == "application/json":
+        answer = response.status_code == 200 and media == "application/json"
+        limit = self.proxy.max_answer_bytes if answer else ERROR_BODY_BYTES
+        try:
+            raw = await _read_some(response, limit + 1)
+        except httpx.HTTPError as exc:
+            await self.error_line(f"upstream connection lost: {_reason(exc)}")
+            return
+        if answer:
+            if len(raw) > limit:
+                await self.error_line(f"upstream answered with JSON over {limit} bytes")
+                return
             try:
                 line = json.dumps(json.loads(raw), separators=(",", ":")).encode() + b"\n"
             except ValueError:
@@ -448,11 +511,6 @@ def _error_message(status: int, raw: bytes) -> str:
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
     return error if isinstance(error, str) else json.dumps(error)
-
-
-def _media(response: httpx.Response) -> str:
-    media: str = response.headers.get("content-type", "")
-    return media.split(";")[0].strip().lower()
 
 
 def _reason(exc: Exception) -> str:

@@ -19,7 +19,7 @@ from ._codec import DEFAULT_MAX_LINE_BYTES
 from ._dialects import DialectFunc
 from ._http import STATS_KEY, StreamStats, send_json
 from ._middleware import SSEBridgeMiddleware
-from ._proxy import ProxyApp
+from ._proxy import COMMIT_PATHS, ProxyApp
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
@@ -58,9 +58,13 @@ class SidecarApp:
         previous = signal.getsignal(signal.SIGTERM)
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            loop.call_soon_threadsafe(loop.call_later, self.grace, self.drain)
             if callable(previous):
+                loop.call_soon_threadsafe(loop.call_later, self.grace, self.drain)
                 previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                # Nobody shuts the server down gracefully: behave as if we were not here.
+                signal.signal(signal.SIGTERM, previous)
+                signal.raise_signal(signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, handler)
         return previous
@@ -187,6 +191,7 @@ def create_proxy(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     event_ids: bool = False,
     commit_after: float | None = 1.0,
+    commit_paths: Sequence[str] = COMMIT_PATHS,
     connect_timeout: float = 5.0,
     read_timeout: float | None = None,
     max_streams: int = 1000,
@@ -204,6 +209,9 @@ def create_proxy(
         commit_after: seconds to wait for the upstream's headers, when the client asked for an
             event stream, before committing a 200 stream and sending keepalives (Ollama writes
             no headers while a model loads). ``0`` or ``None`` never commits early.
+        commit_paths: the request paths that may be committed early: endpoints that answer
+            with NDJSON (by default Ollama's ``/api/chat`` and ``/api/generate``). A request
+            whose JSON body says ``"stream": false`` is never committed early.
         connect_timeout: seconds to connect to the upstream.
         read_timeout: seconds the upstream may be silent; ``None`` (the default) waits forever,
             since keepalives cover silence towards the client.
@@ -225,12 +233,18 @@ def create_proxy(
     check_seconds("grace", grace, "after SIGTERM")
     if isinstance(cors_origins, str):
         raise ValueError("cors_origins must be a list of origins, not one string")
+    if isinstance(commit_paths, str):
+        raise ValueError("commit_paths must be a list of paths, not one string")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must not be empty: give a key, or None for no authentication")
     proxy = ProxyApp(
         upstream=upstream,
         commit_after=commit_after,
+        commit_paths=commit_paths,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_body=max_body,
+        max_answer_bytes=max_line_bytes,
         max_connections=max_streams,
         strip_authorization=api_key is not None,
     )
