@@ -203,3 +203,23 @@ def test_sigterm_while_waiting_for_the_upstream_is_a_503() -> None:
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json() == {"error": "the bridge is shutting down; retry the request"}
+
+
+def test_sigterm_stops_the_demo_while_it_streams() -> None:
+    with subprocess.Popen(
+        [str(BIN), "demo", "--once", "--port", "0", "--tokens-per-second", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    ) as process:
+        assert process.stdout is not None
+        seen = b""
+        deadline = time.monotonic() + DEADLINE
+        while b"Streaming one answer" not in seen and time.monotonic() < deadline:
+            seen += os.read(process.stdout.fileno(), 65536)
+        process.send_signal(signal.SIGTERM)
+        try:
+            # The demo's servers leave signals alone: SIGTERM must still end it, at once.
+            assert process.wait(timeout=5) == BY_SIGTERM
+        finally:
+            process.kill()
