@@ -56,3 +56,19 @@ def test_the_eventsource_endpoint_refuses_bad_fake_options(demo: str, fake: str)
 def test_everything_else_goes_to_the_bridge(demo: str) -> None:
     assert httpx.get(f"{demo}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{demo}/api/version").json() == {"version": "0.12.0"}
+
+
+@pytest.mark.anyio
+async def test_the_terminal_reader_reports_an_error_status(demo: str) -> None:
+    from io import StringIO
+
+    from sse_bridge._demo import stream_answer
+
+    out = StringIO()
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    answer = await stream_answer(f"{demo}/api/chat", body, out)
+    assert answer.tokens == 0
+    assert answer.error is not None
+    assert answer.error.startswith("the bridge answered 404")
+    assert "not found" in answer.error
+    assert out.getvalue() == ""
