@@ -283,3 +283,13 @@ def test_openai_usage_needs_integer_counts() -> None:
 def test_openai_end_after_other_objects_names_the_truncation() -> None:
     _, data = openai_chunks(b'{"status":"pulling"}\n')
     assert json.loads(data[-1])["error"]["message"] == TRUNCATED
+
+
+def test_ollama_reports_lines_after_the_done_chunk() -> None:
+    body = fixture("generate_stream.ndjson") + b'{"model":"m","response":"late","done":false}\n'
+    events = httpx_sse_json(run("ollama", body))
+    assert events[-2]["finished"] is True
+    assert events[-1] == {
+        "error": "upstream sent a line after its final chunk (done: true)",
+        "line": '{"model":"m","response":"late","done":false}',
+    }

@@ -498,17 +498,20 @@ async def test_line_too_long_ends_the_stream_with_an_error() -> None:
     assert app_saw == [{"type": "http.disconnect"}]
 
 
-async def test_done_chunk_ends_the_stream_even_if_the_app_goes_on() -> None:
+@pytest.mark.parametrize("finish", [True, False])
+async def test_lines_after_the_done_chunk_are_reported_not_dropped(finish: bool) -> None:
     client = Client()
-    chunks = [
-        b'{"model":"m","response":"a","done":true}\n',
-        b'{"model":"m","response":"b","done":false}\n',
-    ]
-    await call(ndjson_app(chunks, finish=False), client, dialect="openai")
+    late = b'{"model":"m","response":"b","done":false}'
+    chunks = [b'{"model":"m","response":"a","done":true}\n', late + b"\n"]
+    await call(ndjson_app(chunks, finish=finish), client, dialect="openai")
     data = httpx_sse_data(client.body_bytes)
-    assert data[-1] == "[DONE]"
-    contents = [json.loads(d)["choices"][0]["delta"].get("content") for d in data[:-1]]
+    contents = [json.loads(d)["choices"][0]["delta"].get("content") for d in data[:2]]
     assert contents == ["a", None]
+    assert data[2] == "[DONE]"
+    error = {"message": "upstream sent a line after its final chunk (done: true)"}
+    assert json.loads(data[3]) == {"error": {**error, "type": "api_error"}}
+    assert len(data) == 4
+    # The answer was whole: the stream ends cleanly even if the app forgets to end its body.
     assert client.bodies[-1]["more_body"] is False
 
 
@@ -603,12 +606,14 @@ async def test_a_write_waiting_behind_a_blocked_ping_is_dropped_after_a_disconne
     assert [m.get("body") for m in client.bodies] == [b": ping\n\n"]
 
 
-async def test_an_overlong_line_after_the_done_chunk_needs_no_error() -> None:
+async def test_an_overlong_line_after_the_done_chunk_is_still_reported() -> None:
     client = Client()
     chunks = [b'{"model":"m","response":"a","done":true}\n' + b"x" * 200]
     await call(ndjson_app(chunks), client, dialect="ollama", max_line_bytes=100)
     events = httpx_sse_json(client.body_bytes)
-    assert events == [{"token": "a"}, {"finished": True, "done_reason": None, "usage": {}}]
+    assert events[:2] == [{"token": "a"}, {"finished": True, "done_reason": None, "usage": {}}]
+    assert events[2]["error"].startswith("upstream sent a line longer than 100 bytes")
+    assert len(events) == 3
 
 
 async def test_inner_event_stream_keeps_its_own_buffering_header() -> None:

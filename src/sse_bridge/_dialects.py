@@ -32,6 +32,7 @@ TRUNCATED = (
     "upstream closed the stream before its final chunk (done: true); the answer is incomplete"
 )
 EMPTY = "upstream closed the stream without sending anything"
+AFTER_DONE = "upstream sent a line after its final chunk (done: true)"
 
 _UNSAFE = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
 
@@ -53,9 +54,10 @@ class Translator(Protocol):
     """One stream's translation state."""
 
     finished: bool
-    """True once a terminal event was produced: the stream must end."""
+    """True once a terminal event was produced (an error): the stream must end now."""
     completed: bool
-    """True once the upstream's own final chunk was seen (the answer is whole)."""
+    """True once the upstream's own final chunk was seen: the answer is whole, and the stream
+    ends cleanly when the upstream's body does."""
 
     def line(self, line: str) -> list[ServerSentEvent]: ...
 
@@ -159,6 +161,9 @@ class OllamaTranslator(_Translator):
 
     def line(self, line: str) -> list[ServerSentEvent]:
         self._seen_any = True
+        if self.completed:
+            # Ollama never does this; a server that does still has its line delivered.
+            return self.bad_line(line, AFTER_DONE)
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -178,7 +183,7 @@ class OllamaTranslator(_Translator):
                 event["tool_calls"] = tool_calls
             events.append(_data(event))
         if value.get("done") is True:
-            self.finished = self.completed = True
+            self.completed = True
             final: dict[str, Any] = {"finished": True, "done_reason": value.get("done_reason")}
             final["usage"] = _usage(value)
             if "context" in value:
@@ -187,6 +192,8 @@ class OllamaTranslator(_Translator):
         return events
 
     def end(self) -> list[ServerSentEvent]:
+        if self.completed:
+            return []
         if self._seen_chunk:
             return self.fail(TRUNCATED)
         # A stream of other objects (e.g. /api/pull progress) has no done chunk to wait for.
@@ -210,6 +217,8 @@ class OpenAITranslator(_Translator):
 
     def line(self, line: str) -> list[ServerSentEvent]:
         self._seen_any = True
+        if self.completed:
+            return self.bad_line(line, AFTER_DONE)
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -233,7 +242,7 @@ class OpenAITranslator(_Translator):
         if token or thinking or tool_calls or "role" in delta:
             events.append(self._chunk(value, delta, None))
         if value.get("done") is True:
-            self.finished = self.completed = True
+            self.completed = True
             # Ollama's other reasons (load, unload) have no OpenAI name; they ended normally.
             if value.get("done_reason") == "length":
                 reason = "length"
@@ -245,6 +254,8 @@ class OpenAITranslator(_Translator):
         return events
 
     def end(self) -> list[ServerSentEvent]:
+        if self.completed:
+            return []
         return self.fail(TRUNCATED if self._seen_any else EMPTY)
 
     def fail(self, message: str) -> list[ServerSentEvent]:

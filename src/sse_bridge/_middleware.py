@@ -189,7 +189,7 @@ class _Responder:
                     # The app returned without ending its body: deliver what it sent, then say
                     # that the stream broke off, whatever the dialect.
                     events = self.translate(self.decoder.flush())
-                    if not self.translator.finished:
+                    if not (self.translator.finished or self.translator.completed):
                         self.settle("upstream_truncated")
                         events += self.translator.fail(APP_ENDED)
                     await self.write(events, more=False)
@@ -265,7 +265,9 @@ class _Responder:
                 if self.translator.finished:
                     self.settle("upstream_truncated")
         if self.translator.finished:
-            self.settle("completed" if self.translator.completed else "upstream_error")
+            self.settle("upstream_error")
+        elif not more and self.translator.completed:
+            self.settle("completed")
         await self.write(events, more=more and not self.translator.finished)
 
     def translate(self, lines: list[str]) -> list[ServerSentEvent]:
