@@ -36,11 +36,15 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 # Records when the answer's text changed, as the page's own clock sees it.
+# Records each text node added to the answer (one per token) and when the page saw it. Two
+# tokens the browser handed over in one read share a callback, and so a time.
 WATCH_ANSWER = """
 window.__changes = [];
-const answer = document.getElementById("answer");
-new MutationObserver(() => window.__changes.push([performance.now(), answer.textContent.length]))
-    .observe(answer, {childList: true, characterData: true, subtree: true});
+new MutationObserver((records) => {
+    const now = performance.now();
+    for (const record of records)
+        for (const node of record.addedNodes) window.__changes.push([now, node.textContent]);
+}).observe(document.getElementById("answer"), {childList: true});
 """
 
 
@@ -108,11 +112,11 @@ def test_tokens_enter_the_page_one_by_one(page: Page, site: str) -> None:
     stats = page.inner_text("#stats")
     assert f"{tokens} tokens in" in stats
     assert "time to first token" in stats
-    changes: list[list[float]] = page.evaluate("window.__changes")
+    changes: list[tuple[float, str]] = page.evaluate("window.__changes")
     times = [at for at, _ in changes]
-    # Every token changed the DOM on its own, and the changes span the generation (29 x 50 ms).
-    assert len(changes) == tokens
-    assert [length for _, length in changes] == sorted({length for _, length in changes})
+    # Every token entered the DOM, in order, and the changes span the generation (29 x 50 ms),
+    # nearly all at their own time: a busy machine may hand the page two tokens in one read.
+    assert [text for _, text in changes] == answer_tokens(tokens)
     assert (times[-1] - times[0]) / 1000 >= 0.8 * (tokens - 1) / PACE
     together = sum(b - a < 1000 / PACE / 4 for a, b in itertools.pairwise(times))
     assert together <= 2
