@@ -414,10 +414,6 @@ async def test_timeouts_map_to_504() -> None:
     assert response.json() == {"error": "upstream timed out: ConnectTimeout"}
 
 
-def test_replayable_limit_is_small() -> None:
-    assert REPLAYABLE_BYTES == 64 * 1024
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
