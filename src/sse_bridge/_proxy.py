@@ -26,6 +26,7 @@ from ._http import (
     NDJSON_TYPES,
     STATS_KEY,
     StreamStats,
+    header,
     media_type,
     send_json,
     without_hop_by_hop,
@@ -199,10 +200,9 @@ class _Exchange:
         self.at_line_start = True
 
     async def run(self) -> None:
-        declared = next(
-            (v for k, v in self.scope["headers"] if k.lower() == b"content-length"), None
-        )
-        if declared is not None and declared.isdigit() and int(declared) > self.proxy.max_body:
+        length = header(self.scope["headers"], b"content-length")
+        declared = int(length) if length.isdigit() else None
+        if declared is not None and declared > self.proxy.max_body:
             await self.too_large()
             return
         try:
@@ -256,7 +256,7 @@ class _Exchange:
         message = f"request body larger than {self.proxy.max_body} bytes (see --max-body)"
         await send_json(self.send, 413, {"error": message})
 
-    async def request_body(self, declared: bytes | None) -> bytes | AsyncIterator[bytes]:
+    async def request_body(self, declared: int | None) -> bytes | AsyncIterator[bytes]:
         first = await self.receive()
         if first["type"] == "http.disconnect":
             raise ClientGoneError
@@ -264,7 +264,7 @@ class _Exchange:
         if not first.get("more_body", False):
             self.body_done.set()
             return self.check_size(body, 0)
-        if declared is not None and declared.isdigit() and int(declared) <= REPLAYABLE_BYTES:
+        if declared is not None and declared <= REPLAYABLE_BYTES:
             chunks = [body]
             async for chunk in self.rest_of_body(len(body)):
                 chunks.append(chunk)

@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ._codec import DEFAULT_MAX_LINE_BYTES
 from ._dialects import DialectFunc
-from ._http import STATS_KEY, StreamStats, send_json
+from ._http import STATS_KEY, StreamStats, header, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import COMMIT_PATHS, ProxyApp
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -137,13 +137,10 @@ class _Front:
 
     def authorized(self, scope: Scope) -> bool:
         assert self.api_key is not None
-        for name, value in scope["headers"]:
-            if name.lower() == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    token.strip(), self.api_key
-                )
-        return False
+        scheme, _, token = header(scope["headers"], b"authorization").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("latin-1"), self.api_key
+        )
 
     async def ready(self, send: Send) -> None:
         try:
