@@ -373,8 +373,12 @@ async def test_one_log_line_per_stream(upstream: str, caplog: pytest.LogCaptureF
 
 
 def respx_proxy() -> Any:
-    # respx replaces httpx's transport, so nothing leaves the process.
-    return create_proxy(upstream="http://127.0.0.1:11434")
+    # respx replaces httpx's own transport (httpcore), so nothing leaves the process; this
+    # sidecar uses that transport instead of the httptools one (tests/test_upstream.py runs the
+    # same failures against real sockets).
+    app = create_proxy(upstream="http://127.0.0.1:11434")
+    app.proxy.transport = None
+    return app
 
 
 async def call(app: Any, body: bytes = b"{}", method: str = "POST") -> httpx.Response:

@@ -71,6 +71,16 @@ def parse_upstream(url: str) -> httpx.URL:
     return parsed
 
 
+def _fast_transport(upstream: httpx.URL, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
+    if upstream.scheme != "http":
+        return None
+    try:
+        from ._upstream import HttptoolsTransport
+    except ImportError:  # httptools is in the speed extra
+        return None
+    return HttptoolsTransport(limits=limits)
+
+
 class ProxyApp:
     """Forward HTTP requests to ``upstream``; see :func:`sse_bridge.create_proxy` for options."""
 
@@ -106,6 +116,11 @@ class ProxyApp:
             "follow_redirects": False,
             "trust_env": False,
         }
+        # The fast transport where it applies (a plain-http upstream, httptools installed),
+        # httpx's own otherwise; either raises httpx's exceptions.
+        self.transport: httpx.AsyncBaseTransport | None = _fast_transport(
+            self.upstream, self._client_options["limits"]
+        )
         self._client: httpx.AsyncClient | None = None
         self.exchanges: set[_Exchange] = set()
 
@@ -121,7 +136,7 @@ class ProxyApp:
     def open(self) -> httpx.AsyncClient:
         """The pooled client, one per process; made on first use if there was no lifespan."""
         if self._client is None:
-            self._client = httpx.AsyncClient(**self._client_options)
+            self._client = httpx.AsyncClient(transport=self.transport, **self._client_options)
         return self._client
 
     async def aclose(self) -> None:

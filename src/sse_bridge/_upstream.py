@@ -1,0 +1,412 @@
+"""A fast httpx transport for the proxy's one upstream: asyncio protocols and httptools.
+
+httpx's default transport (httpcore on anyio streams, h11 in pure Python) spends tens of
+microseconds of Python per response chunk, several times what the rest of the bridge spends per
+event (docs/benchmarks.md). Here one upstream socket read is one protocol callback, one call
+into httptools' C parser, and one wake-up of the task that waits for the body: every body chunk
+that arrived in that read is handed over joined, as one piece.
+
+It is an ``httpx.AsyncBaseTransport``, so the proxy builds requests, applies timeouts and handles
+failures exactly as with httpx's own transport, and gets httpx's exceptions. Scope: plain
+``http://`` HTTP/1.1 to one upstream, a keep-alive pool with an expiry, the connect, read, write
+and pool timeouts of each request, request bodies of known length or streamed (chunked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import httpx
+
+# Body bytes held for a consumer that has not read them yet before the socket stops being read:
+# the upstream then waits (TCP backpressure), as it would behind a slow client.
+READ_HIGH_WATER = 256 * 1024
+
+
+class _Response:
+    """The state of the one response a connection is reading."""
+
+    __slots__ = ("body_ends_with_close", "complete", "headers", "reason", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        # No Content-Length and not chunked: the body ends when the connection closes.
+        self.body_ends_with_close = False
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; it reads one response at a time."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.alive = True
+        self.idle_since = 0.0
+        self.response = _Response()
+        self.head_request = False
+        self.headers_ready: asyncio.Future[None] | None = None
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.error: httpx.TransportError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.fail(httpx.RemoteProtocolError(f"upstream sent a malformed response: {exc}"))
+            return
+        if self.buffered > READ_HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self.wake()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        self.pool.forget(self)
+        response = self.response
+        if self.headers_ready is None or response.complete:
+            return  # idle, or its last response was whole
+        if self.headers_ready.done() and response.body_ends_with_close and exc is None:
+            response.complete = True
+            self.wake()
+            return
+        if exc is not None:
+            self.fail(httpx.ReadError(str(exc) or type(exc).__name__))
+        elif self.headers_ready.done():
+            self.fail(
+                httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body"
+                )
+            )
+        else:
+            self.fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    # httptools callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self.response.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.response.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        response.status = self.parser.get_status_code()
+        if 100 <= response.status < 200:
+            return  # informational (say 100 Continue): the real response follows
+        names = {name.lower() for name, _ in response.headers}
+        no_body = self.head_request or response.status in (204, 304)
+        response.body_ends_with_close = not no_body and not (
+            names & {b"content-length", b"transfer-encoding"}
+        )
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_result(None)
+        if self.head_request:
+            # httptools does not know the request was HEAD and would wait for the body its
+            # Content-Length announces: the response is whole now, and the connection unusable.
+            response.complete = True
+            self.alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        if 100 <= response.status < 200:
+            self.response = _Response()
+            return
+        response.complete = True
+        if not self.parser.should_keep_alive():
+            self.alive = False
+
+    # used by the pool and the body
+
+    def fail(self, error: httpx.TransportError) -> None:
+        if self.error is None:
+            self.error = error
+        self.alive = False
+        if self.headers_ready is not None and not self.headers_ready.done():
+            self.headers_ready.set_exception(error)
+            self.headers_ready.exception()  # retrieved: the request may be gone already
+        self.wake()
+        self.close()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        self.alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def start(self, head_request: bool) -> asyncio.Future[None]:
+        self.response = _Response()
+        self.head_request = head_request
+        self.chunks = []
+        self.buffered = 0
+        self.headers_ready = self.loop.create_future()
+        return self.headers_ready
+
+    def take(self) -> bytes:
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        self.buffered = 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes, timeout: float | None) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.transport is None or self.transport.is_closing():
+            raise httpx.WriteError("the upstream connection is closed")
+        self.transport.write(data)
+        if self.write_paused:
+            self.drained = self.loop.create_future()
+            try:
+                await _wait(self.drained, timeout, httpx.WriteTimeout)
+            finally:
+                self.drained = None
+            if self.error is not None:
+                raise self.error
+
+    async def wait(self, timeout: float | None) -> None:
+        """Wait until the response has more body, has ended, or failed."""
+        self.waiter = self.loop.create_future()
+        try:
+            await _wait(self.waiter, timeout, httpx.ReadTimeout)
+        finally:
+            self.waiter = None
+
+
+async def _wait(
+    future: asyncio.Future[None], timeout: float | None, error: type[httpx.TimeoutException]
+) -> None:
+    if timeout is None:
+        await future
+        return
+    # A timer handle rather than asyncio.wait_for, which would start a task per wait.
+    handle = future.get_loop().call_later(timeout, _expire, future, error)
+    try:
+        await future
+    finally:
+        handle.cancel()
+
+
+def _expire(future: asyncio.Future[None], error: type[httpx.TimeoutException]) -> None:
+    if not future.done():
+        future.set_exception(error("timed out"))
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body: each item is every body byte that arrived since the last one."""
+
+    def __init__(self, connection: _Connection, read_timeout: float | None) -> None:
+        self.connection = connection
+        self.read_timeout = read_timeout
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        connection = self.connection
+        while True:
+            if connection.chunks:
+                yield connection.take()
+            elif connection.response.complete:
+                return
+            elif connection.error is not None:
+                raise connection.error
+            else:
+                await connection.wait(self.read_timeout)
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        connection = self.connection
+        if not (connection.response.complete and not connection.chunks):
+            # Not read to its end (the client left, or a failure): the connection cannot be
+            # reused, and closing it is what tells the upstream to stop generating.
+            connection.close()
+        self.connection.pool.release(connection)
+
+
+class _Pool:
+    """Keep-alive connections to one host and port, at most ``max_connections`` at once."""
+
+    def __init__(self, host: str, port: int, limits: httpx.Limits) -> None:
+        self.host = host
+        self.port = port
+        self.max_connections = limits.max_connections
+        self.max_idle = limits.max_keepalive_connections
+        self.expiry = limits.keepalive_expiry
+        self.idle: deque[_Connection] = deque()
+        self.active = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, timeouts: dict[str, float | None]) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while self.max_connections is not None and self.active >= self.max_connections:
+            waiter = loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                await _wait(waiter, timeouts.get("pool"), httpx.PoolTimeout)
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+        self.active += 1
+        try:
+            return self.reuse() or await self.connect(timeouts.get("connect"))
+        except BaseException:
+            self.active -= 1
+            self.wake_one()
+            raise
+
+    def reuse(self) -> _Connection | None:
+        now = time.monotonic()
+        while self.idle:
+            connection = self.idle.pop()  # the most recently used: the least likely to expire
+            if connection.alive and (
+                self.expiry is None or now - connection.idle_since < self.expiry
+            ):
+                return connection
+            connection.close()
+        return None
+
+    async def connect(self, timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise httpx.ConnectTimeout("timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
+        return connection
+
+    def release(self, connection: _Connection) -> None:
+        self.active -= 1
+        if connection.alive and len(self.idle) < (self.max_idle or 0):
+            connection.idle_since = time.monotonic()
+            connection.headers_ready = None
+            self.idle.append(connection)
+        else:
+            connection.close()
+        self.wake_one()
+
+    def forget(self, connection: _Connection) -> None:
+        if connection in self.idle:
+            self.idle.remove(connection)
+
+    def wake_one(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+
+
+class HttptoolsTransport(httpx.AsyncBaseTransport):
+    """Plain-HTTP/1.1 transport for ``httpx.AsyncClient(transport=...)`` (one pool per origin).
+
+    Args:
+        limits: the pool's size, the idle connections kept and their expiry, as for httpx.
+    """
+
+    def __init__(self, *, limits: httpx.Limits | None = None) -> None:
+        self.limits = limits or httpx.Limits()
+        self.pools: dict[tuple[str, int], _Pool] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"this transport speaks plain http, not {url.scheme}")
+        key = (url.host, url.port or 80)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = _Pool(key[0], key[1], self.limits)
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        connection = await pool.acquire(timeouts)
+        try:
+            headers_ready = connection.start(request.method == "HEAD")
+            await self.send_request(connection, request, timeouts.get("write"))
+            await _wait(headers_ready, timeouts.get("read"), httpx.ReadTimeout)
+        except BaseException:
+            connection.close()
+            pool.release(connection)
+            raise
+        response = connection.response
+        return httpx.Response(
+            response.status,
+            headers=response.headers,
+            stream=_Body(connection, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason},
+        )
+
+    async def send_request(
+        self, connection: _Connection, request: httpx.Request, timeout: float | None
+    ) -> None:
+        head = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+        chunked = False
+        for name, value in request.headers.raw:
+            head += (name, b": ", value, b"\r\n")
+            if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
+                chunked = True
+        head.append(b"\r\n")
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            # The whole body is known: one write with the head.
+            await connection.write(b"".join([*head, *stream]), timeout)
+            return
+        await connection.write(b"".join(head), timeout)
+        assert isinstance(stream, httpx.AsyncByteStream)
+        async for chunk in stream:
+            if chunk:
+                data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
+                await connection.write(data, timeout)
+        if chunked:
+            await connection.write(b"0\r\n\r\n", timeout)
+
+    async def aclose(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
