@@ -123,10 +123,8 @@ class ServerSentEvent:
 
     def encode(self) -> bytes:
         """The event's wire form, ending with the blank line that dispatches it."""
-        plain = self.id is None and self.event is None and self.retry is None
-        if plain and "\n" not in self.data and "\r" not in self.data:
-            # The common case, once per token: skip the general path below.
-            return b"data: " + self.data.encode("utf-8", _LONE_SURROGATES) + b"\n\n"
+        if self.id is None and self.event is None and self.retry is None:
+            return encode_data(self.data)
         out = []
         if self.id is not None:
             out.append(f"id: {self.id}\n")
@@ -137,6 +135,20 @@ class ServerSentEvent:
         out.extend(f"data: {line}\n" for line in _LINE_BREAK.split(self.data))
         out.append("\n")
         return "".join(out).encode("utf-8", _LONE_SURROGATES)
+
+
+def encode_data(data: str) -> bytes:
+    """An event with only a data field: ``ServerSentEvent(data=data).encode()``, faster."""
+    if "\n" not in data and "\r" not in data:
+        # The common case, once per token: skip the general path's split.
+        return b"data: " + data.encode("utf-8", _LONE_SURROGATES) + b"\n\n"
+    lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    return (lines + "\n").encode("utf-8", _LONE_SURROGATES)
+
+
+def encode_json_data(payload: bytes) -> bytes:
+    """An event whose data is ``payload``: UTF-8 JSON, which holds no raw CR or LF."""
+    return b"data: " + payload + b"\n\n"
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -14,7 +13,6 @@ from ._codec import (
     DEFAULT_MAX_LINE_BYTES,
     LineDecoder,
     LineTooLongError,
-    ServerSentEvent,
     encode_comment,
     encode_retry,
 )
@@ -174,6 +172,7 @@ class _Responder:
         # a quarter of the middleware's time, docs/benchmarks.md).
         self.lock = anyio.Lock(fast_acquire=True)
         self.background = anyio.CancelScope()
+        self.pinging: anyio.CancelScope | None = None
         self.decoder = LineDecoder(options.max_line_bytes)
         self.translator: Translator = options.translator()
         self.stats: StreamStats | None = scope.get(STATS_KEY)
@@ -199,7 +198,7 @@ class _Responder:
                     self.settle("upstream_error")
                     await self.write(self.translator.fail(APP_FAILED), more=False)
             finally:
-                self.background.cancel()
+                self.stop_background()
         if error is not None:
             raise error
 
@@ -248,49 +247,52 @@ class _Responder:
         self.tasks.start_soon(self.watch)
 
     async def body(self, chunk: bytes, *, more: bool) -> None:
-        events: list[ServerSentEvent] = []
+        """One body message of the app: every event of the lines it completes, in one write."""
+        translator = self.translator
         try:
             lines = self.decoder.decode(chunk)
             if not more:
                 lines += self.decoder.flush()
         except LineTooLongError as exc:
             events = self.translate(exc.lines)
-            if not self.translator.finished:
+            if not translator.finished:
                 self.settle("upstream_error")
-                events += self.translator.fail(str(exc))
+                events += translator.fail(str(exc))
         else:
-            events = self.translate(lines)
-            if not more and not self.translator.finished:
-                events += self.translator.end()
-                if self.translator.finished:
+            events = self.translate(lines) if lines else []
+            if not more and not translator.finished:
+                events += translator.end()
+                if translator.finished:
                     self.settle("upstream_truncated")
-        if self.translator.finished:
+        if translator.finished:
             self.settle("upstream_error")
-        elif not more and self.translator.completed:
+            more = False
+        elif not more and translator.completed:
             self.settle("completed")
-        await self.write(events, more=more and not self.translator.finished)
+        await self.write(events, more=more)
 
-    def translate(self, lines: list[str]) -> list[ServerSentEvent]:
-        events: list[ServerSentEvent] = []
+    def translate(self, lines: list[str]) -> list[bytes]:
+        translator = self.translator
+        events: list[bytes] = []
         for line in lines:
             try:
-                events += self.translator.line(line)
+                events += translator.line(line)
             except Exception as exc:
                 # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
                 # stream: report that line and go on.
-                logger.exception("sse_bridge: %s failed on a line", type(self.translator).__name__)
+                logger.exception("sse_bridge: %s failed on a line", type(translator).__name__)
                 reason = f"the bridge could not translate this line ({type(exc).__name__})"
-                events += self.translator.bad_line(line, reason)
-            if self.translator.finished:
+                events += translator.bad_line(line, reason)
+            if translator.finished:
                 break
         return events
 
-    async def write(self, events: list[ServerSentEvent], *, more: bool) -> None:
+    async def write(self, events: list[bytes], *, more: bool) -> None:
         if self.options.event_ids:
             events = [self.with_id(event) for event in events]
         if self.closed:
             return
-        await self.write_bytes(b"".join(event.encode() for event in events), more=more)
+        await self.write_bytes(b"".join(events), more=more)
         if self.stats is not None and events:
             self.stats.events += len(events)
             if self.stats.first_event is None:
@@ -300,11 +302,12 @@ class _Responder:
         if self.stats is not None:
             self.stats.settle(outcome)
 
-    def with_id(self, event: ServerSentEvent) -> ServerSentEvent:
-        if event.id is not None:
+    def with_id(self, event: bytes) -> bytes:
+        # An event the dialect gave an id of its own keeps it; the encoder writes the id first.
+        if event.startswith(b"id:"):
             return event
         self.next_id += 1
-        return dataclasses.replace(event, id=str(self.next_id))
+        return b"id: %d\n%b" % (self.next_id, event)
 
     async def write_bytes(self, payload: bytes, *, more: bool) -> None:
         # An empty body message with more_body=True flushes nothing (uvicorn writes no chunk).
@@ -326,28 +329,41 @@ class _Responder:
     def close(self) -> None:
         self.ended = True
         self.receive.close()
+        self.stop_background()
+
+    def stop_background(self) -> None:
         self.background.cancel()
+        if self.pinging is not None:
+            self.pinging.cancel()
 
     async def watch(self) -> None:
-        with self.background:
-            async with anyio.create_task_group() as tasks:
-                if self.options.keepalive:
-                    tasks.start_soon(self.ping)
-                await self.receive.watch()
-                if not self.ended:
-                    # The client has gone: stop writing at once; the app's receive() says so.
-                    self.settle("client_disconnected")
-                    self.close()
-
-    async def ping(self) -> None:
+        """Until the client leaves; it also starts the keepalives in the silences."""
         interval = self.options.keepalive
-        # Runs until close() cancels it.
-        while True:
-            delay = self.last_write + interval - time.monotonic()
-            if delay > 0:
-                await anyio.sleep(delay)
+        with self.background:
+            while interval:
+                delay = self.last_write + interval - time.monotonic()
+                if delay <= 0:
+                    # A short task per ping, so that this one goes on watching while a slow
+                    # client holds the ping's write (a write queued behind it must see the
+                    # disconnect).
+                    if self.pinging is None:
+                        self.pinging = anyio.CancelScope()
+                        self.tasks.start_soon(self.ping, self.pinging)
+                    delay = interval
+                with anyio.move_on_after(delay):
+                    await self.receive.watch()
+                    break
             else:
-                await self.write_bytes(PING, more=True)
+                await self.receive.watch()
+            if not self.ended:
+                # The client has gone: stop writing at once; the app's receive() says so.
+                self.settle("client_disconnected")
+                self.close()
+
+    async def ping(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.write_bytes(PING, more=True)
+        self.pinging = None
 
 
 def _event_stream_headers(
