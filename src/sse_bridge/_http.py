@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from ._types import Send
 
-STATS_KEY = "sse_bridge.stats"
+# The one contract between the layers of a request (front layer, middleware, proxy): a
+# StreamContext on the scope under this key.
+STREAM_KEY = "sse_bridge.stream"
 # Set by the middleware on the scope it hands the app: True when a 200 NDJSON response will be
-# converted into an event stream.
+# converted into an event stream (documented for apps; the layers read the StreamContext).
 EVENT_STREAM_KEY = "sse_bridge.event_stream"
-# Set with it when the client itself named text/event-stream in Accept (not only convert="always").
-ACCEPTS_EVENTS_KEY = "sse_bridge.accepts_event_stream"
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
@@ -79,18 +80,41 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
-@dataclass
-class StreamStats:
-    """What one request did, filled in by the layers that know, logged when it ends."""
+class Outcome(str, Enum):
+    """How a request ended, as logged (``outcome=...``)."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TRUNCATED = "upstream_truncated"
+
+
+@dataclass(slots=True)
+class StreamContext:
+    """One request as its layers see it: the pipeline's contract, at ``scope[STREAM_KEY]``.
+
+    The front layer makes it and logs it; the middleware says whether it will convert the
+    response and whether it watches the client; the proxy (which knows no SSE) reads that to
+    decide on an early commit, and hears of a disconnect through ``on_disconnect`` instead of
+    watching ``receive()`` a second time. Each layer fills in what it knows.
+    """
 
     started: float = field(default_factory=time.monotonic)
     status: int = 0
     events: int = 0
     bytes: int = 0
     first_event: float | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None
+    # The middleware will turn a 200 NDJSON response into an event stream.
+    converting: bool = False
+    # ...and the client itself named text/event-stream in Accept (not only convert="always").
+    client_accepts_events: bool = False
+    # The middleware watches the client once the request body is read, and calls this when it
+    # leaves (so the app need not watch as well).
+    watched: bool = False
+    on_disconnect: Callable[[], None] | None = None
 
-    def settle(self, outcome: str) -> None:
+    def settle(self, outcome: Outcome) -> None:
         """Record how the stream ended, unless a layer that knew more already did."""
         if self.outcome is None:
             self.outcome = outcome

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -18,11 +19,11 @@ from ._codec import (
 )
 from ._dialects import DialectFunc, Translator, resolve_dialect
 from ._http import (
-    ACCEPTS_EVENTS_KEY,
     EVENT_STREAM_KEY,
     NDJSON_TYPES,
-    STATS_KEY,
-    StreamStats,
+    STREAM_KEY,
+    Outcome,
+    StreamContext,
     header,
     media_type,
 )
@@ -104,8 +105,13 @@ class SSEBridgeMiddleware:
             return
         accepts = _accepts_event_stream(scope["headers"])
         wanted = scope["method"] != "HEAD" and (self.convert == "always" or accepts)
-        scope = _scope_for_app(scope, wanted, accepts)
-        await _Responder(self, scope, wanted).run(receive, send)
+        context: StreamContext = scope.get(STREAM_KEY) or StreamContext()
+        context.converting = context.watched = wanted
+        context.client_accepts_events = accepts
+        scope = _scope_for_app(scope, wanted)
+        if wanted:
+            scope[STREAM_KEY] = context
+        await _Responder(self, scope, wanted, context).run(receive, send)
 
 
 def _accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -127,7 +133,7 @@ def _accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-def _scope_for_app(scope: Scope, wanted: bool, accepts: bool) -> Scope:
+def _scope_for_app(scope: Scope, wanted: bool) -> Scope:
     """The app's copy of the scope; the caller's is never changed."""
     scope = dict(scope)
     asgi = scope.get("asgi") or {}
@@ -145,7 +151,6 @@ def _scope_for_app(scope: Scope, wanted: bool, accepts: bool) -> Scope:
     if extensions:
         scope["extensions"] = {k: v for k, v in extensions.items() if k not in _BYPASS_EXTENSIONS}
     scope[EVENT_STREAM_KEY] = True
-    scope[ACCEPTS_EVENTS_KEY] = accepts
     return scope
 
 
@@ -159,7 +164,9 @@ def _spec_version(asgi: dict[str, str]) -> tuple[int, ...]:
 class _Responder:
     """Per-request state: watches ``http.response.start`` and rewrites what follows if needed."""
 
-    def __init__(self, options: SSEBridgeMiddleware, scope: Scope, wanted: bool) -> None:
+    def __init__(
+        self, options: SSEBridgeMiddleware, scope: Scope, wanted: bool, context: StreamContext
+    ) -> None:
         self.options = options
         self.scope = scope
         self.wanted = wanted
@@ -175,11 +182,18 @@ class _Responder:
         self.pinging: anyio.CancelScope | None = None
         self.decoder = LineDecoder(options.max_line_bytes)
         self.translator: Translator = options.translator()
-        self.stats: StreamStats | None = scope.get(STATS_KEY)
+        self.stats = context
+        self.watching = False
+        # The watch's current wait, cancelled to make it look again (say, at the first byte).
+        self.wait_scope: anyio.CancelScope | None = None
 
     async def run(self, receive: Receive, send: Send) -> None:
         self.send = send
         self.receive = SharedReceive(receive)
+        if self.wanted:
+            # Watch the client from the moment the app has read the request body: a proxy
+            # behind us hears of a disconnect while the upstream is still silent.
+            self.receive.on_body_complete = self.start_watch
         error: Exception | None = None
         async with anyio.create_task_group() as self.tasks:
             try:
@@ -189,13 +203,13 @@ class _Responder:
                     # that the stream broke off, whatever the dialect.
                     events = self.translate(self.decoder.flush())
                     if not (self.translator.finished or self.translator.completed):
-                        self.settle("upstream_truncated")
+                        self.settle(Outcome.UPSTREAM_TRUNCATED)
                         events += self.translator.fail(APP_ENDED)
                     await self.write(events, more=False)
             except Exception as exc:
                 error = exc
                 if self.converting and not self.closed:
-                    self.settle("upstream_error")
+                    self.settle(Outcome.UPSTREAM_ERROR)
                     await self.write(self.translator.fail(APP_FAILED), more=False)
             finally:
                 self.stop_background()
@@ -213,6 +227,8 @@ class _Responder:
             await self.body(message.get("body", b""), more=message.get("more_body", False))
         else:
             await self.send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.stop_background()
 
     async def start(self, message: Message) -> None:
         headers = list(message.get("headers", []))
@@ -244,7 +260,9 @@ class _Responder:
         self.last_write = time.monotonic()
         if self.options.retry is not None:
             await self.write_bytes(self.options.retry, more=True)
-        self.tasks.start_soon(self.watch)
+        self.start_watch()
+        if self.wait_scope is not None:
+            self.wait_scope.cancel()  # the keepalive clock starts now
 
     async def body(self, chunk: bytes, *, more: bool) -> None:
         """One body message of the app: every event of the lines it completes, in one write."""
@@ -256,19 +274,19 @@ class _Responder:
         except LineTooLongError as exc:
             events = self.translate(exc.lines)
             if not translator.finished:
-                self.settle("upstream_error")
+                self.settle(Outcome.UPSTREAM_ERROR)
                 events += translator.fail(str(exc))
         else:
             events = self.translate(lines) if lines else []
             if not more and not translator.finished:
                 events += translator.end()
                 if translator.finished:
-                    self.settle("upstream_truncated")
+                    self.settle(Outcome.UPSTREAM_TRUNCATED)
         if translator.finished:
-            self.settle("upstream_error")
+            self.settle(Outcome.UPSTREAM_ERROR)
             more = False
         elif not more and translator.completed:
-            self.settle("completed")
+            self.settle(Outcome.COMPLETED)
         await self.write(events, more=more)
 
     def translate(self, lines: list[str]) -> list[bytes]:
@@ -293,14 +311,13 @@ class _Responder:
         if self.closed:
             return
         await self.write_bytes(b"".join(events), more=more)
-        if self.stats is not None and events:
+        if events:
             self.stats.events += len(events)
             if self.stats.first_event is None:
                 self.stats.first_event = time.monotonic()
 
-    def settle(self, outcome: str) -> None:
-        if self.stats is not None:
-            self.stats.settle(outcome)
+    def settle(self, outcome: Outcome) -> None:
+        self.stats.settle(outcome)
 
     def with_id(self, event: bytes) -> bytes:
         # An event the dialect gave an id of its own keeps it; the encoder writes the id first.
@@ -336,13 +353,18 @@ class _Responder:
         if self.pinging is not None:
             self.pinging.cancel()
 
+    def start_watch(self) -> None:
+        if not self.watching:
+            self.watching = True
+            self.tasks.start_soon(self.watch)
+
     async def watch(self) -> None:
         """Until the client leaves; it also starts the keepalives in the silences."""
-        interval = self.options.keepalive
         with self.background:
-            while interval:
+            while True:
+                interval = self.options.keepalive if self.converting else 0.0
                 delay = self.last_write + interval - time.monotonic()
-                if delay <= 0:
+                if interval and delay <= 0:
                     # A short task per ping, so that this one goes on watching while a slow
                     # client holds the ping's write (a write queued behind it must see the
                     # disconnect).
@@ -350,14 +372,17 @@ class _Responder:
                         self.pinging = anyio.CancelScope()
                         self.tasks.start_soon(self.ping, self.pinging)
                     delay = interval
-                with anyio.move_on_after(delay):
+                with anyio.CancelScope(
+                    deadline=anyio.current_time() + delay if interval else math.inf
+                ) as self.wait_scope:
                     await self.receive.watch()
                     break
-            else:
-                await self.receive.watch()
+            self.wait_scope = None
+            if self.stats.on_disconnect is not None:
+                self.stats.on_disconnect()
             if not self.ended:
                 # The client has gone: stop writing at once; the app's receive() says so.
-                self.settle("client_disconnected")
+                self.settle(Outcome.CLIENT_DISCONNECTED)
                 self.close()
 
     async def ping(self, scope: anyio.CancelScope) -> None:

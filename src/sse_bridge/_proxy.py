@@ -21,11 +21,10 @@ import anyio.abc
 import httpx
 
 from ._http import (
-    ACCEPTS_EVENTS_KEY,
-    EVENT_STREAM_KEY,
     NDJSON_TYPES,
-    STATS_KEY,
-    StreamStats,
+    STREAM_KEY,
+    Outcome,
+    StreamContext,
     header,
     media_type,
     send_json,
@@ -198,7 +197,7 @@ class _Exchange:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.stats: StreamStats = scope.get(STATS_KEY) or StreamStats()
+        self.stats: StreamContext = scope.get(STREAM_KEY) or StreamContext()
         self.committed = False
         self.started = False
         self.body_done = anyio.Event()
@@ -215,6 +214,9 @@ class _Exchange:
         self.at_line_start = True
 
     async def run(self) -> None:
+        if self.stats.watched:
+            # The middleware in front watches the client: one watcher per stream, not two.
+            self.stats.on_disconnect = self.gone
         length = header(self.scope["headers"], b"content-length")
         declared = int(length) if length.isdigit() else None
         if declared is not None and declared > self.proxy.max_body:
@@ -223,7 +225,7 @@ class _Exchange:
         try:
             content = await self.request_body(declared)
         except ClientGoneError:
-            self.stats.settle("client_disconnected")
+            self.stats.settle(Outcome.CLIENT_DISCONNECTED)
             return
         except BodyTooLargeError:
             await self.too_large()
@@ -233,7 +235,8 @@ class _Exchange:
         try:
             with self.cancel:
                 async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self.watch_disconnect)
+                    if not self.stats.watched:
+                        tasks.start_soon(self.watch_disconnect)
                     try:
                         await self.exchange(content, tasks)
                     except Exception as exc:
@@ -259,7 +262,7 @@ class _Exchange:
     async def shut_down(self) -> None:
         message = "the bridge is shutting down; retry the request"
         if not self.started:
-            self.stats.settle("upstream_error")
+            self.stats.settle(Outcome.UPSTREAM_ERROR)
             await send_json(self.send, 503, {"error": message}, [(b"retry-after", b"1")])
         elif self.ndjson:
             await self.error_line(message)
@@ -267,7 +270,7 @@ class _Exchange:
         # broken transfer rather than a complete one.
 
     async def too_large(self) -> None:
-        self.stats.settle("upstream_error")
+        self.stats.settle(Outcome.UPSTREAM_ERROR)
         message = f"request body larger than {self.proxy.max_body} bytes (see --max-body)"
         await send_json(self.send, 413, {"error": message})
 
@@ -321,7 +324,7 @@ class _Exchange:
             # After the last body message the server reports a disconnect by design.
             return
         self.client_gone = True
-        self.stats.settle("client_disconnected")
+        self.stats.settle(Outcome.CLIENT_DISCONNECTED)
         self.cancel.cancel()
 
     async def exchange(
@@ -347,7 +350,7 @@ class _Exchange:
         """Whether to answer early, while the upstream is silent: only for a client that asked
         for events from an endpoint that streams NDJSON, and never for "stream": false."""
         scope = self.scope
-        if not (scope.get(EVENT_STREAM_KEY) and scope.get(ACCEPTS_EVENTS_KEY)):
+        if not (self.stats.converting and self.stats.client_accepts_events):
             return False
         if self.proxy.commit_after <= 0 or scope["path"] not in self.proxy.commit_paths:
             return False
@@ -415,13 +418,13 @@ class _Exchange:
         A partial line before it is ended first: it then reaches the client as a line of its
         own (reported as not JSON when converted) instead of corrupting the error line.
         """
-        self.stats.settle("upstream_error")
+        self.stats.settle(Outcome.UPSTREAM_ERROR)
         line = json.dumps({"error": message}).encode() + b"\n"
         await self.body((b"" if self.at_line_start else b"\n") + line, more=False)
 
     async def upstream_failed(self, exc: Exception) -> None:
         if isinstance(exc, httpx.InvalidURL):
-            self.stats.settle("upstream_error")
+            self.stats.settle(Outcome.UPSTREAM_ERROR)
             await send_json(self.send, 400, {"error": f"no upstream URL for this target: {exc}"})
             return
         if isinstance(exc, BodyTooLargeError):
@@ -438,14 +441,14 @@ class _Exchange:
         if self.committed:
             await self.error_line(message)
         else:
-            self.stats.settle("upstream_error")
+            self.stats.settle(Outcome.UPSTREAM_ERROR)
             await send_json(self.send, status, {"error": message})
 
     async def relay(self) -> None:
         response = self.response
         assert response is not None
         if response.status_code >= 400:
-            self.stats.settle("upstream_error")
+            self.stats.settle(Outcome.UPSTREAM_ERROR)
         headers = without_hop_by_hop(list(response.headers.raw))
         self.ndjson = media_type(headers) in NDJSON_TYPES
         if self.ndjson:
@@ -468,10 +471,10 @@ class _Exchange:
                 # Another format has no error line: leave the response unfinished, so that
                 # the server drops the connection and the client sees a broken transfer
                 # rather than a complete one.
-                self.stats.settle("upstream_truncated")
+                self.stats.settle(Outcome.UPSTREAM_TRUNCATED)
             return
         await self.body(b"", more=False)
-        self.stats.settle("completed")
+        self.stats.settle(Outcome.COMPLETED)
 
     async def continue_committed(self) -> None:
         """The client already has a 200 NDJSON stream: fit the upstream's answer into it."""

@@ -9,6 +9,7 @@ and any body message the watch reads first is kept, in order, for the app.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import anyio
 
@@ -31,6 +32,8 @@ class SharedReceive:
         self._pending_bytes = 0
         self._taken = anyio.Event()
         self.disconnected = anyio.Event()
+        # Called once the whole request body has been read (by the app or the watch).
+        self.on_body_complete: Callable[[], None] | None = None
 
     async def __call__(self) -> Message:
         async with self._lock:
@@ -44,6 +47,8 @@ class SharedReceive:
             message = await self._receive()
         if message["type"] == "http.disconnect":
             self.disconnected.set()
+        elif not message.get("more_body", False) and self.on_body_complete is not None:
+            self.on_body_complete()
         return message
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ._codec import DEFAULT_MAX_LINE_BYTES
 from ._dialects import DialectFunc
-from ._http import STATS_KEY, StreamStats, header, send_json
+from ._http import STREAM_KEY, Outcome, StreamContext, header, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import COMMIT_PATHS, ProxyApp
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -118,8 +118,8 @@ class _Front:
                 [(b"retry-after", b"1")],
             )
             return
-        stats = StreamStats()
-        scope = {**scope, STATS_KEY: stats}
+        stats = StreamContext()
+        scope = {**scope, STREAM_KEY: stats}
 
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -155,10 +155,10 @@ class _Front:
             return
         await send_json(send, 200, {"status": "ready"})
 
-    def log(self, scope: Scope, stats: StreamStats) -> None:
+    def log(self, scope: Scope, stats: StreamContext) -> None:
         now = time.monotonic()
         if stats.outcome is None:
-            stats.settle("completed" if stats.status < 400 else "upstream_error")
+            stats.settle(Outcome.COMPLETED if stats.status < 400 else Outcome.UPSTREAM_ERROR)
         first = (
             "-"
             if stats.first_event is None
@@ -175,7 +175,7 @@ class _Front:
             stats.bytes,
             first,
             (now - stats.started) * 1000,
-            stats.outcome,
+            stats.outcome.value if stats.outcome else "-",
         )
 
 
