@@ -174,10 +174,11 @@ class _Responder:
         self.ended = False
         self.last_write = 0.0
         self.next_id = 0
-        # Only the keepalive ever competes for it. fast_acquire: an uncontended acquire must not
-        # yield to the event loop, which otherwise costs a loop iteration per event (measured:
-        # a quarter of the middleware's time, docs/benchmarks.md).
-        self.lock = anyio.Lock(fast_acquire=True)
+        # Writes take turns: only a ping ever competes with the app's writes, so a flag and an
+        # event made only when one has to wait do what a lock would, without an acquire that
+        # yields or a deque per stream (docs/benchmarks.md).
+        self.writing = False
+        self.write_turn: anyio.Event | None = None
         self.background = anyio.CancelScope()
         self.pinging: anyio.CancelScope | None = None
         self.decoder = LineDecoder(options.max_line_bytes)
@@ -330,18 +331,28 @@ class _Responder:
         # An empty body message with more_body=True flushes nothing (uvicorn writes no chunk).
         if more and not payload:
             return
-        async with self.lock:
-            if self.closed:
-                return
+        while self.writing:
+            if self.write_turn is None:
+                self.write_turn = anyio.Event()
+            await self.write_turn.wait()
+        if self.closed:
+            return
+        self.writing = True
+        try:
             await self.send({"type": "http.response.body", "body": payload, "more_body": more})
-            self.last_write = time.monotonic()
-            if not more:
-                self.close()
+        finally:
+            self.writing = False
+            if self.write_turn is not None:
+                self.write_turn.set()
+                self.write_turn = None
+        self.last_write = time.monotonic()
+        if not more:
+            self.close()
 
     @property
     def closed(self) -> bool:
         # The app may hear of a disconnect from its own receive() before the watch task does.
-        return self.ended or self.receive.disconnected.is_set()
+        return self.ended or self.receive.disconnected
 
     def close(self) -> None:
         self.ended = True

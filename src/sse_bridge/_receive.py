@@ -28,10 +28,12 @@ class SharedReceive:
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._lock = anyio.Lock(fast_acquire=True)
-        self._pending: deque[Message] = deque()
+        # Made when first needed: every open stream holds one of these objects, and an event or
+        # a deque costs more memory than the rest of it (docs/benchmarks.md).
+        self._pending: deque[Message] | None = None
         self._pending_bytes = 0
-        self._taken = anyio.Event()
-        self.disconnected = anyio.Event()
+        self._taken: anyio.Event | None = None
+        self.disconnected = False
         # Called once the whole request body has been read (by the app or the watch).
         self.on_body_complete: Callable[[], None] | None = None
 
@@ -40,34 +42,37 @@ class SharedReceive:
             if self._pending:
                 message = self._pending.popleft()
                 self._pending_bytes -= len(message.get("body", b""))
-                self._taken.set()
+                if self._taken is not None:
+                    self._taken.set()
                 return message
-            if self.disconnected.is_set():
+            if self.disconnected:
                 return dict(DISCONNECT)
             message = await self._receive()
         if message["type"] == "http.disconnect":
-            self.disconnected.set()
+            self.disconnected = True
         elif not message.get("more_body", False) and self.on_body_complete is not None:
             self.on_body_complete()
         return message
 
     def close(self) -> None:
         """From now on the app is told the client has gone (the response has ended)."""
-        self.disconnected.set()
+        self.disconnected = True
 
     async def watch(self) -> None:
         """Return once the client has disconnected."""
-        while not self.disconnected.is_set():
+        while not self.disconnected:
             if self._pending_bytes >= READ_AHEAD_BYTES:
                 self._taken = anyio.Event()
                 await self._taken.wait()
                 continue
             async with self._lock:
-                if self.disconnected.is_set():
+                if self.disconnected:
                     break
                 message = await self._receive()
                 if message["type"] == "http.disconnect":
-                    self.disconnected.set()
+                    self.disconnected = True
                 else:
+                    if self._pending is None:
+                        self._pending = deque()
                     self._pending.append(message)
                     self._pending_bytes += len(message.get("body", b""))
