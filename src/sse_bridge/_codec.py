@@ -63,6 +63,14 @@ class LineDecoder:
     def decode(self, chunk: bytes) -> list[str]:
         if not chunk:
             return []
+        if not self._buffer and chunk[-1] == 0x0A and len(chunk) <= self._max:
+            # The common case, once per upstream read: whole lines only, none of them over the
+            # limit. Same result as the general path below, in one comprehension.
+            return [
+                raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                for raw in chunk.split(b"\n")
+                if raw.strip(_BLANK)
+            ]
         parts = chunk.split(b"\n")
         if len(parts) == 1:
             self._buffer += chunk

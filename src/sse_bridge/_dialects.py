@@ -52,7 +52,9 @@ _UNSAFE = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\
 
 def dumps(value: Any) -> str:
     """Compact JSON for a ``data:`` field (see the module docstring for the escaping)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).translate(_UNSAFE)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Only non-ASCII text can hold the three characters (and isascii() is a flag lookup).
+    return text if text.isascii() else text.translate(_UNSAFE)
 
 
 def loads(line: str) -> Any:
@@ -69,7 +71,10 @@ def loads(line: str) -> Any:
 
 def _string(value: str) -> bytes:
     """``dumps(value)`` for a str, as UTF-8: json's C string encoder, without the encoder object."""
-    return encode_basestring(value).translate(_UNSAFE).encode("utf-8", "backslashreplace")
+    text = encode_basestring(value)
+    if text.isascii():
+        return text.encode("ascii")
+    return text.translate(_UNSAFE).encode("utf-8", "backslashreplace")
 
 
 def _data(value: Any) -> bytes:

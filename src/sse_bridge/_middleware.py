@@ -218,17 +218,18 @@ class _Responder:
             raise error
 
     async def send_wrapper(self, message: Message) -> None:
-        if self.closed:
+        if self.ended or self.receive.disconnected:
             # The client is gone or our stream has ended: like uvicorn under ASGI 2.3, accept
             # and drop, while receive() tells the app http.disconnect.
             return
-        if message["type"] == "http.response.start":
-            await self.start(message)
-        elif message["type"] == "http.response.body" and self.converting:
+        kind = message["type"]
+        if kind == "http.response.body" and self.converting:
             await self.body(message.get("body", b""), more=message.get("more_body", False))
+        elif kind == "http.response.start":
+            await self.start(message)
         else:
             await self.send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            if kind == "http.response.body" and not message.get("more_body", False):
                 self.stop_background()
 
     async def start(self, message: Message) -> None:
@@ -292,10 +293,11 @@ class _Responder:
 
     def translate(self, lines: list[str]) -> list[bytes]:
         translator = self.translator
+        line_events = translator.line
         events: list[bytes] = []
         for line in lines:
             try:
-                events += translator.line(line)
+                events += line_events(line)
             except Exception as exc:
                 # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
                 # stream: report that line and go on.
@@ -307,15 +309,17 @@ class _Responder:
         return events
 
     async def write(self, events: list[bytes], *, more: bool) -> None:
+        """Send these events as one body message (none, and nothing to end, sends nothing)."""
         if self.options.event_ids:
             events = [self.with_id(event) for event in events]
-        if self.closed:
+        if not events and more:
             return
-        await self.write_bytes(b"".join(events), more=more)
-        if events:
-            self.stats.events += len(events)
-            if self.stats.first_event is None:
-                self.stats.first_event = time.monotonic()
+        if events and not self.closed:
+            stats = self.stats
+            stats.events += len(events)
+            if stats.first_event is None:
+                stats.first_event = time.monotonic()
+        await self.write_bytes(events[0] if len(events) == 1 else b"".join(events), more=more)
 
     def settle(self, outcome: Outcome) -> None:
         self.stats.settle(outcome)
