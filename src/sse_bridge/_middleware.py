@@ -224,7 +224,10 @@ class _Responder:
             return
         kind = message["type"]
         if kind == "http.response.body" and self.converting:
-            await self.body(message.get("body", b""), more=message.get("more_body", False))
+            # The hot path, once per body message: no further coroutine layers before send().
+            more = message.get("more_body", False)
+            events, more = self.events(message.get("body", b""), more)
+            await self.write_bytes(self.payload(events), more=more)
         elif kind == "http.response.start":
             await self.start(message)
         else:
@@ -266,8 +269,8 @@ class _Responder:
         if self.wait_scope is not None:
             self.wait_scope.cancel()  # the keepalive clock starts now
 
-    async def body(self, chunk: bytes, *, more: bool) -> None:
-        """One body message of the app: every event of the lines it completes, in one write."""
+    def events(self, chunk: bytes, more: bool) -> tuple[list[bytes], bool]:
+        """Every event of the lines this body message completes, and whether more may follow."""
         translator = self.translator
         try:
             lines = self.decoder.decode(chunk)
@@ -289,7 +292,7 @@ class _Responder:
             more = False
         elif not more and translator.completed:
             self.settle(Outcome.COMPLETED)
-        await self.write(events, more=more)
+        return events, more
 
     def translate(self, lines: list[str]) -> list[bytes]:
         translator = self.translator
@@ -309,17 +312,20 @@ class _Responder:
         return events
 
     async def write(self, events: list[bytes], *, more: bool) -> None:
-        """Send these events as one body message (none, and nothing to end, sends nothing)."""
+        await self.write_bytes(self.payload(events), more=more)
+
+    def payload(self, events: list[bytes]) -> bytes:
+        """The events as one body (numbered if asked), counted as sent unless we are closed."""
+        if not events:
+            return b""
         if self.options.event_ids:
             events = [self.with_id(event) for event in events]
-        if not events and more:
-            return
-        if events and not self.closed:
+        if not self.closed:
             stats = self.stats
             stats.events += len(events)
             if stats.first_event is None:
                 stats.first_event = time.monotonic()
-        await self.write_bytes(events[0] if len(events) == 1 else b"".join(events), more=more)
+        return events[0] if len(events) == 1 else b"".join(events)
 
     def settle(self, outcome: Outcome) -> None:
         self.stats.settle(outcome)
