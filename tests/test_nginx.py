@@ -51,6 +51,7 @@ def test_the_config_is_valid(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.timing
 async def test_twenty_streams_through_nginx_stay_separate(
     bridges: list[int], tmp_path: Path
 ) -> None:
@@ -92,6 +93,7 @@ naive_app = Starlette(routes=[Route("/api/chat", naive_sse, methods=["POST"])])
 # buffering nginx holds back. The naive upstreams here run on h11 so that the control is real.
 
 
+@pytest.mark.timing
 async def test_the_detector_fails_a_buffering_chain(tmp_path: Path) -> None:
     with serve(naive_app, http="h11") as app_url:
         port = int(app_url.rsplit(":", 1)[1])
@@ -102,6 +104,7 @@ async def test_the_detector_fails_a_buffering_chain(tmp_path: Path) -> None:
     assert len(result.streams[0].events) == TOKENS
 
 
+@pytest.mark.timing
 async def test_the_naive_config_streams_in_front_of_sse_bridge(fake: str, tmp_path: Path) -> None:
     # Same naive nginx, same h11, but the bridge's X-Accel-Buffering: no switches buffering off.
     args = ("serve", "--upstream", fake, "--dialect", "ollama", "--http", "h11")
@@ -114,6 +117,7 @@ async def test_the_naive_config_streams_in_front_of_sse_bridge(fake: str, tmp_pa
     assert result.analysis.coalesced <= 0.05
 
 
+@pytest.mark.timing
 def test_the_probe_command_exit_status(bridges: list[int], tmp_path: Path) -> None:
     data = BODY.decode()
     (tmp_path / "naive").mkdir()
