@@ -53,14 +53,27 @@ def test_the_config_is_valid(tmp_path: Path) -> None:
 
 @pytest.mark.timing
 async def test_twenty_streams_through_nginx_stay_separate(
-    bridges: list[int], tmp_path: Path
+    fake: str, bridges: list[int], tmp_path: Path
 ) -> None:
-    with nginx(DEPLOY_CONF.read_text(), bridges=bridges, workdir=tmp_path) as url:
-        result = await probe(
-            f"{url}/api/chat", method="POST", body=BODY, headers=JSON, streams=20, interval=INTERVAL
+    results = {}
+
+    async def measure(name: str, url: str) -> None:
+        results[name] = await probe(
+            url, method="POST", body=BODY, headers=JSON, streams=20, interval=INTERVAL
         )
+
+    with nginx(DEPLOY_CONF.read_text(), bridges=bridges, workdir=tmp_path) as url:
+        # The same streams read from the fake directly at the same time: on a busy machine some
+        # gaps close up on the direct path too, and only what nginx and the bridges add counts.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(measure, "stack", f"{url}/api/chat")
+            tasks.start_soon(measure, "direct", f"{fake}/api/chat")
+    result, direct = results["stack"], results["direct"]
     analysis = result.analysis
-    assert analysis.coalesced <= 0.05, result.summary()
+    assert analysis.coalesced <= direct.analysis.coalesced + 0.05, (
+        result.summary(),
+        direct.summary(),
+    )
     assert analysis.span_ratio >= 0.9, result.summary()
     assert analysis.verdict == "streaming"
     for stream in result.streams:
