@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_bridge import LineDecoder, LineTooLongError, ServerSentEvent
@@ -112,6 +112,9 @@ ndjson_bytes = st.lists(
 ).map(b"".join)
 
 
+# These properties test correctness, not speed: hypothesis's default deadline (200 ms per example)
+# fails them on a busy machine or under coverage tracing.
+@settings(deadline=None)
 @given(data=ndjson_bytes, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20))
 def test_any_chunking_gives_the_same_lines(data: bytes, cuts: list[int]) -> None:
     points = sorted({min(cut, len(data)) for cut in cuts})
@@ -119,6 +122,7 @@ def test_any_chunking_gives_the_same_lines(data: bytes, cuts: list[int]) -> None
     assert decode_all(chunks) == decode_all([data])
 
 
+@settings(deadline=None)
 @given(data=ndjson_bytes, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20))
 def test_any_chunking_gives_the_same_verdict_on_long_lines(data: bytes, cuts: list[int]) -> None:
     points = sorted({min(cut, len(data)) for cut in cuts})

@@ -81,6 +81,7 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+@pytest.mark.timing
 async def test_events_paced_upstream_arrive_paced() -> None:
     generation = Generation()
     with serve(starlette_app(generation, dialect="ollama")) as url:
@@ -112,6 +113,7 @@ async def test_ndjson_clients_are_unaffected() -> None:
     assert json.loads(lines[5])["done"] is True
 
 
+@pytest.mark.timing
 async def test_client_disconnect_cancels_the_generation() -> None:
     generation = Generation()
     with serve(starlette_app(generation, dialect="ollama")) as url:
@@ -128,6 +130,7 @@ async def test_client_disconnect_cancels_the_generation() -> None:
     assert generation.ended_at - closed_at < 1.0
 
 
+@pytest.mark.timing
 async def test_keepalive_on_a_real_server() -> None:
     generation = Generation()
     body = json.dumps({"count": 2, "interval": 0.35}).encode()

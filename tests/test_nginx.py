@@ -51,15 +51,29 @@ def test_the_config_is_valid(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.timing
 async def test_twenty_streams_through_nginx_stay_separate(
-    bridges: list[int], tmp_path: Path
+    fake: str, bridges: list[int], tmp_path: Path
 ) -> None:
-    with nginx(DEPLOY_CONF.read_text(), bridges=bridges, workdir=tmp_path) as url:
-        result = await probe(
-            f"{url}/api/chat", method="POST", body=BODY, headers=JSON, streams=20, interval=INTERVAL
+    results = {}
+
+    async def measure(name: str, url: str) -> None:
+        results[name] = await probe(
+            url, method="POST", body=BODY, headers=JSON, streams=20, interval=INTERVAL
         )
+
+    with nginx(DEPLOY_CONF.read_text(), bridges=bridges, workdir=tmp_path) as url:
+        # The same streams read from the fake directly at the same time: on a busy machine some
+        # gaps close up on the direct path too, and only what nginx and the bridges add counts.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(measure, "stack", f"{url}/api/chat")
+            tasks.start_soon(measure, "direct", f"{fake}/api/chat")
+    result, direct = results["stack"], results["direct"]
     analysis = result.analysis
-    assert analysis.coalesced <= 0.05, result.summary()
+    assert analysis.coalesced <= direct.analysis.coalesced + 0.05, (
+        result.summary(),
+        direct.summary(),
+    )
     assert analysis.span_ratio >= 0.9, result.summary()
     assert analysis.verdict == "streaming"
     for stream in result.streams:
@@ -92,6 +106,7 @@ naive_app = Starlette(routes=[Route("/api/chat", naive_sse, methods=["POST"])])
 # buffering nginx holds back. The naive upstreams here run on h11 so that the control is real.
 
 
+@pytest.mark.timing
 async def test_the_detector_fails_a_buffering_chain(tmp_path: Path) -> None:
     with serve(naive_app, http="h11") as app_url:
         port = int(app_url.rsplit(":", 1)[1])
@@ -102,6 +117,7 @@ async def test_the_detector_fails_a_buffering_chain(tmp_path: Path) -> None:
     assert len(result.streams[0].events) == TOKENS
 
 
+@pytest.mark.timing
 async def test_the_naive_config_streams_in_front_of_sse_bridge(fake: str, tmp_path: Path) -> None:
     # Same naive nginx, same h11, but the bridge's X-Accel-Buffering: no switches buffering off.
     args = ("serve", "--upstream", fake, "--dialect", "ollama", "--http", "h11")
@@ -114,6 +130,7 @@ async def test_the_naive_config_streams_in_front_of_sse_bridge(fake: str, tmp_pa
     assert result.analysis.coalesced <= 0.05
 
 
+@pytest.mark.timing
 def test_the_probe_command_exit_status(bridges: list[int], tmp_path: Path) -> None:
     data = BODY.decode()
     (tmp_path / "naive").mkdir()

@@ -102,6 +102,7 @@ async def test_read_stream_sees_a_broken_transfer() -> None:
     assert stream.error.startswith("the connection closed mid-response")
 
 
+@pytest.mark.timing
 async def test_probe_on_ndjson_and_sse() -> None:
     fake = FakeOllama(FakeOllamaConfig(tokens_per_second=50, num_tokens=20))
     body = json.dumps({"model": "llama3.2", "prompt": "x"}).encode()
@@ -139,6 +140,7 @@ async def test_probe_errors_are_inconclusive() -> None:
         await probe("http://127.0.0.1:1/", interval=0)
 
 
+@pytest.mark.timing
 def test_probe_command_report_and_json() -> None:
     fake = FakeOllama(FakeOllamaConfig(tokens_per_second=50, num_tokens=10))
     data = json.dumps({"model": "llama3.2", "prompt": "x"})
