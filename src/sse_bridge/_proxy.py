@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-import anyio.abc
 import httpx
 
 from ._http import (
@@ -200,8 +199,10 @@ class _Exchange:
         self.stats: StreamContext = scope.get(STREAM_KEY) or StreamContext()
         self.committed = False
         self.started = False
-        self.body_done = anyio.Event()
-        self.headers_ready = anyio.Event()
+        # Made only where they are waited for: an event costs more memory per open stream
+        # than most of what a stream holds (docs/benchmarks.md).
+        self.body_done: anyio.Event | None = None
+        self.headers_ready: anyio.Event | None = None
         self.response: httpx.Response | None = None
         self.failure: Exception | None = None
         self.client_gone = False
@@ -217,6 +218,8 @@ class _Exchange:
         if self.stats.watched:
             # The middleware in front watches the client: one watcher per stream, not two.
             self.stats.on_disconnect = self.gone
+        else:
+            self.body_done = anyio.Event()
         length = header(self.scope["headers"], b"content-length")
         declared = int(length) if length.isdigit() else None
         if declared is not None and declared > self.proxy.max_body:
@@ -234,19 +237,22 @@ class _Exchange:
         error: Exception | None = None
         try:
             with self.cancel:
-                async with anyio.create_task_group() as tasks:
-                    if not self.stats.watched:
-                        tasks.start_soon(self.watch_disconnect)
-                    try:
-                        await self.exchange(content, tasks)
-                    except Exception as exc:
-                        # Raised here, it would leave the task group as an ExceptionGroup.
-                        error = exc
-                    finally:
-                        tasks.cancel_scope.cancel()
-                        if self.response is not None:
-                            with anyio.CancelScope(shield=True):
-                                await self.response.aclose()
+                try:
+                    if self.stats.watched:
+                        await self.exchange(content)
+                    else:
+                        async with anyio.create_task_group() as tasks:
+                            tasks.start_soon(self.watch_disconnect)
+                            try:
+                                await self.exchange(content)
+                            finally:
+                                tasks.cancel_scope.cancel()
+                except Exception as exc:
+                    error = exc
+                finally:
+                    if self.response is not None:
+                        with anyio.CancelScope(shield=True):
+                            await self.response.aclose()
             if self.draining and not self.client_gone and not self.finished:
                 await self.shut_down()
         finally:
@@ -280,7 +286,8 @@ class _Exchange:
             raise ClientGoneError
         body = first.get("body", b"")
         if not first.get("more_body", False):
-            self.body_done.set()
+            if self.body_done is not None:
+                self.body_done.set()
             return self.check_size(body, 0)
         if declared is not None and declared <= REPLAYABLE_BYTES:
             chunks = [body]
@@ -303,7 +310,8 @@ class _Exchange:
             seen += len(chunk)
             yield chunk
             if not message.get("more_body", False):
-                self.body_done.set()
+                if self.body_done is not None:
+                    self.body_done.set()
                 return
 
     async def streamed_body(self, first: bytes) -> AsyncIterator[bytes]:
@@ -313,6 +321,7 @@ class _Exchange:
 
     async def watch_disconnect(self) -> None:
         # Only once the body is read: a second reader would steal it.
+        assert self.body_done is not None
         await self.body_done.wait()
         while (await self.receive())["type"] != "http.disconnect":
             pass
@@ -327,16 +336,19 @@ class _Exchange:
         self.stats.settle(Outcome.CLIENT_DISCONNECTED)
         self.cancel.cancel()
 
-    async def exchange(
-        self, content: bytes | AsyncIterator[bytes], tasks: anyio.abc.TaskGroup
-    ) -> None:
-        tasks.start_soon(self.open_upstream, content)
+    async def exchange(self, content: bytes | AsyncIterator[bytes]) -> None:
         if self.may_commit(content):
-            with anyio.move_on_after(self.proxy.commit_after):
-                await self.headers_ready.wait()
-            if not self.headers_ready.is_set():
-                await self.commit()
-        await self.headers_ready.wait()
+            # Only while the upstream is silent: a task opens it, this one commits on time.
+            ready = self.headers_ready = anyio.Event()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self.open_upstream, content)
+                with anyio.move_on_after(self.proxy.commit_after):
+                    await ready.wait()
+                if not ready.is_set():
+                    await self.commit()
+            self.headers_ready = None
+        else:
+            await self.open_upstream(content)
         if self.client_gone:
             return
         if self.failure is not None:
@@ -375,7 +387,7 @@ class _Exchange:
         except httpx.InvalidURL as exc:
             # A target uvicorn passed through (say "OPTIONS *") that makes no upstream URL.
             self.failure = exc
-            self.headers_ready.set()
+            self.upstream_ready()
             return
         try:
             try:
@@ -393,8 +405,13 @@ class _Exchange:
         except ClientGoneError:
             self.gone()
         finally:
-            self.body_done.set()
-            self.headers_ready.set()
+            self.upstream_ready()
+
+    def upstream_ready(self) -> None:
+        """The upstream answered, failed, or cannot be asked: the body is no longer read."""
+        for event in (self.body_done, self.headers_ready):
+            if event is not None:
+                event.set()
 
     async def commit(self) -> None:
         self.committed = True

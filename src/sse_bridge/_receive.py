@@ -27,7 +27,10 @@ class SharedReceive:
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
-        self._lock = anyio.Lock(fast_acquire=True)
+        # The app and the watch take turns at the server's receive(): a flag, and an event made
+        # only when one of them has to wait.
+        self._busy = False
+        self._turn: anyio.Event | None = None
         # Made when first needed: every open stream holds one of these objects, and an event or
         # a deque costs more memory than the rest of it (docs/benchmarks.md).
         self._pending: deque[Message] | None = None
@@ -37,8 +40,22 @@ class SharedReceive:
         # Called once the whole request body has been read (by the app or the watch).
         self.on_body_complete: Callable[[], None] | None = None
 
+    async def _take_turn(self) -> None:
+        while self._busy:
+            if self._turn is None:
+                self._turn = anyio.Event()
+            await self._turn.wait()
+        self._busy = True
+
+    def _end_turn(self) -> None:
+        self._busy = False
+        if self._turn is not None:
+            self._turn.set()
+            self._turn = None
+
     async def __call__(self) -> Message:
-        async with self._lock:
+        await self._take_turn()
+        try:
             if self._pending:
                 message = self._pending.popleft()
                 self._pending_bytes -= len(message.get("body", b""))
@@ -48,6 +65,8 @@ class SharedReceive:
             if self.disconnected:
                 return dict(DISCONNECT)
             message = await self._receive()
+        finally:
+            self._end_turn()
         if message["type"] == "http.disconnect":
             self.disconnected = True
         elif not message.get("more_body", False) and self.on_body_complete is not None:
@@ -65,14 +84,17 @@ class SharedReceive:
                 self._taken = anyio.Event()
                 await self._taken.wait()
                 continue
-            async with self._lock:
+            await self._take_turn()
+            try:
                 if self.disconnected:
                     break
                 message = await self._receive()
-                if message["type"] == "http.disconnect":
-                    self.disconnected = True
-                else:
-                    if self._pending is None:
-                        self._pending = deque()
-                    self._pending.append(message)
-                    self._pending_bytes += len(message.get("body", b""))
+            finally:
+                self._end_turn()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+            else:
+                if self._pending is None:
+                    self._pending = deque()
+                self._pending.append(message)
+                self._pending_bytes += len(message.get("body", b""))
