@@ -267,7 +267,10 @@ def terminate_as_interrupt() -> Iterator[None]:
 
     def handler(signum: int, frame: object) -> None:
         # As SIGINT, it reaches asyncio's runner, which cancels the run cleanly; raising here
-        # instead could surface inside a transport callback.
+        # instead could surface inside a transport callback. A shell starts background jobs
+        # with SIGINT ignored: then let it raise KeyboardInterrupt after all.
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.raise_signal(signal.SIGINT)
 
     previous = signal.signal(signal.SIGTERM, handler)

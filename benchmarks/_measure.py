@@ -115,7 +115,7 @@ FULL = Settings(
     latency_streams=10,
     latency_tokens=200,
     latency_rounds=3,
-    capacity_steps=(200, 400, 600, 800, 1000, 1200, 1400, 1600),
+    capacity_steps=(100, 200, 400, 600, 800, 1000, 1200, 1400, 1600),
     capacity_seconds=5.0,
     capacity_minutes=15.0,
 )

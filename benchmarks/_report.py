@@ -40,7 +40,7 @@ from _measure import (
 )
 
 SUMMARY_COLUMNS = (DIRECT, TUTORIAL, SSE_STARLETTE, SIDECAR_RAW, SIDECAR_OLLAMA)
-CLIENT_BOUND = 0.85  # a client (or CPU 0) busier than this may be what limits a step
+CLIENT_BOUND = 0.85  # a CPU 0 busier than this may be what limits a step
 NAN = float("nan")
 
 
@@ -172,7 +172,9 @@ def _burst(sample: BurstSample) -> dict[str, Any]:
 
 def _step(sample: StepSample) -> dict[str, Any]:
     row = {k: v for k, v in asdict(sample).items() if k not in ("lateness_ms", "settled_from")}
-    row["client_bound"] = sample.client_busy > CLIENT_BOUND
+    # The client and the upstream share CPU 0 (when pinned): if they fill it, the step may say
+    # more about them than about the configuration.
+    row["cpu0_bound"] = sample.client_busy + sample.upstream_busy > CLIENT_BOUND
     return row
 
 
@@ -577,7 +579,7 @@ def _report_capacity(summary: dict[str, Any], settings: dict[str, Any]) -> list[
             by_step.setdefault(step["streams"], []).append((name, step))
     for streams, entries in sorted(by_step.items()):
         for name, step in entries:
-            client = f"{step['client_busy']:.2f}" + (" !" if step["client_bound"] else "")
+            client = f"{step['client_busy']:.2f}" + (" !" if step["cpu0_bound"] else "")
             rows.append(
                 [
                     f"{streams} x {name}",
@@ -621,10 +623,10 @@ def _report_capacity(summary: dict[str, Any], settings: dict[str, Any]) -> list[
             if step["error"]:
                 out.append(f"   {step['streams']} x {name}: first error: {step['error']}")
                 break
-    if any(step["client_bound"] for row in capacity.values() for step in row["steps"]):
+    if any(step["cpu0_bound"] for row in capacity.values() for step in row["steps"]):
         out.append(
-            f"   !: this client used more than {CLIENT_BOUND:.0%} of its CPU in that step: "
-            "the client, not the configuration, may have set the limit"
+            "   !: in a marked step the client and the upstream may have set the limit, not the "
+            "configuration"
         )
     out += [f"   {note}" for note in summary["capacity_notes"]]
     return [*out, ""]
