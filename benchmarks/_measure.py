@@ -192,6 +192,7 @@ class StepSample:
     bridge_busy: float  # CPU of the serving process(es) over wall time; 2.0 = two full CPUs
     upstream_busy: float
     client_busy: float  # this process
+    other_load: float  # CPU 1's time on anything but our bridges, over wall time (NaN unpinned)
     gap_p99_ms: float
     first_event_p99_ms: float  # from connect: the request's way up, which lateness leaves out
     lateness_ms: list[list[float]] = field(repr=False)  # per stream, per event
@@ -200,6 +201,7 @@ class StepSample:
     added_p99_ms: float = float("nan")
     settled_added_p99_ms: float = float("nan")
     settled_share: float = 0.0  # of the events delivered, those in the steady state
+    retry: bool = False  # the second try of a step the configuration failed
     passed: bool = False
     error: str = ""
 
@@ -504,7 +506,7 @@ class Bench:
         expected = tokens + 1
         bridge, upstream = self.server(target), self.fleet["upstream"]
         cpu_bridge, cpu_upstream = bridge.cpu_seconds(), upstream.cpu_seconds()
-        cpu_client, wall = time.process_time(), time.perf_counter()
+        cpu_client, other, wall = time.process_time(), self.foreign_cpu(), time.perf_counter()
         outcomes = await self.paced_streams(
             target,
             streams,
@@ -529,6 +531,7 @@ class Bench:
             bridge_busy=(bridge.cpu_seconds() - cpu_bridge) / wall,
             upstream_busy=(upstream.cpu_seconds() - cpu_upstream) / wall,
             client_busy=(time.process_time() - cpu_client) / wall,
+            other_load=(self.foreign_cpu() - other) / wall,
             gap_p99_ms=percentile(gaps, 0.99),
             first_event_p99_ms=percentile(
                 [(r.first_event - r.started) * 1000 for r in results if r.first_event], 0.99
@@ -567,25 +570,16 @@ class Bench:
                 step[target.name] = await self.capacity_step(target, streams)
             reference = step[DIRECT.name]
             for name, sample in step.items():
-                added = added_latency(sample.lateness_ms, reference.lateness_ms)
-                sample.added_p50_ms = percentile(added, 0.5)
-                sample.added_p99_ms = percentile(added, 0.99)
-                settled = added_latency(
-                    sample.lateness_ms, reference.lateness_ms, sample.settled_from
-                )
-                sample.settled_added_p99_ms = percentile(settled, 0.99)
-                sample.settled_share = len(settled) / max(1, len(added))
-                held = (
-                    not sample.failed
-                    and sample.delivered == sample.expected
-                    and sample.settled_share >= MIN_SETTLED_SHARE
-                )
-                if name == DIRECT.name:
-                    # Its own yardstick: arrival gaps within the bound of the pacing.
-                    sample.passed = held and sample.gap_p99_ms - 1000 / PACE <= LATENCY_LIMIT_MS
-                else:
-                    sample.passed = held and sample.settled_added_p99_ms <= LATENCY_LIMIT_MS
+                _judge(sample, reference, direct=name == DIRECT.name)
                 sweep[name].append(sample)
+            # One more try for a configuration that failed: on a shared machine one failure can
+            # be someone else's load (see the other column).
+            for target in [t for t in left if not step[t.name].passed]:
+                retry = await self.capacity_step(target, streams)
+                retry.retry = True
+                _judge(retry, reference, direct=False)
+                sweep[target.name].append(retry)
+                step[target.name] = retry
             left = [t for t in left if step[t.name].passed]
         results.capacity = sweep
 
@@ -660,6 +654,26 @@ class Bench:
         results.other_seconds = self.foreign_cpu() - other
         results.client_cpu_seconds = time.process_time() - client_cpu
         return results
+
+
+def _judge(sample: StepSample, reference: StepSample, *, direct: bool) -> None:
+    """Fill in a step's added latency against the step's direct run, and whether it passed."""
+    added = added_latency(sample.lateness_ms, reference.lateness_ms)
+    sample.added_p50_ms = percentile(added, 0.5)
+    sample.added_p99_ms = percentile(added, 0.99)
+    settled = added_latency(sample.lateness_ms, reference.lateness_ms, sample.settled_from)
+    sample.settled_added_p99_ms = percentile(settled, 0.99)
+    sample.settled_share = len(settled) / max(1, len(added))
+    held = (
+        not sample.failed
+        and sample.delivered == sample.expected
+        and sample.settled_share >= MIN_SETTLED_SHARE
+    )
+    if direct:
+        # Its own yardstick: arrival gaps within the bound of the pacing.
+        sample.passed = held and sample.gap_p99_ms - 1000 / PACE <= LATENCY_LIMIT_MS
+    else:
+        sample.passed = held and sample.settled_added_p99_ms <= LATENCY_LIMIT_MS
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
