@@ -258,7 +258,7 @@ FIGURES = {
 def _figures(summary: dict[str, Any], settings: Settings) -> dict[str, dict[str, str]]:
     """The summary table: figure -> configuration -> cell text."""
 
-    def cell(name: str, text: str, *values: float) -> str:
+    def cell(text: str, *values: float) -> str:
         return "-" if any(v != v for v in values) else text
 
     def held(name: str) -> str:
@@ -292,16 +292,16 @@ def _figures(summary: dict[str, Any], settings: Settings) -> dict[str, dict[str,
         kib = _get(summary, "memory", n, "kib_per_stream")
         p50 = _get(summary, "ttfe", n, "p50_ms")
         p99 = _get(summary, "burst", n, "p99_ms")
-        rows[label["eps"]][n] = cell(n, f"{eps:,.0f}", eps)
-        rows[label["cpu"]][n] = cell(n, f"{fast:.1f} / {paced:.0f} us", fast, paced)
+        rows[label["eps"]][n] = cell(f"{eps:,.0f}", eps)
+        rows[label["cpu"]][n] = cell(f"{fast:.1f} / {paced:.0f} us", fast, paced)
         rows[label["held"]][n] = held(n)
         rows[label["latency"]][n] = (
             "0 (reference)"
             if target is DIRECT and n in summary["latency"]
-            else cell(n, f"{lat50:.2f} / {lat99:.2f} ms", lat50, lat99)
+            else cell(f"{lat50:.2f} / {lat99:.2f} ms", lat50, lat99)
         )
-        rows[label["memory"]][n] = cell(n, f"{kib:.1f} KiB", kib)
-        rows[label["ttfe"]][n] = cell(n, f"{p50:.2f} / {p99:.0f} ms", p50, p99)
+        rows[label["memory"]][n] = cell(f"{kib:.1f} KiB", kib)
+        rows[label["ttfe"]][n] = cell(f"{p50:.2f} / {p99:.0f} ms", p50, p99)
     return rows
 
 

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_stream.py            # about 10 minutes
+    .venv/bin/python benchmarks/bench_stream.py            # about 5 minutes
     .venv/bin/python benchmarks/bench_stream.py --quick    # about a minute
     .venv/bin/python benchmarks/bench_stream.py --only sidecar-ollama,tutorial --skip-capacity
     .venv/bin/python benchmarks/bench_stream.py --json results.json
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         "--capacity-steps",
         metavar="N,N,...",
         type=_counts,
-        help="stream counts of the capacity sweep (default: 200,400,...,1600; --quick 50,100)",
+        help="stream counts of the capacity sweep (default: 100,200,400,...,1600; --quick 50,100)",
     )
     parser.add_argument(
         "--paced-streams",
