@@ -2,14 +2,16 @@
 
 No HTTP library sits between the socket and the clock: an asyncio protocol gets each read as the
 kernel hands it over, a tiny chunked decoder takes the framing off, and events are counted by
-their terminators (``\\n`` for NDJSON, a blank line for SSE) with ``bytes.count``, so that the
-client costs a few microseconds per read rather than per byte. Exact parsing happens afterwards,
-on a kept copy of the body, when the caller asks for it.
+their terminators (``\\n`` for NDJSON, a blank line for SSE, which sse-starlette writes as
+``\\r\\n\\r\\n``) with ``bytes.count``, so that the client costs a few microseconds per read
+rather than per byte. Exact parsing happens afterwards, on a kept copy of the body, when the
+caller asks for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import cast
@@ -68,23 +70,35 @@ class ChunkedDecoder:
 
 
 class EventCounter:
-    """Counts event terminators across arbitrary chunk boundaries."""
+    """Counts event terminators (``\\n``, ``\\n\\n`` or ``\\r\\n\\r\\n``) across chunk boundaries.
 
-    def __init__(self, sse: bool) -> None:
-        self.sse = sse
-        self._open_newline = False  # SSE: the body so far ends in an unpaired "\n"
+    Only the part of the body after the last terminator that could still begin one is carried
+    over to the next call, so that nothing is counted twice.
+    """
+
+    def __init__(self, terminator: bytes) -> None:
+        self.terminator = terminator
+        self._tail = b""
 
     def count(self, body: bytes) -> int:
-        if not self.sse:
-            return body.count(b"\n")
-        if self._open_newline:
-            body = b"\n" + body
-        # In a run of k newlines, count() pairs them from the left: one is left open if k is odd.
-        trailing = 0
-        while trailing < len(body) and body[-1 - trailing] == 0x0A:
-            trailing += 1
-        self._open_newline = trailing % 2 == 1
-        return body.count(b"\n\n")
+        term = self.terminator
+        if len(term) == 1:
+            return body.count(term)
+        data = self._tail + body if self._tail else body
+        found = data.count(term)
+        last = data.rfind(term) + len(term) if found else 0
+        start = max(last, len(data) - len(term) + 1)
+        tail = data[start:]
+        while tail and not term.startswith(tail):
+            tail = tail[1:]
+        self._tail = tail
+        return found
+
+
+def raise_fd_limit() -> None:
+    """Allow as many open sockets as the hard limit does: 1,000 streams need 2,000 or more."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
@@ -113,7 +127,13 @@ class StreamProtocol(asyncio.Protocol):
     """One request, one streamed response; see :func:`open_stream`."""
 
     def __init__(
-        self, request: bytes, *, sse: bool, keep_body: bool, keep_times: bool, started: float
+        self,
+        request: bytes,
+        *,
+        terminator: bytes,
+        keep_body: bool,
+        keep_times: bool,
+        started: float,
     ) -> None:
         loop = asyncio.get_running_loop()
         self.request = request
@@ -125,7 +145,7 @@ class StreamProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._head = b""
         self._decoder: ChunkedDecoder | None = None
-        self._counter = EventCounter(sse)
+        self._counter = EventCounter(terminator)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -205,7 +225,7 @@ async def open_stream(
     port: int,
     request: bytes,
     *,
-    sse: bool,
+    terminator: bytes,
     keep_body: bool = False,
     keep_times: bool = False,
 ) -> StreamProtocol:
@@ -214,7 +234,11 @@ async def open_stream(
     started = time.perf_counter()
     _, protocol = await loop.create_connection(
         lambda: StreamProtocol(
-            request, sse=sse, keep_body=keep_body, keep_times=keep_times, started=started
+            request,
+            terminator=terminator,
+            keep_body=keep_body,
+            keep_times=keep_times,
+            started=started,
         ),
         HOST,
         port,

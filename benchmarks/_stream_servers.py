@@ -1,16 +1,21 @@
 """The servers ``bench_stream.py`` starts, one role per process.
 
-Run as ``python benchmarks/_stream_servers.py ROLE [--upstream URL]``. The process binds a free
-loopback port, prints ``port N`` on stdout, then serves with uvicorn (uvloop, httptools, log level
-warning) until SIGTERM or SIGINT. Roles:
+Run as ``python benchmarks/_stream_servers.py ROLE [--upstream URL]``. The process raises its
+open-file limit to the hard limit, binds a free loopback port, prints ``port N`` on stdout, then
+serves with uvicorn (uvloop, httptools, log level warning) until SIGTERM or SIGINT. Roles:
 
 - ``upstream``: the NDJSON source. ``GET /burst?n=N`` writes N Ollama generate chunks as fast as
   possible, one ``http.response.body`` per line; ``GET /idle`` writes one chunk and then stays
   silent until the client leaves; everything else is the fake Ollama (unpaced by default).
 - ``inprocess``: the same app three times: as is, under ``/raw`` behind
   ``SSEBridgeMiddleware(dialect="raw")`` and under ``/ollama`` behind ``dialect="ollama"``.
-- ``sidecar``: ``sse_bridge.create_proxy(upstream=URL, dialect="ollama")``.
-- ``naive``: the baseline proxy most tutorials write (see :func:`naive_app`).
+- ``sidecar-raw`` and ``sidecar-ollama``: ``sse_bridge.create_proxy(upstream=URL, dialect=...)``,
+  with ``max_streams`` raised so that its limit does not cap the capacity sweep.
+- ``tutorial``: the baseline proxy most tutorials write (see :func:`tutorial_app`).
+- ``sse-starlette``: the same proxy written with sse-starlette (see :func:`sse_starlette_app`).
+
+The sidecar roles use only the public API, so that this file works whatever the sidecar's
+internals are.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from urllib.parse import parse_qs
 
 import httpx
 import uvicorn
+from _fleet import SIDECAR_MAX_STREAMS
+from _stream_client import raise_fd_limit
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -35,7 +42,7 @@ from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 
-ROLES = ("upstream", "inprocess", "sidecar", "naive")
+ROLES = ("upstream", "inprocess", "sidecar-raw", "sidecar-ollama", "tutorial", "sse-starlette")
 NDJSON = b"application/x-ndjson"
 _WORDS = (
     " The",
@@ -174,7 +181,7 @@ def inprocess_app() -> Router:
     )
 
 
-def naive_app(upstream: str) -> Starlette:
+def tutorial_app(upstream: str) -> Starlette:
     """The baseline: the httpx + ``StreamingResponse`` proxy of countless tutorials.
 
     Written the usual way on purpose (``aiter_lines()``, an f-string per line, one body message per
@@ -217,6 +224,46 @@ def naive_app(upstream: str) -> Starlette:
     )
 
 
+def sse_starlette_app(upstream: str) -> Starlette:
+    """The same proxy as users write it with sse-starlette's ``EventSourceResponse``.
+
+    ``client.stream`` and ``aiter_lines()`` as in :func:`tutorial_app`, one ``{"data": line}``
+    per line, sse-starlette's defaults otherwise (a ping every 15 s, CRLF line ends). The shared
+    client gets the same pool and timeout as the tutorial's, for the same reason.
+    """
+    # Imported here: sse-starlette is the optional "bench" extra, needed by this role only.
+    from sse_starlette import EventSourceResponse
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=upstream, timeout=None, limits=limits) as client:
+            yield {"client": client}
+
+    async def proxy(request: Request) -> EventSourceResponse:
+        client: httpx.AsyncClient = request.state.client
+        body = await request.body()
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            async with client.stream(
+                request.method,
+                request.url.path,
+                params=request.query_params,
+                content=body,
+                headers=headers,
+            ) as response:
+                async for line in response.aiter_lines():
+                    if line:
+                        yield {"data": line}
+
+        return EventSourceResponse(events())
+
+    return Starlette(
+        routes=[Route("/{path:path}", proxy, methods=["GET", "POST"])], lifespan=lifespan
+    )
+
+
 def build(role: str, upstream: str | None) -> ASGIApp:
     if role == "upstream":
         return upstream_app()
@@ -224,17 +271,22 @@ def build(role: str, upstream: str | None) -> ASGIApp:
         return inprocess_app()
     if upstream is None:
         raise SystemExit(f"the {role} role needs --upstream http://127.0.0.1:PORT")
-    if role == "sidecar":
-        return create_proxy(upstream=upstream, dialect="ollama")
-    return naive_app(upstream)
+    if role == "sidecar-raw":
+        return create_proxy(upstream=upstream, dialect="raw", max_streams=SIDECAR_MAX_STREAMS)
+    if role == "sidecar-ollama":
+        return create_proxy(upstream=upstream, dialect="ollama", max_streams=SIDECAR_MAX_STREAMS)
+    if role == "sse-starlette":
+        return sse_starlette_app(upstream)
+    return tutorial_app(upstream)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("role", choices=ROLES)
-    parser.add_argument("--upstream", help="base URL the sidecar and naive roles forward to")
+    parser.add_argument("--upstream", help="base URL the proxy roles forward to")
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the server here")
     args = parser.parse_args()
+    raise_fd_limit()
     # The sidecar logs one INFO line per stream; a benchmark wants none of them.
     logging.getLogger("sse_bridge").setLevel(logging.WARNING)
     app = build(args.role, args.upstream)
@@ -252,6 +304,8 @@ def main() -> None:
         access_log=False,
         proxy_headers=False,
         timeout_graceful_shutdown=5,
+        # The time-to-first-event test opens 1,000 connections at once.
+        backlog=4096,
     )
     server = uvicorn.Server(config)
     if args.profile:

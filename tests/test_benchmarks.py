@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
+PROXIES = {"tutorial proxy", "sse-starlette proxy", "sidecar raw", "sidecar ollama"}
+IN_PROCESS = {"in-process plain", "middleware raw", "middleware ollama"}
 
 
 def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> None:
@@ -26,9 +28,23 @@ def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> Non
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(out.read_text())["summary"]
-    names = {"direct", "middleware raw", "middleware ollama", "sidecar", "naive"}
-    assert names <= set(summary["throughput"])
-    for by_target in summary["paced"].values():
-        for row in by_target.values():
-            assert row["delivered"] == row["expected"]
+    every = {"direct upstream", *IN_PROCESS, *PROXIES}
+    assert set(summary["throughput"]) == every
+    assert set(summary["paced"]) == every
+    for row in summary["paced"].values():
+        assert row["delivered"] == row["expected"]
+    assert set(summary["memory"]) == {"direct upstream", "middleware ollama", *PROXIES}
+    assert set(summary["ttfe"]) == every - {"in-process plain"}
+    for row in summary["burst"].values():
+        assert row["failed"] == 0, row["error"]
+    for row in summary["latency"].values():
+        assert row["failed_streams"] == 0
+    # The sweep ran for every proxy; whether a step passed is a timing, not checked here.
+    capacity = {"direct upstream", *PROXIES, "sidecar ollama --workers 2"}
+    assert set(summary["capacity"]) == capacity
+    for row in summary["capacity"].values():
+        assert row["steps"]
+    for column in summary["figures"].values():
+        assert set(column) == {"direct upstream", *PROXIES}
+    assert "Summary" in completed.stdout
     assert "Ratios" in completed.stdout
