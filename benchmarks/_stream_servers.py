@@ -6,7 +6,8 @@ serves with uvicorn (uvloop, httptools, log level warning) until SIGTERM or SIGI
 
 - ``upstream``: the NDJSON source. ``GET /burst?n=N`` writes N Ollama generate chunks as fast as
   possible, one ``http.response.body`` per line; ``GET /idle`` writes one chunk and then stays
-  silent until the client leaves; everything else is the fake Ollama (unpaced by default).
+  silent until the client leaves; `POST /api/generate` is a minimal generator paced on an
+  absolute schedule (see :func:`generate`); everything else is the fake Ollama.
 - ``inprocess``: the same app three times: as is, under ``/raw`` behind
   ``SSEBridgeMiddleware(dialect="raw")`` and under ``/ollama`` behind ``dialect="ollama"``.
 - ``sidecar-raw`` and ``sidecar-ollama``: ``sse_bridge.create_proxy(upstream=URL, dialect=...)``,
@@ -21,7 +22,9 @@ internals are.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
+import json
 import logging
 import signal
 import socket
@@ -164,9 +167,43 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+async def generate(scope: Scope, receive: Receive, send: Send) -> None:
+    """``POST /api/generate``, shaped like Ollama's, paced on an absolute schedule.
+
+    The body's ``"fake"`` object sets ``tokens_per_second`` (0: as fast as possible) and
+    ``num_tokens``, as for the fake Ollama. Token k is sent at start + k / rate, so the schedule
+    does not drift and an arrival's lateness is the relays' alone. It is this small on purpose:
+    at 1,000 and more paced streams the fake Ollama (50-90 us per token) would fill the
+    upstream's CPU before any proxy fills its own.
+    """
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    fake = json.loads(b"".join(chunks) or b"{}").get("fake", {})
+    rate = float(fake.get("tokens_per_second", 0))
+    tokens = int(fake.get("num_tokens", 10))
+    await _start_ndjson(send)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for index in range(tokens):
+        if rate:
+            delay = start + index / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        line = TOKEN_LINES[index % 64]
+        await send({"type": "http.response.body", "body": line, "more_body": True})
+    await send({"type": "http.response.body", "body": DONE_LINE, "more_body": False})
+
+
 def upstream_app() -> Router:
     fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0))
-    return Router(paths={"/burst": burst, "/idle": idle, "/healthz": healthz}, default=fake)
+    paths = {"/burst": burst, "/idle": idle, "/healthz": healthz, "/api/generate": generate}
+    return Router(paths=paths, default=fake)
 
 
 def inprocess_app() -> Router:
