@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import anyio
@@ -30,6 +30,11 @@ from ._http import (
     without_hop_by_hop,
 )
 from ._types import Receive, Scope, Send
+
+try:
+    from ._upstream import HttptoolsTransport
+except ImportError:  # httptools is in the speed extra
+    HttptoolsTransport = None  # type: ignore[assignment,misc]
 
 logger = logging.getLogger("sse_bridge")
 
@@ -70,13 +75,46 @@ def parse_upstream(url: str) -> httpx.URL:
 
 
 def _fast_transport(upstream: httpx.URL, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
-    if upstream.scheme != "http":
-        return None
-    try:
-        from ._upstream import HttptoolsTransport
-    except ImportError:  # httptools is in the speed extra
+    if upstream.scheme != "http" or HttptoolsTransport is None:
         return None
     return HttptoolsTransport(limits=limits)
+
+
+class Answer(Protocol):
+    """The upstream's answer as the proxy reads it, from either transport."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxAnswer:
+    """An ``httpx.Response`` in the shape of :class:`Answer`."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.response.headers.raw
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self.response.aiter_raw()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
 
 
 class ProxyApp:
@@ -119,6 +157,12 @@ class ProxyApp:
         self.transport: httpx.AsyncBaseTransport | None = _fast_transport(
             self.upstream, self._client_options["limits"]
         )
+        self.timeouts: dict[str, float | None] = {
+            "connect": connect_timeout,
+            "read": read_timeout,
+            "write": read_timeout,
+            "pool": connect_timeout,
+        }
         self._client: httpx.AsyncClient | None = None
         self.exchanges: set[_Exchange] = set()
 
@@ -145,10 +189,31 @@ class ProxyApp:
     def url(self, scope: Scope) -> httpx.URL:
         # Built from the configured upstream and the request's path only: an absolute-form
         # target, a //host path or a spoofed Host header cannot change where it goes.
+        return self.upstream.copy_with(raw_path=self.target(scope))
+
+    def target(self, scope: Scope) -> bytes:
+        """The request target upstream: the upstream's base path, the request's path and query."""
         path = scope.get("raw_path") or quote(scope["path"]).encode()
         query = scope.get("query_string", b"")
-        raw_path = self.base_path + path + (b"?" + query if query else b"")
-        return self.upstream.copy_with(raw_path=raw_path)
+        return self.base_path + path + (b"?" + query if query else b"")
+
+    async def send(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], content: Any
+    ) -> Answer:
+        """Send one request upstream; return once its answer's headers are in."""
+        transport = self.transport
+        if HttptoolsTransport is not None and isinstance(transport, HttptoolsTransport):
+            if not target.startswith(b"/"):
+                self.upstream.copy_with(raw_path=target)  # raises httpx's InvalidURL
+            upstream = self.upstream
+            return await transport.open(
+                upstream.host, upstream.port or 80, method, target, headers, content, self.timeouts
+            )
+        client = self.client
+        request = client.build_request(
+            method, self.upstream.copy_with(raw_path=target), headers=headers, content=content
+        )
+        return _HttpxAnswer(await client.send(request, stream=True))
 
     def request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         dropped = {b"host", b"accept-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
@@ -203,7 +268,7 @@ class _Exchange:
         # than most of what a stream holds (docs/benchmarks.md).
         self.body_done: anyio.Event | None = None
         self.headers_ready: anyio.Event | None = None
-        self.response: httpx.Response | None = None
+        self.response: Answer | None = None
         self.failure: Exception | None = None
         self.client_gone = False
         self.finished = False
@@ -377,30 +442,25 @@ class _Exchange:
     async def open_upstream(self, content: bytes | AsyncIterator[bytes]) -> None:
         proxy = self.proxy
         started = time.monotonic()
-        try:
-            request = proxy.client.build_request(
-                self.scope["method"],
-                proxy.url(self.scope),
-                headers=proxy.request_headers(self.scope),
-                content=content,
-            )
-        except httpx.InvalidURL as exc:
-            # A target uvicorn passed through (say "OPTIONS *") that makes no upstream URL.
-            self.failure = exc
-            self.upstream_ready()
-            return
+        method = self.scope["method"]
+        target = proxy.target(self.scope)
+        headers = proxy.request_headers(self.scope)
         try:
             try:
-                self.response = await proxy.client.send(request, stream=True)
+                self.response = await proxy.send(method, target, headers, content)
             except _RETRYABLE as exc:
                 quick = time.monotonic() - started < STALE_FAILURE_SECONDS
                 if not isinstance(content, bytes) or not quick:
                     raise
                 logger.info(
-                    "sse_bridge: retrying %s once on a fresh connection: %r", request.url, exc
+                    "sse_bridge: retrying %s once on a fresh connection: %r",
+                    proxy.url(self.scope),
+                    exc,
                 )
-                self.response = await proxy.client.send(request, stream=True)
-        except (httpx.HTTPError, BodyTooLargeError) as exc:
+                self.response = await proxy.send(method, target, headers, content)
+        except (httpx.HTTPError, httpx.InvalidURL, BodyTooLargeError) as exc:
+            # InvalidURL: a target uvicorn passed through (say "OPTIONS *")
+            # that makes no upstream URL.
             self.failure = exc
         except ClientGoneError:
             self.gone()
@@ -466,7 +526,7 @@ class _Exchange:
         assert response is not None
         if response.status_code >= 400:
             self.stats.settle(Outcome.UPSTREAM_ERROR)
-        headers = without_hop_by_hop(list(response.headers.raw))
+        headers = without_hop_by_hop(list(response.raw_headers))
         self.ndjson = media_type(headers) in NDJSON_TYPES
         if self.ndjson:
             # A failure mid-stream adds an error line, which a declared length would not allow.
@@ -474,7 +534,7 @@ class _Exchange:
         await self.start(response.status_code, headers)
         await self.stream_body(response)
 
-    async def stream_body(self, response: httpx.Response) -> None:
+    async def stream_body(self, response: Answer) -> None:
         try:
             async for chunk in response.aiter_raw():
                 if chunk:
@@ -497,7 +557,7 @@ class _Exchange:
         """The client already has a 200 NDJSON stream: fit the upstream's answer into it."""
         response = self.response
         assert response is not None
-        media = media_type(response.headers.raw)
+        media = media_type(response.raw_headers)
         if response.status_code == 200 and media in NDJSON_TYPES:
             await self.stream_body(response)
             return
@@ -528,7 +588,7 @@ class _Exchange:
             )
 
 
-async def _read_some(response: httpx.Response, limit: int) -> bytes:
+async def _read_some(response: Answer, limit: int) -> bytes:
     data = b""
     async for chunk in response.aiter_raw():
         data += chunk
