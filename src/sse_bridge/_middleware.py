@@ -232,10 +232,13 @@ class _Responder:
             await self.start(message)
         else:
             await self.send(message)
-            if kind == "http.response.body" and not message.get("more_body", False):
-                self.stop_background()
+            if kind == "http.response.body":
+                self.stats.bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.stop_background()
 
     async def start(self, message: Message) -> None:
+        self.stats.status = message["status"]
         headers = list(message.get("headers", []))
         media = media_type(headers)
         encoding = header(headers, b"content-encoding").strip().lower()
@@ -350,6 +353,7 @@ class _Responder:
         self.writing = True
         try:
             await self.send({"type": "http.response.body", "body": payload, "more_body": more})
+            self.stats.bytes += len(payload)
         finally:
             self.writing = False
             if self.write_turn is not None:

@@ -91,16 +91,21 @@ class Answer(Protocol):
 
     def aiter_raw(self) -> AsyncIterator[bytes]: ...
 
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call (waiting for some); b"" at the end."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
 class _HttpxAnswer:
     """An ``httpx.Response`` in the shape of :class:`Answer`."""
 
-    __slots__ = ("response",)
+    __slots__ = ("chunks", "response")
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
+        self.chunks: AsyncIterator[bytes] | None = None
 
     @property
     def status_code(self) -> int:
@@ -112,6 +117,14 @@ class _HttpxAnswer:
 
     def aiter_raw(self) -> AsyncIterator[bytes]:
         return self.response.aiter_raw()
+
+    async def read(self) -> bytes:
+        if self.chunks is None:
+            self.chunks = self.response.aiter_raw()
+        async for chunk in self.chunks:
+            if chunk:
+                return chunk
+        return b""
 
     async def aclose(self) -> None:
         await self.response.aclose()
@@ -535,10 +548,10 @@ class _Exchange:
         await self.stream_body(response)
 
     async def stream_body(self, response: Answer) -> None:
+        read = response.read
         try:
-            async for chunk in response.aiter_raw():
-                if chunk:
-                    await self.body(chunk)
+            while chunk := await read():
+                await self.body(chunk)
         except httpx.HTTPError as exc:
             message = f"upstream connection lost mid-stream: {_reason(exc)}"
             logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))

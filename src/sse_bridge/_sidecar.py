@@ -20,7 +20,7 @@ from ._dialects import DialectFunc
 from ._http import STREAM_KEY, Outcome, StreamContext, header, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import COMMIT_PATHS, ProxyApp
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._types import ASGIApp, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
@@ -118,19 +118,12 @@ class _Front:
                 [(b"retry-after", b"1")],
             )
             return
+        # The middleware behind fills in the status and the bytes it sends.
         stats = StreamContext()
         scope = {**scope, STREAM_KEY: stats}
-
-        async def observed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                stats.status = message["status"]
-            elif message["type"] == "http.response.body":
-                stats.bytes += len(message.get("body", b""))
-            await send(message)
-
         self.active += 1
         try:
-            await self.app(scope, receive, observed_send)
+            await self.app(scope, receive, send)
         finally:
             self.active -= 1
             self.log(scope, stats)

@@ -242,16 +242,20 @@ class _Body(httpx.AsyncByteStream):
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read():
+            yield chunk
+
+    async def read(self) -> bytes:
+        """Every body byte that arrived since the last call, waiting for one; b"" at the end."""
         connection = self.connection
         while True:
             if connection.chunks:
-                yield connection.take()
-            elif connection.response.complete:
-                return
-            elif connection.error is not None:
+                return connection.take()
+            if connection.response.complete:
+                return b""
+            if connection.error is not None:
                 raise connection.error
-            else:
-                await connection.wait(self.read_timeout)
+            await connection.wait(self.read_timeout)
 
     async def aclose(self) -> None:
         if self.closed:
@@ -358,6 +362,10 @@ class UpstreamResponse:
 
     def aiter_raw(self) -> AsyncIterator[bytes]:
         return self._body.__aiter__()
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call (waiting for some); b"" at the end."""
+        return await self._body.read()
 
     async def aclose(self) -> None:
         await self._body.aclose()
