@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
-from typing import Literal
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Literal
 
 import anyio
 
@@ -195,27 +197,56 @@ class _Responder:
             # Watch the client from the moment the app has read the request body: a proxy
             # behind us hears of a disconnect while the upstream is still silent.
             self.receive.on_body_complete = self.start_watch
-        error: Exception | None = None
-        async with anyio.create_task_group() as self.tasks:
+        if _on_asyncio():
+            # Plain asyncio tasks: an anyio task group and its task handles cost about 3 KiB
+            # per open stream and a tenth of a stream's setup here (docs/benchmarks.md).
+            self.tasks: set[asyncio.Task[None]] = set()
+            self.spawn: Callable[..., object] = self.spawn_task
             try:
-                await self.options.app(self.scope, self.receive, self.send_wrapper)
-                if self.converting and not self.closed:
-                    # The app returned without ending its body: deliver what it sent, then say
-                    # that the stream broke off, whatever the dialect.
-                    events = self.translate(self.decoder.flush())
-                    if not (self.translator.finished or self.translator.completed):
-                        self.settle(Outcome.UPSTREAM_TRUNCATED)
-                        events += self.translator.fail(APP_ENDED)
-                    await self.write(events, more=False)
-            except Exception as exc:
-                error = exc
-                if self.converting and not self.closed:
-                    self.settle(Outcome.UPSTREAM_ERROR)
-                    await self.write(self.translator.fail(APP_FAILED), more=False)
+                error = await self.serve()
             finally:
                 self.stop_background()
+                await self.join()
+        else:
+            async with anyio.create_task_group() as group:
+                self.spawn = group.start_soon
+                try:
+                    error = await self.serve()
+                finally:
+                    self.stop_background()
         if error is not None:
             raise error
+
+    async def serve(self) -> Exception | None:
+        """Run the app; end a converted stream it left unfinished; return what it raised."""
+        try:
+            await self.options.app(self.scope, self.receive, self.send_wrapper)
+            if self.converting and not self.closed:
+                # The app returned without ending its body: deliver what it sent, then say
+                # that the stream broke off, whatever the dialect.
+                events = self.translate(self.decoder.flush())
+                if not (self.translator.finished or self.translator.completed):
+                    self.settle(Outcome.UPSTREAM_TRUNCATED)
+                    events += self.translator.fail(APP_ENDED)
+                await self.write(events, more=False)
+        except Exception as exc:
+            if self.converting and not self.closed:
+                self.settle(Outcome.UPSTREAM_ERROR)
+                await self.write(self.translator.fail(APP_FAILED), more=False)
+            return exc
+        return None
+
+    def spawn_task(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(func(*args))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def join(self) -> None:
+        """Wait for the background tasks, already told to stop: none outlives the request."""
+        with anyio.CancelScope(shield=True):
+            for task in list(self.tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def send_wrapper(self, message: Message) -> None:
         if self.ended or self.receive.disconnected:
@@ -381,7 +412,7 @@ class _Responder:
     def start_watch(self) -> None:
         if not self.watching:
             self.watching = True
-            self.tasks.start_soon(self.watch)
+            self.spawn(self.watch)
 
     async def watch(self) -> None:
         """Until the client leaves; it also starts the keepalives in the silences."""
@@ -395,7 +426,7 @@ class _Responder:
                     # disconnect).
                     if self.pinging is None:
                         self.pinging = anyio.CancelScope()
-                        self.tasks.start_soon(self.ping, self.pinging)
+                        self.spawn(self.ping, self.pinging)
                     delay = interval
                 with anyio.CancelScope(
                     deadline=anyio.current_time() + delay if interval else math.inf
@@ -414,6 +445,13 @@ class _Responder:
         with scope:
             await self.write_bytes(PING, more=True)
         self.pinging = None
+
+
+def _on_asyncio() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # another event loop, such as trio's
+        return False
 
 
 def _event_stream_headers(
