@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +34,14 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+
+
+def on_asyncio() -> bool:
+    """Whether this runs on asyncio, where plain tasks are cheaper than anyio's task groups."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # another event loop, such as trio's
+        return False
 
 
 def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:

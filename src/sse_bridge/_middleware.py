@@ -28,6 +28,7 @@ from ._http import (
     StreamContext,
     header,
     media_type,
+    on_asyncio,
 )
 from ._receive import SharedReceive
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -197,7 +198,7 @@ class _Responder:
             # Watch the client from the moment the app has read the request body: a proxy
             # behind us hears of a disconnect while the upstream is still silent.
             self.receive.on_body_complete = self.start_watch
-        if _on_asyncio():
+        if on_asyncio():
             # Plain asyncio tasks: an anyio task group and its task handles cost about 3 KiB
             # per open stream and a tenth of a stream's setup here (docs/benchmarks.md).
             self.tasks: set[asyncio.Task[None]] = set()
@@ -300,8 +301,9 @@ class _Responder:
         if self.options.retry is not None:
             await self.write_bytes(self.options.retry, more=True)
         self.start_watch()
-        if self.wait_scope is not None:
-            self.wait_scope.cancel()  # the keepalive clock starts now
+        if self.wait_scope is not None and self.options.keepalive:
+            # The watch began before the response: its keepalive clock starts now.
+            self.wait_scope.deadline = anyio.current_time() + self.options.keepalive
 
     def events(self, chunk: bytes, more: bool) -> tuple[list[bytes], bool]:
         """Every event of the lines this body message completes, and whether more may follow."""
@@ -445,13 +447,6 @@ class _Responder:
         with scope:
             await self.write_bytes(PING, more=True)
         self.pinging = None
-
-
-def _on_asyncio() -> bool:
-    try:
-        return asyncio.current_task() is not None
-    except RuntimeError:  # another event loop, such as trio's
-        return False
 
 
 def _event_stream_headers(
