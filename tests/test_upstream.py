@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -289,3 +290,177 @@ async def test_the_sidecar_cancels_an_upstream_when_its_client_leaves() -> None:
             assert json.loads(stream.events[0].data) == {"token": "a"}
             await asyncio.wait_for(closed.wait(), 2)
     assert requests == 2
+
+
+async def test_a_body_larger_than_the_socket_buffers_waits_for_the_upstream() -> None:
+    """Backpressure on the request side: writes pause until the upstream reads again."""
+    size = 8 * 1024 * 1024
+
+    async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.3)  # the client's writes fill the buffers meanwhile
+        body = await reader.readexactly(size)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%d" % (len(str(len(body))), len(body))
+        )
+
+    async def parts() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"x" * (1024 * 1024)
+
+    transport = HttptoolsTransport()
+    async with upstream(slow_reader) as (url, _), client() as http:
+        response = await http.post(url, content=parts(), headers={"content-length": str(size)})
+    assert response.content == str(size).encode()
+    await transport.aclose()
+
+
+async def test_a_reset_or_a_closed_connection_raises_httpx_errors() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD_CHUNKED + b"5\r\nhello\r\n")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.sleep(0.3)  # the upstream has closed by now
+        for _ in range(50):
+            yield b"x" * 65536
+
+    async with upstream(reset) as (url, _), client() as http:
+        with pytest.raises(httpx.ReadError):
+            async with http.stream("GET", url) as response:
+                await response.aread()
+    async with upstream(close_at_once) as (url, _), client() as http:
+        with pytest.raises((httpx.WriteError, httpx.RemoteProtocolError)):
+            await http.post(url, content=parts())
+
+
+async def test_a_waiting_request_gets_the_connection_a_finished_one_releases() -> None:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    transport = HttptoolsTransport(limits=limits)
+    async with (
+        upstream(answer_each) as (url, heads),
+        httpx.AsyncClient(transport=transport) as http,
+    ):
+        async with http.stream("GET", url) as first:
+            second = asyncio.ensure_future(http.get(url))
+            await asyncio.sleep(0.05)
+            assert not second.done()  # waiting for the pool
+            await first.aread()
+        assert (await asyncio.wait_for(second, 5)).status_code == 200
+    assert len(heads) == 2
+
+
+async def test_a_connect_that_hangs_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def hang(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(5)
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(loop, "create_connection", hang)
+    async with client(connect=0.1) as http:
+        with pytest.raises(httpx.ConnectTimeout):
+            await http.get("http://127.0.0.1:9/")
+
+
+async def test_open_frames_the_body_and_names_the_host() -> None:
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            received.append(head)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                ),
+                0,
+            )
+            received.append(await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+
+    transport = HttptoolsTransport()
+    async with upstream(record) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        timeouts: dict[str, float | None] = {"connect": 5, "read": 5, "write": 5, "pool": 5}
+        for method, content in [("POST", b""), ("POST", b"abc"), ("GET", b"")]:
+            answer = await transport.open(
+                "127.0.0.1", port, method, b"/x", [(b"x-a", b"1")], content, timeouts
+            )
+            assert answer.status_code == 204
+            assert await answer.read() == b""
+            await answer.aclose()
+    await transport.aclose()
+    heads = received[0::2]
+    assert heads[0].startswith(b"POST /x HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n" % port)
+    assert b"content-length: 0\r\n" in heads[0]
+    assert b"content-length: 3\r\n" in heads[1]
+    assert received[3] == b"abc"
+    assert b"content-length" not in heads[2]
+
+
+def late(answer: bytes, *, then_close: bool = False) -> Handler:
+    """An upstream that answers only after the sidecar has committed its own 200 stream."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(0.4)
+        writer.write(answer)
+        await writer.drain()
+        if not then_close:
+            await reader.read()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (HEAD_CHUNKED + chunked(b'{"response":"a","done":false}\n'), {"token": "a"}),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n"
+            + b'{"response":"'
+            + b"x" * 26,
+            "upstream connection lost",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 300\r\n\r\n"
+            + b'{"response":"'
+            + b"x" * 273
+            + b'","done":true}',
+            "upstream answered with JSON over 200 bytes",
+        ),
+    ],
+)
+async def test_an_answer_after_the_commit_is_fitted_into_the_stream(
+    answer: bytes, expected: dict[str, str] | str
+) -> None:
+    async with upstream(late(answer, then_close=True)) as (url, _):
+        app = create_proxy(upstream=url, dialect="ollama", commit_after=0.05, max_line_bytes=200)
+        with serve(app) as bridge:
+            stream = await fetch(
+                bridge + "/api/generate",
+                body=b'{"model":"m"}',
+                headers={"accept": "text/event-stream"},
+                deadline=5,
+            )
+    assert stream.status == 200
+    assert stream.time_to_headers is not None
+    first = json.loads(stream.events[0].data)
+    if isinstance(expected, dict):
+        assert first == expected
+    else:
+        assert first["error"].startswith(expected)

@@ -1,10 +1,11 @@
-"""The reverse proxy: one request to the one configured upstream, streamed both ways with httpx.
+"""The reverse proxy: one request to the one configured upstream, streamed both ways.
 
 It knows nothing of SSE. It answers with whatever the upstream answers; when the middleware in
-front will turn NDJSON into an event stream (``scope["sse_bridge.event_stream"]``) and the
-upstream is silent before its headers (Ollama writes none until the model has loaded), it commits
-a 200 NDJSON response itself after ``commit_after`` seconds, so that the client gets headers and
-keepalives, and reports a later failure as an Ollama-style ``{"error": ...}`` line.
+front will turn NDJSON into an event stream (its ``StreamContext`` says so) and the upstream is
+silent before its headers (Ollama writes none until the model has loaded), it commits a 200
+NDJSON response itself after ``commit_after`` seconds, so that the client gets headers and
+keepalives, and reports a later failure as an Ollama-style ``{"error": ...}`` line. It runs on
+asyncio (uvicorn), which its upstream transport is written for.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from ._http import (
     StreamContext,
     header,
     media_type,
-    on_asyncio,
     send_json,
     without_hop_by_hop,
 )
@@ -434,19 +434,15 @@ class _Exchange:
     async def open_or_commit(self, content: bytes | AsyncIterator[bytes]) -> None:
         """Open the upstream in a task of its own, and commit here if it is silent too long."""
         ready = self.headers_ready = anyio.Event()
-        if on_asyncio():
-            # A plain task: an anyio task group costs a tenth of a stream's setup (py-spy).
-            task = asyncio.get_running_loop().create_task(self.open_upstream(content))
-            try:
-                await self.commit_unless(ready)
-            finally:
-                task.cancel()
-                with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
-                    await task
-        else:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self.open_upstream, content)
-                await self.commit_unless(ready)
+        # A plain asyncio task (the proxy's transport is asyncio's): an anyio task group cost a
+        # tenth of a stream's setup here (py-spy of 1,000 streams opening at once).
+        task = asyncio.get_running_loop().create_task(self.open_upstream(content))
+        try:
+            await self.commit_unless(ready)
+        finally:
+            task.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+                await task
         self.headers_ready = None
 
     async def commit_unless(self, ready: anyio.Event) -> None:
