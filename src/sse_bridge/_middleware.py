@@ -167,6 +167,29 @@ def _spec_version(asgi: dict[str, str]) -> tuple[int, ...]:
 class _Responder:
     """Per-request state: watches ``http.response.start`` and rewrites what follows if needed."""
 
+    __slots__ = (
+        "background",
+        "converting",
+        "decoder",
+        "ended",
+        "last_write",
+        "next_id",
+        "options",
+        "pinging",
+        "receive",
+        "scope",
+        "send",
+        "spawn",
+        "stats",
+        "tasks",
+        "translator",
+        "wait_scope",
+        "wanted",
+        "watching",
+        "write_turn",
+        "writing",
+    )
+
     def __init__(
         self, options: SSEBridgeMiddleware, scope: Scope, wanted: bool, context: StreamContext
     ) -> None:

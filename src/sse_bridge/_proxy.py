@@ -272,6 +272,26 @@ class ProxyApp:
 class _Exchange:
     """One request through the proxy."""
 
+    __slots__ = (
+        "at_line_start",
+        "body_done",
+        "cancel",
+        "client_gone",
+        "committed",
+        "draining",
+        "failure",
+        "finished",
+        "headers_ready",
+        "ndjson",
+        "proxy",
+        "receive",
+        "response",
+        "scope",
+        "send",
+        "started",
+        "stats",
+    )
+
     def __init__(self, proxy: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
         self.proxy = proxy
         self.scope = scope

@@ -25,6 +25,17 @@ READ_AHEAD_BYTES = 64 * 1024
 class SharedReceive:
     """The ``receive`` handed to the app, plus :meth:`watch` for the middleware."""
 
+    __slots__ = (
+        "_busy",
+        "_pending",
+        "_pending_bytes",
+        "_receive",
+        "_taken",
+        "_turn",
+        "disconnected",
+        "on_body_complete",
+    )
+
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         # The app and the watch take turns at the server's receive(): a flag, and an event made

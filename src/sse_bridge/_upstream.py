@@ -45,6 +45,25 @@ class _Response:
 class _Connection(asyncio.Protocol):
     """One upstream connection; it reads one response at a time."""
 
+    __slots__ = (
+        "alive",
+        "buffered",
+        "chunks",
+        "drained",
+        "error",
+        "head_request",
+        "headers_ready",
+        "idle_since",
+        "loop",
+        "parser",
+        "paused",
+        "pool",
+        "response",
+        "transport",
+        "waiter",
+        "write_paused",
+    )
+
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
@@ -238,6 +257,12 @@ def _expire(future: asyncio.Future[None], error: type[httpx.TimeoutException]) -
 
 class _Body(httpx.AsyncByteStream):
     """The response body: each item is every body byte that arrived since the last one."""
+
+    __slots__ = (
+        "closed",
+        "connection",
+        "read_timeout",
+    )
 
     def __init__(self, connection: _Connection, read_timeout: float | None) -> None:
         self.connection = connection
