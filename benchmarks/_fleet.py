@@ -32,6 +32,8 @@ STARTUP_SECONDS = 30.0
 STOP_SECONDS = 10.0
 # Roles of _stream_servers.py that proxy to the upstream, and the real multi-worker command.
 PROXY_ROLES = ("sidecar-raw", "sidecar-ollama", "tutorial", "sse-starlette")
+# Roles served from an earlier checkout (--before): the same server role, another sse_bridge.
+BEFORE_ROLES = {"sidecar-raw-before": "sidecar-raw", "sidecar-ollama-before": "sidecar-ollama"}
 WORKERS_ROLE = "workers2"
 WORKERS = 2
 # The sidecar answers 503 past max_streams (1,000 by default); the sweep goes past that.
@@ -111,16 +113,24 @@ class Server:
 class Fleet:
     """The server processes of one run; :meth:`stop` ends every one of them."""
 
-    def __init__(self, *, pin: bool, profile_dir: Path | None) -> None:
+    def __init__(
+        self, *, pin: bool, profile_dir: Path | None, before_src: Path | None = None
+    ) -> None:
         self.pin = pin
         self.profile_dir = profile_dir
+        self.before_src = before_src
         self.servers: dict[str, Server] = {}
 
     def __getitem__(self, role: str) -> Server:
         return self.servers[role]
 
-    def _popen(self, role: str, command: list[str], cpu: int | None) -> Server:
+    def _popen(
+        self, role: str, command: list[str], cpu: int | None, pythonpath: Path | None = None
+    ) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_BRIDGE_")}
+        if pythonpath is not None:
+            # Ahead of the installed (editable) sse_bridge: the earlier checkout's is imported.
+            env["PYTHONPATH"] = str(pythonpath)
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -135,13 +145,16 @@ class Fleet:
         self.servers[role] = server
         return server
 
-    def spawn(self, role: str, cpu: int, upstream: str | None = None) -> Server:
-        command = [sys.executable, str(HERE / "_stream_servers.py"), role]
+    def spawn(
+        self, role: str, cpu: int, upstream: str | None = None, *, before: bool = False
+    ) -> Server:
+        served = BEFORE_ROLES[role] if before else role
+        command = [sys.executable, str(HERE / "_stream_servers.py"), served]
         if upstream is not None:
             command += ["--upstream", upstream]
         if self.profile_dir is not None and role != "upstream":
             command += ["--profile", str(self.profile_dir / f"{role}.prof")]
-        return self._popen(role, command, cpu)
+        return self._popen(role, command, cpu, self.before_src if before else None)
 
     def spawn_workers(self, upstream: str) -> Server:
         """The real ``sse-bridge serve --workers 2`` command, on both CPUs (it is meant to be)."""
@@ -185,6 +198,11 @@ class Fleet:
         for role in ("inprocess", *PROXY_ROLES):
             if role in roles:
                 self.spawn(role, BRIDGE_CPU, None if role == "inprocess" else upstream.url)
+        for role in BEFORE_ROLES:
+            if role in roles:
+                if self.before_src is None:
+                    raise RuntimeError(f"the {role} role needs --before DIR")
+                self.spawn(role, BRIDGE_CPU, upstream.url, before=True)
         if WORKERS_ROLE in roles:
             self.spawn_workers(upstream.url)
         for server in self.servers.values():

@@ -62,6 +62,12 @@ SSE_STARLETTE = Target("sse-starlette proxy", "sse-starlette", "sse-starlette", 
 SIDECAR_RAW = Target("sidecar raw", "sidecar-raw", "sidecar-raw")
 SIDECAR_OLLAMA = Target("sidecar ollama", "sidecar-ollama", "sidecar-ollama", last="finished")
 WORKERS2 = Target("sidecar ollama --workers 2", "workers2", "workers2", last="finished")
+# With --before DIR: the same sidecars run from an earlier checkout's src/, side by side.
+SIDECAR_RAW_BEFORE = Target("sidecar raw (before)", "sidecar-raw-before", "sidecar-raw-before")
+SIDECAR_OLLAMA_BEFORE = Target(
+    "sidecar ollama (before)", "sidecar-ollama-before", "sidecar-ollama-before", last="finished"
+)
+BEFORE = (SIDECAR_RAW_BEFORE, SIDECAR_OLLAMA_BEFORE)
 ALL = (
     DIRECT,
     PLAIN,
@@ -71,9 +77,10 @@ ALL = (
     SSE_STARLETTE,
     SIDECAR_RAW,
     SIDECAR_OLLAMA,
+    *BEFORE,
     WORKERS2,
 )
-PROXIES = (TUTORIAL, SSE_STARLETTE, SIDECAR_RAW, SIDECAR_OLLAMA)
+PROXIES = (TUTORIAL, SSE_STARLETTE, SIDECAR_RAW, SIDECAR_OLLAMA, *BEFORE)
 # Which configurations each measurement compares (the multi-worker sidecar, on both CPUs,
 # only makes sense in the capacity sweep).
 THROUGHPUT = (DIRECT, PLAIN, MW_RAW, MW_OLLAMA, *PROXIES)

@@ -16,6 +16,7 @@ from typing import Any
 
 from _fleet import BRIDGE_CPU, CLIENT_CPU
 from _measure import (
+    BEFORE,
     DIRECT,
     FAST_PACE,
     LATENCY_LIMIT_MS,
@@ -25,7 +26,9 @@ from _measure import (
     PACE,
     PLAIN,
     SIDECAR_OLLAMA,
+    SIDECAR_OLLAMA_BEFORE,
     SIDECAR_RAW,
+    SIDECAR_RAW_BEFORE,
     SSE_STARLETTE,
     TUTORIAL,
     WORKERS2,
@@ -35,11 +38,20 @@ from _measure import (
     Results,
     Settings,
     StepSample,
+    Target,
     ThroughputSample,
     percentile,
 )
 
 SUMMARY_COLUMNS = (DIRECT, TUTORIAL, SSE_STARLETTE, SIDECAR_RAW, SIDECAR_OLLAMA)
+
+
+def _columns(summary: dict[str, Any]) -> tuple[Target, ...]:
+    """The summary's columns: the sidecars of an earlier checkout too, when --before ran them."""
+    ran = set(summary["throughput"]) | set(summary["paced"])
+    return (*SUMMARY_COLUMNS, *(t for t in BEFORE if t.name in ran))
+
+
 CLIENT_BOUND = 0.85  # a CPU 0 busier than this may be what limits a step
 NAN = float("nan")
 
@@ -282,7 +294,7 @@ def _figures(summary: dict[str, Any], settings: Settings) -> dict[str, dict[str,
     }
     for key in label:
         rows[label[key]] = {}
-    for target in SUMMARY_COLUMNS:
+    for target in _columns(summary):
         n = target.name
         eps = _eps(summary, n)
         fast = _get(summary, "throughput", n, "bridge_cpu_us_per_event")
@@ -321,6 +333,12 @@ def _ratios(summary: dict[str, Any]) -> dict[str, Any]:
             for ref in SUMMARY_COLUMNS[:3]
         ),
     ]
+    if any(t in _columns(summary) for t in BEFORE):
+        pairs += [
+            (SIDECAR_RAW, SIDECAR_RAW_BEFORE),
+            (SIDECAR_OLLAMA, SIDECAR_OLLAMA_BEFORE),
+            *((before, ref) for before in BEFORE for ref in SUMMARY_COLUMNS[:3]),
+        ]
     for config, reference in pairs:
         row = {
             figure: _ratio(value(config.name, figure), value(reference.name, figure))
@@ -381,10 +399,9 @@ def report(summary: dict[str, Any], facts: dict[str, Any]) -> str:
 
     figures: dict[str, dict[str, str]] = summary["figures"]
     out.append("Summary")
-    headers = ["figure", *(t.name for t in SUMMARY_COLUMNS)]
-    rows = [
-        [figure, *(cells[t.name] for t in SUMMARY_COLUMNS)] for figure, cells in figures.items()
-    ]
+    columns = _columns(summary)
+    headers = ["figure", *(t.name for t in columns)]
+    rows = [[figure, *(cells[t.name] for t in columns)] for figure, cells in figures.items()]
     out += [_markdown(headers, rows), ""]
 
     out.append("Ratios (same run; streams held: from the capacity sweep)")

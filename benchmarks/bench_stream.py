@@ -28,7 +28,7 @@ from pathlib import Path
 
 import uvloop
 from _fleet import CLIENT_CPU, Fleet, terminate_as_interrupt
-from _measure import ALL, DIRECT, FULL, PLAIN, QUICK, Bench, Settings, Target
+from _measure import ALL, BEFORE, DIRECT, FULL, PLAIN, QUICK, Bench, Settings, Target
 from _report import machine_facts, raw, report, summarize
 from _stream_client import raise_fd_limit
 
@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
         "--json", metavar="FILE", help="also write the results as JSON ('-': stdout)"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        type=Path,
+        help="also run both sidecars from the sse_bridge in DIR/src (an earlier checkout, e.g. "
+        "from `git worktree add DIR REV`), side by side with this one",
+    )
     parser.add_argument(
         "--only",
         metavar="CONFIGS",
@@ -125,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = _settings(args)
     targets: tuple[Target, ...] = args.only or ALL
+    if args.before is None:
+        targets = tuple(t for t in targets if t not in BEFORE)
+    elif not (args.before / "src" / "sse_bridge").is_dir():
+        raise SystemExit(f"--before: no sse_bridge package under {args.before / 'src'}")
     if not settings.capacity:
         targets = tuple(t for t in targets if t.role != "workers2")
     raise_fd_limit()
@@ -140,7 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.monotonic() - begun:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     begun = time.monotonic()
-    fleet = Fleet(pin=pin, profile_dir=args.profile_dir)
+    fleet = Fleet(
+        pin=pin,
+        profile_dir=args.profile_dir,
+        before_src=None if args.before is None else (args.before / "src").resolve(),
+    )
     try:
         with terminate_as_interrupt():
             progress("starting servers")
