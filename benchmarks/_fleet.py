@@ -51,6 +51,10 @@ def _child_setup(cpu: int | None) -> Callable[[], None]:
         if cpu is not None:
             # Set before exec, so that every thread the server ever starts inherits it.
             os.sched_setaffinity(0, {cpu})
+        else:
+            # Unpinned means every CPU: this script itself runs pinned to the client's CPU, and
+            # a child would otherwise inherit that (the --workers 2 sidecar on one CPU).
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
     return setup
 
