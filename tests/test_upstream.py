@@ -464,3 +464,16 @@ async def test_an_answer_after_the_commit_is_fitted_into_the_stream(
         assert first == expected
     else:
         assert first["error"].startswith(expected)
+
+
+async def test_idle_connections_are_kept_without_a_limit_and_none_with_a_zero_limit() -> None:
+    for keep, expected in [(None, 1), (0, 0)]:
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=keep)
+        transport = HttptoolsTransport(limits=limits)
+        async with (
+            upstream(answer_each) as (url, _),
+            httpx.AsyncClient(transport=transport) as http,
+        ):
+            assert (await http.get(url)).status_code == 200
+            (pool,) = transport.pools.values()
+            assert len(pool.idle) == expected

@@ -354,7 +354,8 @@ class _Pool:
 
     def release(self, connection: _Connection) -> None:
         self.active -= 1
-        if connection.alive and len(self.idle) < (self.max_idle or 0):
+        room = self.max_idle is None or len(self.idle) < self.max_idle  # None: no limit, as httpx
+        if connection.alive and room:
             connection.idle_since = time.monotonic()
             connection.headers_ready = None
             self.idle.append(connection)
