@@ -28,8 +28,8 @@ import json
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import parse_qs
 
 import httpx
@@ -218,6 +218,20 @@ def inprocess_app() -> Router:
     )
 
 
+def _shared_client(
+    upstream: str,
+) -> Callable[[Starlette], AbstractAsyncContextManager[dict[str, httpx.AsyncClient]]]:
+    """The baselines' lifespan: one shared client, its pool raised and its timeout off."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        async with httpx.AsyncClient(base_url=upstream, timeout=None, limits=limits) as client:
+            yield {"client": client}
+
+    return lifespan
+
+
 def tutorial_app(upstream: str) -> Starlette:
     """The baseline: the httpx + ``StreamingResponse`` proxy of countless tutorials.
 
@@ -227,11 +241,7 @@ def tutorial_app(upstream: str) -> Starlette:
     queue every stream past the hundredth, and its 5 s timeout is off, as the sidecar's is.
     """
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        async with httpx.AsyncClient(base_url=upstream, timeout=None, limits=limits) as client:
-            yield {"client": client}
+    lifespan = _shared_client(upstream)
 
     async def proxy(request: Request) -> StreamingResponse:
         client: httpx.AsyncClient = request.state.client
@@ -271,11 +281,7 @@ def sse_starlette_app(upstream: str) -> Starlette:
     # Imported here: sse-starlette is the optional "bench" extra, needed by this role only.
     from sse_starlette import EventSourceResponse
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        async with httpx.AsyncClient(base_url=upstream, timeout=None, limits=limits) as client:
-            yield {"client": client}
+    lifespan = _shared_client(upstream)
 
     async def proxy(request: Request) -> EventSourceResponse:
         client: httpx.AsyncClient = request.state.client
