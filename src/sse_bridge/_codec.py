@@ -65,7 +65,10 @@ class LineDecoder:
             return []
         if not self._buffer and chunk[-1] == 0x0A and len(chunk) <= self._max:
             # The common case, once per upstream read: whole lines only, none of them over the
-            # limit. Same result as the general path below, in one comprehension.
+            # limit. Same result as the general path below; most often a single line.
+            if chunk.find(b"\n") == len(chunk) - 1:
+                raw = chunk[:-1].rstrip(b"\r")
+                return [raw.decode("utf-8", "replace")] if raw.strip(_BLANK) else []
             return [
                 raw.rstrip(b"\r").decode("utf-8", errors="replace")
                 for raw in chunk.split(b"\n")
