@@ -93,6 +93,23 @@ def main() -> None:
 )
 @_option("grace", default=10.0, type=SECONDS, help="Seconds streams get to finish on SIGTERM.")
 @_option(
+    "resume",
+    default=None,
+    help="Resumable streams: 'memory' (one process) or redis://host:port/db (docs/resume.md).",
+)
+@_option(
+    "resume-grace",
+    default=30.0,
+    type=SECONDS,
+    help="With --resume: seconds a generation runs on with no client attached.",
+)
+@_option(
+    "resume-ttl",
+    default=300.0,
+    type=SECONDS,
+    help="With --resume: seconds a finished stream stays resumable.",
+)
+@_option(
     "log-level",
     default="info",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),

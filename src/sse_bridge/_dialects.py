@@ -106,6 +106,13 @@ class Translator(Protocol):
         """A line that could not be translated: reported, and the stream goes on."""
         ...
 
+    def stop(self) -> list[bytes]:
+        """The final events of a stream stopped on purpose (a DELETE of its resume endpoint)."""
+        ...
+
+
+STOPPED = {"finished": True, "done_reason": "stopped"}
+
 
 class _Translator:
     """What the dialects share: the state flags, and errors as ``{"error": "..."}``."""
@@ -124,6 +131,11 @@ class _Translator:
     def bad_line(self, line: str, reason: str) -> list[bytes]:
         # The line itself goes along: nothing the upstream sent is silently lost.
         return [_data({"error": reason, "line": line})]
+
+    def stop(self) -> list[bytes]:
+        # Ollama's final chunk names why it ended in done_reason; a stop is one more reason.
+        self.finished = True
+        return [_data(STOPPED)]
 
 
 class RawTranslator(_Translator):
@@ -256,6 +268,7 @@ class OpenAITranslator(_Translator):
         self._role_sent = False
         self._seen_any = False
         self._tool_calls = 0
+        self._model: Any = ""
         # What every chunk of this stream starts with, as dumps() writes it.
         self._prefix = (
             b'data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":'
@@ -279,7 +292,7 @@ class OpenAITranslator(_Translator):
             return [encode_data(line)]
         events = []
         token, thinking, tool_calls = _parts(value)
-        model = value.get("model", "")
+        model = self._model = value.get("model", "")
         if token and self._role_sent and not thinking and not tool_calls and isinstance(model, str):
             # Once per token: the chunk from a template, as _chunk() and dumps() would write it.
             events.append(
@@ -326,6 +339,12 @@ class OpenAITranslator(_Translator):
 
     def bad_line(self, line: str, reason: str) -> list[bytes]:
         return [self._error(reason)]
+
+    def stop(self) -> list[bytes]:
+        # As OpenAI ends a stream its client stopped: a finish chunk, then [DONE].
+        self.finished = True
+        final = self._chunk({"model": self._model}, {}, "stop")
+        return [final, b"data: [DONE]\n\n"]
 
     def _error(self, message: str) -> bytes:
         # The openai SDK raises APIError for a data object with an "error" key.

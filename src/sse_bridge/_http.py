@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._types import Send
+from ._types import Scope, Send
 
 # The one contract between the layers of a request (front layer, middleware, proxy): a
 # StreamContext on the scope under this key.
@@ -96,6 +96,8 @@ class Outcome(str, Enum):
     CLIENT_DISCONNECTED = "client_disconnected"
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TRUNCATED = "upstream_truncated"
+    # Stopped on purpose, by a DELETE of its resume endpoint.
+    STOPPED = "stopped"
 
 
 @dataclass(slots=True)
@@ -122,8 +124,39 @@ class StreamContext:
     # leaves (so the app need not watch as well).
     watched: bool = False
     on_disconnect: Callable[[], None] | None = None
+    # The resumable stream's id, when resume is on.
+    stream_id: str | None = None
 
     def settle(self, outcome: Outcome) -> None:
         """Record how the stream ended, unless a layer that knew more already did."""
         if self.outcome is None:
             self.outcome = outcome
+
+
+def event_stream_headers(
+    headers: list[tuple[bytes, bytes]], scope: Scope
+) -> list[tuple[bytes, bytes]]:
+    """Add what keeps proxies and browsers from buffering, caching or transforming a stream."""
+    names = {k.lower() for k, _ in headers}
+    kept = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
+    added = [(b"cache-control", cache_control(header(headers, b"cache-control")))]
+    if b"content-type" not in names:
+        added.append((b"content-type", b"text/event-stream; charset=utf-8"))
+    if b"x-accel-buffering" not in names:
+        # nginx stops buffering this response (and hides the header from its own client).
+        added.append((b"x-accel-buffering", b"no"))
+    # Connection is a hop-by-hop header that HTTP/2 forbids.
+    if b"connection" not in names and scope.get("http_version") == "1.1":
+        added.append((b"connection", b"keep-alive"))
+    return kept + added
+
+
+def cache_control(value: str) -> bytes:
+    """The app's own directives, plus no-cache (unless no-store) and no-transform."""
+    directives = [d.strip() for d in value.split(",") if d.strip()]
+    names = {d.split("=")[0].lower() for d in directives}
+    if not names & {"no-cache", "no-store"}:
+        directives.append("no-cache")
+    if "no-transform" not in names:
+        directives.append("no-transform")
+    return ", ".join(directives).encode("latin-1")

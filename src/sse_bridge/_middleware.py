@@ -26,11 +26,14 @@ from ._http import (
     STREAM_KEY,
     Outcome,
     StreamContext,
+    event_stream_headers,
     header,
     media_type,
     on_asyncio,
 )
 from ._receive import SharedReceive
+from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
+from ._resume_http import ResumeEndpoints
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
@@ -39,6 +42,8 @@ logger = logging.getLogger("sse_bridge")
 PING = encode_comment("ping")
 APP_FAILED = "the stream failed inside the server; the answer is incomplete"
 APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
+ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
+CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
 
 # Headers that describe the NDJSON body and would be false for the event stream that replaces it.
 # Content-Length in particular: h11 raises "Too much data for declared Content-Length".
@@ -72,6 +77,13 @@ class SSEBridgeMiddleware:
             on it, and httpx-sse and the openai SDK then turn keepalives into empty events.
         retry: if set, an EventSource reconnection time in milliseconds, sent first.
         ndjson_types: the media types treated as NDJSON.
+        resume: make converted streams resumable (docs/resume.md): ``"memory"`` keeps them in
+            this process, ``"redis://host:port/db"`` in Redis for several instances (the
+            ``resume`` extra), or a store object; ``None`` (the default) is off.
+        resume_path: where streams are resumed (``GET <path>/<id>``) and stopped (``DELETE``).
+        resume_grace: seconds a generation runs on after its last reader left, for a resume
+            to pick it up; then it is cancelled.
+        resume_ttl: seconds a finished stream stays resumable (when ``resume`` is a string).
     """
 
     def __init__(
@@ -85,6 +97,10 @@ class SSEBridgeMiddleware:
         event_ids: bool = False,
         retry: int | None = None,
         ndjson_types: Sequence[str] = NDJSON_TYPES,
+        resume: str | ResumeStore | None = None,
+        resume_path: str = "/streams",
+        resume_grace: float = 30.0,
+        resume_ttl: float = DEFAULT_TTL,
     ) -> None:
         if convert not in ("negotiate", "always"):
             raise ValueError(f"convert must be 'negotiate' or 'always', not {convert!r}")
@@ -101,13 +117,23 @@ class SSEBridgeMiddleware:
         self.event_ids = event_ids
         self.retry = None if retry is None else encode_retry(retry)
         self.ndjson_types = frozenset(t.lower() for t in ndjson_types)
+        check_seconds("resume_grace", resume_grace, "for a resume after the client left")
+        self.resume_grace = float(resume_grace)
+        self.store = open_store(resume, ttl=resume_ttl)
+        self.endpoints = (
+            None if self.store is None else ResumeEndpoints(self, self.store, resume_path)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.endpoints is not None:
+                receive = self.endpoints.lifespan(receive, send)
             await self.app(scope, receive, send)
             return
         accepts = _accepts_event_stream(scope["headers"])
         wanted = scope["method"] != "HEAD" and (self.convert == "always" or accepts)
+        if self.endpoints is not None and await self.endpoints.answer(scope, receive, send, wanted):
+            return
         context: StreamContext = scope.get(STREAM_KEY) or StreamContext()
         context.converting = context.watched = wanted
         context.client_accepts_events = accepts
@@ -177,6 +203,7 @@ class _Responder:
         "options",
         "pinging",
         "receive",
+        "recording",
         "scope",
         "send",
         "spawn",
@@ -210,6 +237,7 @@ class _Responder:
         self.decoder = LineDecoder(options.max_line_bytes)
         self.translator: Translator = options.translator()
         self.stats = context
+        self.recording: Recording | None = None
         self.watching = False
         # The watch's current wait, cancelled to make it look again (say, at the first byte).
         self.wait_scope: anyio.CancelScope | None = None
@@ -231,6 +259,7 @@ class _Responder:
             finally:
                 self.stop_background()
                 await self.join()
+                self.end_recording()
         else:
             async with anyio.create_task_group() as group:
                 self.spawn = group.start_soon
@@ -238,6 +267,7 @@ class _Responder:
                     error = await self.serve()
                 finally:
                     self.stop_background()
+            self.end_recording()
         if error is not None:
             raise error
 
@@ -311,13 +341,21 @@ class _Responder:
                     encoding,
                 )
         elif media == "text/event-stream":
-            headers = _event_stream_headers(headers, self.scope)
+            headers = event_stream_headers(headers, self.scope)
         await self.send({**message, "headers": headers})
 
     async def begin(self, message: Message, headers: list[tuple[bytes, bytes]]) -> None:
         self.converting = True
         kept = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
-        start = {**message, "headers": _event_stream_headers(kept, self.scope)}
+        store = self.options.store
+        if store is not None:
+            recording = self.recording = store.record(self.request_stop)
+            self.stats.stream_id = recording.stream_id
+            kept = [(k, v) for k, v in kept if k.lower() != b"x-stream-id"]
+            kept.append((b"x-stream-id", recording.stream_id.encode()))
+            # A generation outlives its client for the grace period.
+            self.receive.hold = True
+        start = {**message, "headers": event_stream_headers(kept, self.scope)}
         start.pop("trailers", None)
         await self.send(start)
         self.last_write = time.monotonic()
@@ -377,9 +415,14 @@ class _Responder:
         """The events as one body (numbered if asked), counted as sent unless we are closed."""
         if not events:
             return b""
-        if self.options.event_ids:
+        recording = self.recording
+        if recording is not None and not self.ended:
+            recording.append(events)
+            if self.options.event_ids:
+                events = self.with_stream_ids(events, recording.stream_id)
+        elif self.options.event_ids:
             events = [self.with_id(event) for event in events]
-        if not self.closed:
+        if not (self.closed or self.receive.client_gone):
             stats = self.stats
             stats.events += len(events)
             if stats.first_event is None:
@@ -388,6 +431,16 @@ class _Responder:
 
     def settle(self, outcome: Outcome) -> None:
         self.stats.settle(outcome)
+
+    def with_stream_ids(self, events: list[bytes], stream_id: str) -> list[bytes]:
+        # The same numbers the recording gives these events, so that Last-Event-ID resumes.
+        numbered = []
+        for event in events:
+            self.next_id += 1
+            if not event.startswith(b"id:"):
+                event = b"id: %s:%d\n%b" % (stream_id.encode(), self.next_id, event)
+            numbered.append(event)
+        return numbered
 
     def with_id(self, event: bytes) -> bytes:
         # An event the dialect gave an id of its own keeps it; the encoder writes the id first.
@@ -404,7 +457,15 @@ class _Responder:
             if self.write_turn is None:
                 self.write_turn = anyio.Event()
             await self.write_turn.wait()
-        if self.closed:
+        if self.ended:
+            return
+        if self.recording is not None:
+            # A resumable stream goes on without its client; only the writing stops.
+            if self.receive.client_gone:
+                if not more:
+                    self.close()
+                return
+        elif self.receive.disconnected:
             return
         self.writing = True
         try:
@@ -428,6 +489,35 @@ class _Responder:
         self.ended = True
         self.receive.close()
         self.stop_background()
+        if self.recording is not None:
+            self.recording.finish()
+
+    def end_recording(self) -> None:
+        """A resumable stream that ended any other way still ends with its terminal event."""
+        recording = self.recording
+        if recording is None or self.ended:
+            return
+        translator = self.translator
+        if not (translator.finished or translator.completed):
+            recording.append(translator.fail(CANCELLED))
+        self.ended = True
+        recording.finish()
+
+    def request_stop(self) -> None:
+        """Called by the store (a DELETE of the resume endpoint, on any instance)."""
+        if not self.ended:
+            self.spawn(self.halt)
+
+    async def halt(self) -> None:
+        """Stop the generation now: the upstream is cancelled, every reader gets the end."""
+        if self.ended:
+            return
+        self.settle(Outcome.STOPPED)
+        events = self.translator.stop()
+        self.receive.release()
+        if self.stats.on_disconnect is not None:
+            self.stats.on_disconnect()
+        await self.write(events, more=False)
 
     def stop_background(self) -> None:
         self.background.cancel()
@@ -459,6 +549,11 @@ class _Responder:
                     await self.receive.watch()
                     break
             self.wait_scope = None
+            if self.recording is not None and not self.receive.disconnected:
+                await self.linger()
+                self.settle(Outcome.CLIENT_DISCONNECTED)
+                self.receive.release()
+                await self.write(self.translator.fail(self.abandoned()), more=False)
             if self.stats.on_disconnect is not None:
                 self.stats.on_disconnect()
             if not self.ended:
@@ -466,36 +561,27 @@ class _Responder:
                 self.settle(Outcome.CLIENT_DISCONNECTED)
                 self.close()
 
+    async def linger(self) -> None:
+        """Return once nobody has followed the stream for the grace period."""
+        assert self.recording is not None
+        grace = self.options.resume_grace
+        quiet_since = time.monotonic()
+        while True:
+            left = quiet_since + grace - time.monotonic()
+            if left <= 0:
+                return
+            await anyio.sleep(min(left, 1.0))
+            try:
+                attended = await self.recording.attended()
+            except ResumeError:
+                attended = False
+            if attended:
+                quiet_since = time.monotonic()
+
+    def abandoned(self) -> str:
+        return ABANDONED.format(grace=self.options.resume_grace)
+
     async def ping(self, scope: anyio.CancelScope) -> None:
         with scope:
             await self.write_bytes(PING, more=True)
         self.pinging = None
-
-
-def _event_stream_headers(
-    headers: list[tuple[bytes, bytes]], scope: Scope
-) -> list[tuple[bytes, bytes]]:
-    """Add what keeps proxies and browsers from buffering, caching or transforming a stream."""
-    names = {k.lower() for k, _ in headers}
-    kept = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
-    added = [(b"cache-control", _cache_control(header(headers, b"cache-control")))]
-    if b"content-type" not in names:
-        added.append((b"content-type", b"text/event-stream; charset=utf-8"))
-    if b"x-accel-buffering" not in names:
-        # nginx stops buffering this response (and hides the header from its own client).
-        added.append((b"x-accel-buffering", b"no"))
-    # Connection is a hop-by-hop header that HTTP/2 forbids.
-    if b"connection" not in names and scope.get("http_version") == "1.1":
-        added.append((b"connection", b"keep-alive"))
-    return kept + added
-
-
-def _cache_control(value: str) -> bytes:
-    """The app's own directives, plus no-cache (unless no-store) and no-transform."""
-    directives = [d.strip() for d in value.split(",") if d.strip()]
-    names = {d.split("=")[0].lower() for d in directives}
-    if not names & {"no-cache", "no-store"}:
-        directives.append("no-cache")
-    if "no-transform" not in names:
-        directives.append("no-transform")
-    return ", ".join(directives).encode("latin-1")

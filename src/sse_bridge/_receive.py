@@ -28,11 +28,14 @@ class SharedReceive:
     __slots__ = (
         "_busy",
         "_pending",
+        "_released",
         "_pending_bytes",
         "_receive",
         "_taken",
         "_turn",
+        "client_gone",
         "disconnected",
+        "hold",
         "on_body_complete",
     )
 
@@ -47,7 +50,13 @@ class SharedReceive:
         self._pending: deque[Message] | None = None
         self._pending_bytes = 0
         self._taken: anyio.Event | None = None
+        # The client has gone (the server said http.disconnect)...
+        self.client_gone = False
+        # ...and the app is told so. With ``hold`` (resumable streams) the app is told only at
+        # release(), so that the generation runs on while nobody is attached.
         self.disconnected = False
+        self.hold = False
+        self._released: anyio.Event | None = None
         # Called once the whole request body has been read (by the app or the watch).
         self.on_body_complete: Callable[[], None] | None = None
 
@@ -75,35 +84,53 @@ class SharedReceive:
                 return message
             if self.disconnected:
                 return dict(DISCONNECT)
-            message = await self._receive()
+            message = DISCONNECT if self.client_gone else await self._receive()
         finally:
             self._end_turn()
         if message["type"] == "http.disconnect":
-            self.disconnected = True
+            self.client_gone = True
+            await self._until_released()
+            return dict(DISCONNECT)
         elif not message.get("more_body", False) and self.on_body_complete is not None:
             self.on_body_complete()
         return message
 
     def close(self) -> None:
         """From now on the app is told the client has gone (the response has ended)."""
+        self.release()
+
+    def release(self) -> None:
+        """Tell the app the client has gone (now, if it was held back)."""
+        self.disconnected = True
+        if self._released is not None:
+            self._released.set()
+
+    async def _until_released(self) -> None:
+        if self.hold:
+            while not self.disconnected:
+                if self._released is None:
+                    self._released = anyio.Event()
+                await self._released.wait()
         self.disconnected = True
 
     async def watch(self) -> None:
-        """Return once the client has disconnected."""
-        while not self.disconnected:
+        """Return once the client has disconnected (or the app was told it had)."""
+        while not (self.client_gone or self.disconnected):
             if self._pending_bytes >= READ_AHEAD_BYTES:
                 self._taken = anyio.Event()
                 await self._taken.wait()
                 continue
             await self._take_turn()
             try:
-                if self.disconnected:
+                if self.client_gone or self.disconnected:
                     break
                 message = await self._receive()
             finally:
                 self._end_turn()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
+                self.client_gone = True
+                if not self.hold:
+                    self.release()
             else:
                 if self._pending is None:
                     self._pending = deque()

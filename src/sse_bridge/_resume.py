@@ -127,6 +127,11 @@ class ResumeStore(Protocol):
         """Stop the generation (done already: nothing happens); raises a :class:`ResumeError`."""
         ...
 
+    async def finish_orphan(self, stream_id: str, last_seq: int, events: list[bytes]) -> None:
+        """End a stream whose owner died (after :class:`OwnerLostError`) with ``events``,
+        numbered from ``last_seq + 1``; if another reader did so first, nothing happens."""
+        ...
+
 
 def new_stream_id() -> str:
     return secrets.token_urlsafe(STREAM_ID_BYTES)
@@ -314,6 +319,13 @@ class MemoryStore:
         if stop is not None:
             stop()
 
+    async def finish_orphan(self, stream_id: str, last_seq: int, events: list[bytes]) -> None:
+        # In one process the owner cannot die without the store; kept for the protocol.
+        recording = self.find(stream_id)
+        if not recording.ended and recording.last == last_seq:
+            recording.append(events)
+            recording.finish()
+
     def find(self, stream_id: str) -> _MemoryRecording:
         self.expire()
         recording = self.streams.get(stream_id)
@@ -344,3 +356,22 @@ class MemoryStore:
             self.forget(next(iter(self.finished.values())))
         while self.total > self.max_bytes and len(growing.events) > 1:
             growing.drop_oldest()
+
+
+def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | None:
+    """The store a ``resume=`` option names: None, "memory", a Redis URL, or a store object."""
+    if resume is None:
+        return None
+    if isinstance(resume, str):
+        if resume == "memory":
+            return MemoryStore(ttl=ttl)
+        if resume.startswith(("redis://", "rediss://", "unix://")):
+            from ._resume_redis import RedisStore
+
+            return RedisStore(resume, ttl=ttl)
+        raise ValueError(
+            f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}"
+        )
+    if all(hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")):
+        return resume  # type: ignore[return-value]
+    raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")

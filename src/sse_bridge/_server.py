@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -11,6 +12,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from ._resume import ResumeError
 from ._sidecar import SidecarApp, create_proxy
 
 CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
@@ -19,6 +21,17 @@ CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
 def app_from_env() -> SidecarApp:
     """The uvicorn factory each worker calls: the options travel as JSON in the environment."""
     return create_proxy(**json.loads(os.environ[CONFIG_ENV]))
+
+
+async def _check_store(app: SidecarApp) -> None:
+    store = app.store
+    if store is not None:
+        try:
+            await store.open()
+        except ResumeError as exc:
+            raise ValueError(str(exc)) from None
+        finally:
+            await store.aclose()
 
 
 def serve(
@@ -31,7 +44,16 @@ def serve(
     proxy_options: dict[str, Any],
 ) -> None:
     """Run the sidecar until SIGINT or SIGTERM."""
-    create_proxy(**proxy_options)  # Fail here, once, with a clear ValueError.
+    app = create_proxy(**proxy_options)  # Fail here, once, with a clear ValueError.
+    resume = proxy_options.get("resume")
+    if resume == "memory" and workers > 1:
+        raise ValueError(
+            "--resume memory keeps streams inside one process, and a resume may reach another "
+            f"of the {workers} workers: use --resume redis://host:port/db with --workers"
+        )
+    if resume is not None:
+        # Redis unreachable at start is an exit with its reason, before any worker starts.
+        asyncio.run(_check_store(app))
     os.environ[CONFIG_ENV] = json.dumps(proxy_options)
     log_config = copy.deepcopy(LOGGING_CONFIG)
     # The bridge's own warnings and its one line per stream, next to uvicorn's.

@@ -20,6 +20,7 @@ from ._dialects import DialectFunc
 from ._http import STREAM_KEY, Outcome, StreamContext, header, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import COMMIT_PATHS, ProxyApp
+from ._resume import DEFAULT_TTL, ResumeStore
 from ._types import ASGIApp, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
@@ -35,10 +36,14 @@ class SidecarApp:
     then cancel them, which clients see as a broken transfer and the log as a traceback.
     """
 
-    def __init__(self, app: ASGIApp, proxy: ProxyApp, *, grace: float) -> None:
+    def __init__(
+        self, app: ASGIApp, proxy: ProxyApp, *, grace: float, store: ResumeStore | None = None
+    ) -> None:
         self.app = app
         self.proxy = proxy
         self.grace = grace
+        # Where resumable streams are kept, if resume is on.
+        self.store = store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -160,7 +165,7 @@ class _Front:
         )
         access_logger.info(
             "stream method=%s path=%s status=%d dialect=%s events=%d bytes=%d "
-            "ttfe_ms=%s duration_ms=%.1f outcome=%s",
+            "ttfe_ms=%s duration_ms=%.1f outcome=%s%s",
             scope["method"],
             scope["path"],
             stats.status,
@@ -170,6 +175,7 @@ class _Front:
             first,
             (now - stats.started) * 1000,
             stats.outcome.value if stats.outcome else "-",
+            "" if stats.stream_id is None else f" stream_id={stats.stream_id}",
         )
 
 
@@ -190,6 +196,10 @@ def create_proxy(
     api_key: str | None = None,
     cors_origins: Sequence[str] = (),
     grace: float = 10.0,
+    resume: str | ResumeStore | None = None,
+    resume_path: str = "/streams",
+    resume_grace: float = 30.0,
+    resume_ttl: float = DEFAULT_TTL,
 ) -> SidecarApp:
     """Build the sidecar: a reverse proxy to ``upstream`` behind :class:`SSEBridgeMiddleware`.
 
@@ -213,6 +223,8 @@ def create_proxy(
             ``Authorization: Bearer <key>``; the header is never forwarded upstream.
         cors_origins: origins allowed to call the bridge from a browser; none by default.
         grace: seconds open streams get to finish after SIGTERM before they are ended.
+        resume, resume_path, resume_grace, resume_ttl: resumable streams, as for the
+            middleware (docs/resume.md); the API key guards the resume endpoints too.
     """
     check_count("max_streams", max_streams, 1, "concurrent requests")
     check_count("max_body", max_body, 1, "request body bytes")
@@ -239,14 +251,19 @@ def create_proxy(
         max_connections=max_streams,
         strip_authorization=api_key is not None,
     )
-    app: ASGIApp = SSEBridgeMiddleware(
+    bridge = SSEBridgeMiddleware(
         proxy,
         dialect=dialect,
         convert=convert,
         keepalive=keepalive,
         max_line_bytes=max_line_bytes,
         event_ids=event_ids,
+        resume=resume,
+        resume_path=resume_path,
+        resume_grace=resume_grace,
+        resume_ttl=resume_ttl,
     )
+    app: ASGIApp = bridge
     name = dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
     app = _Front(app, proxy, api_key=api_key, max_streams=max_streams, dialect=name)
     if cors_origins:
@@ -257,6 +274,7 @@ def create_proxy(
             allow_origins=list(cors_origins),
             allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["*"],
+            # "*" does not cover requests with credentials; the stream id is named as well.
+            expose_headers=["*", "X-Stream-Id"],
         )
-    return SidecarApp(app, proxy, grace=grace)
+    return SidecarApp(app, proxy, grace=grace, store=bridge.store)

@@ -1,0 +1,286 @@
+"""The resume and stop endpoints of resumable streams, and resuming through ``Last-Event-ID``.
+
+``GET <path>/<stream id>`` replays the events after the reader's position and follows the live
+generation to its end; ``DELETE <path>/<stream id>`` stops the generation. With ``event_ids`` on,
+a request the middleware would convert that carries ``Last-Event-ID: <stream id>:<n>`` of a kept
+stream is answered as a resume, so EventSource's own reconnect does not start a second
+generation. docs/resume.md has the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._codec import encode_comment
+from ._http import STREAM_KEY, Outcome, StreamContext, event_stream_headers, header, send_json
+from ._resume import (
+    STREAM_ID,
+    BadPositionError,
+    Follower,
+    OwnerLostError,
+    ResumeError,
+    ResumeStore,
+    StoreUnavailableError,
+    UnknownStreamError,
+    parse_position,
+)
+from ._types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._middleware import SSEBridgeMiddleware
+
+logger = logging.getLogger("sse_bridge")
+
+PING = encode_comment("ping")
+OWNER_LOST = (
+    "the bridge instance running this stream stopped before it ended; the answer is incomplete"
+)
+# How long a follower waits for events when there are no keepalives to send meanwhile.
+IDLE_WAIT = 30.0
+
+
+class ResumeEndpoints:
+    """What the middleware answers itself when resume is on."""
+
+    def __init__(self, options: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
+        if not isinstance(path, str) or not path.startswith("/") or "?" in path:
+            raise ValueError(f"resume_path must be a path such as '/streams', not {path!r}")
+        self.options = options
+        self.store = store
+        self.prefix = path.rstrip("/") + "/"
+        self.opened = False
+
+    def lifespan(self, receive: Receive, send: Send) -> Receive:
+        """The app's lifespan ``receive``: the store connects at startup, closes at shutdown."""
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.open()
+                except ResumeError as exc:
+                    # The server exits with this message (uvicorn: "Application startup failed").
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    raise
+            elif message["type"] == "lifespan.shutdown":
+                await self.store.aclose()
+            return message
+
+        return lifespan_receive
+
+    async def open(self) -> None:
+        if not self.opened:
+            await self.store.open()
+            self.opened = True
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send, wanted: bool) -> bool:
+        """Serve the request if it is ours; False lets the app have it."""
+        path: str = scope["path"]
+        if path.startswith(self.prefix):
+            await self.endpoint(scope, receive, send, path[len(self.prefix) :])
+            return True
+        if not (wanted and self.options.event_ids):
+            return False
+        value = header(scope["headers"], b"last-event-id")
+        if ":" not in value:
+            return False
+        try:
+            stream_id, after = parse_position(value, None)
+        except BadPositionError:
+            return False
+        if stream_id is None or not STREAM_ID.fullmatch(stream_id):
+            return False
+        try:
+            follower = await self.find(stream_id, after)
+        except ResumeError:
+            # Not a stream kept here (any more), or the store cannot say: the request is a new
+            # one, and the client gets an answer rather than an error.
+            return False
+        await self.serve(scope, receive, send, stream_id, after, follower)
+        return True
+
+    async def endpoint(self, scope: Scope, receive: Receive, send: Send, stream_id: str) -> None:
+        context = _context(scope)
+        method = scope["method"]
+        try:
+            if method not in ("GET", "DELETE"):
+                context.status = 405
+                await send_json(
+                    send,
+                    405,
+                    {"error": f"{method} is not allowed here: GET resumes, DELETE stops"},
+                    [(b"allow", b"GET, DELETE")],
+                )
+                return
+            if not STREAM_ID.fullmatch(stream_id):
+                raise UnknownStreamError(stream_id)
+            await self.open()
+            if method == "DELETE":
+                await self.store.stop(stream_id)
+                context.status = 204
+                context.settle(Outcome.STOPPED)
+                await _no_content(send)
+                return
+            after = self.position(scope, stream_id)
+            follower = await self.find(stream_id, after)
+        except ResumeError as exc:
+            context.status = exc.status
+            context.settle(Outcome.UPSTREAM_ERROR)
+            extra = [(b"retry-after", b"1")] if isinstance(exc, StoreUnavailableError) else []
+            await send_json(send, exc.status, {"error": str(exc)}, extra)
+            return
+        if follower is None:
+            # Ended, and the reader has every event: 204 also stops EventSource reconnecting.
+            context.status = 204
+            context.settle(Outcome.COMPLETED)
+            await _no_content(send)
+            return
+        await self.serve(scope, receive, send, stream_id, after, follower)
+
+    def position(self, scope: Scope, stream_id: str) -> int:
+        """The reader's last event: the Last-Event-ID header, else ?last_event_id=, else 0."""
+        value = header(scope["headers"], b"last-event-id")
+        if not value:
+            query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            value = query.get("last_event_id", [""])[0]
+        return parse_position(value, stream_id)[1]
+
+    async def find(self, stream_id: str, after: int) -> Follower | None:
+        """A follower from ``after``, or None if the stream ended and nothing is left."""
+        if await self.store.finished_at(stream_id, after):
+            return None
+        return await self.store.follow(stream_id, after)
+
+    async def serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        stream_id: str,
+        after: int,
+        follower: Follower | None,
+    ) -> None:
+        context = _context(scope)
+        context.stream_id = stream_id
+        if follower is None:
+            context.status = 204
+            context.settle(Outcome.COMPLETED)
+            await _no_content(send)
+            return
+        headers = event_stream_headers([(b"x-stream-id", stream_id.encode())], scope)
+        reader = _Reader(self, send, stream_id, after, follower, context)
+        try:
+            context.status = 200
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            async with anyio.create_task_group() as group:
+                group.start_soon(_until_disconnect, receive, group.cancel_scope, context)
+                await reader.run()
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await follower.aclose()
+
+
+class _Reader:
+    """One resumed stream: replay, follow, keep alive, end as the original ends."""
+
+    def __init__(
+        self,
+        endpoints: ResumeEndpoints,
+        send: Send,
+        stream_id: str,
+        after: int,
+        follower: Follower,
+        context: StreamContext,
+    ) -> None:
+        self.endpoints = endpoints
+        self.send = send
+        self.stream_id = stream_id
+        self.prefix = b"id: " + stream_id.encode() + b":"
+        self.position = after
+        self.follower = follower
+        self.context = context
+        self.last_write = time.monotonic()
+
+    async def run(self) -> None:
+        options = self.endpoints.options
+        keepalive = options.keepalive
+        if options.retry is not None:
+            await self.write(options.retry, more=True)
+        orphaned = False
+        while True:
+            wait = self.last_write + keepalive - time.monotonic() if keepalive else IDLE_WAIT
+            try:
+                batch = await self.follower.next(max(wait, 0.0))
+            except OwnerLostError:
+                if not orphaned:
+                    # End the stream for every reader, the same way, with what was kept.
+                    orphaned = True
+                    events = options.translator().fail(OWNER_LOST)
+                    try:
+                        await self.endpoints.store.finish_orphan(
+                            self.stream_id, self.position, events
+                        )
+                        continue
+                    except ResumeError:
+                        pass
+                await self.fail(OWNER_LOST)
+                return
+            except ResumeError as exc:
+                await self.fail(str(exc))
+                return
+            if batch is None:
+                self.context.settle(Outcome.COMPLETED)
+                await self.write(b"", more=False)
+                return
+            if not batch:
+                if keepalive and time.monotonic() - self.last_write >= keepalive:
+                    await self.write(PING, more=True)
+                continue
+            self.position = batch[-1][0]
+            prefix = self.prefix
+            payload = b"".join(
+                event if event.startswith(b"id:") else b"%b%d\n%b" % (prefix, seq, event)
+                for seq, event in batch
+            )
+            context = self.context
+            context.events += len(batch)
+            if context.first_event is None:
+                context.first_event = time.monotonic()
+            await self.write(payload, more=True)
+
+    async def fail(self, message: str) -> None:
+        """A terminal error event that is not part of the stream (so it carries no id)."""
+        self.context.settle(Outcome.UPSTREAM_ERROR)
+        logger.warning("sse_bridge: resumed stream %s ended: %s", self.stream_id, message)
+        events = self.endpoints.options.translator().fail(message)
+        await self.write(b"".join(events), more=False)
+
+    async def write(self, payload: bytes, *, more: bool) -> None:
+        await self.send({"type": "http.response.body", "body": payload, "more_body": more})
+        self.context.bytes += len(payload)
+        self.last_write = time.monotonic()
+
+
+async def _until_disconnect(
+    receive: Receive, scope: anyio.CancelScope, context: StreamContext
+) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    context.settle(Outcome.CLIENT_DISCONNECTED)
+    scope.cancel()
+
+
+def _context(scope: Scope) -> StreamContext:
+    context: StreamContext | None = scope.get(STREAM_KEY)
+    return context if context is not None else StreamContext()
+
+
+async def _no_content(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
