@@ -94,8 +94,8 @@ def main() -> None:
 @_option("grace", default=10.0, type=SECONDS, help="Seconds streams get to finish on SIGTERM.")
 @_option(
     "resume",
-    default=None,
-    help="Resumable streams: 'memory' (one process) or redis://host:port/db (docs/resume.md).",
+    default="off",
+    help="Resumable streams: off, memory (one process) or redis://host:port/db (docs/resume.md).",
 )
 @_option(
     "resume-grace",
@@ -123,6 +123,8 @@ def serve(**options: Any) -> None:
     options["read_timeout"] = _seconds_or_none(options["read_timeout"])
     options["cors_origins"] = list(options.pop("cors_origin"))
     options["commit_paths"] = list(options.pop("commit_path"))
+    if options["resume"] == "off":
+        options["resume"] = None
     try:
         run(**server, proxy_options=options)
     except ValueError as exc:

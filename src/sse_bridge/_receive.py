@@ -28,9 +28,9 @@ class SharedReceive:
     __slots__ = (
         "_busy",
         "_pending",
-        "_released",
         "_pending_bytes",
         "_receive",
+        "_released",
         "_taken",
         "_turn",
         "client_gone",

@@ -90,8 +90,8 @@ class Recording(Protocol):
 class Follower(Protocol):
     """One reader of a stream, from a position on."""
 
-    async def next(self, timeout: float) -> Batch | None:
-        """The events after those returned so far; ``[]`` if none came within ``timeout``
+    async def next(self, wait: float) -> Batch | None:
+        """The events after those returned so far; ``[]`` if none came within ``wait``
         seconds; ``None`` once the stream has ended and every event was returned.
 
         Raises :class:`EventsGoneError` if the reader fell behind what is kept,
@@ -233,7 +233,7 @@ class _MemoryFollower:
         self.closed = False
         recording.readers += 1
 
-    async def next(self, timeout: float) -> Batch | None:
+    async def next(self, wait: float) -> Batch | None:
         recording = self.recording
         while True:
             if self.next_seq < recording.first:
@@ -248,7 +248,7 @@ class _MemoryFollower:
                 return None
             if recording.changed is None:
                 recording.changed = anyio.Event()
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(wait):
                 await recording.changed.wait()
                 continue
             return []

@@ -1,0 +1,668 @@
+"""Resumable streams in process: the memory store, and the middleware's ids, grace, stop and
+endpoints, called as ASGI with a recording send (as tests/test_middleware.py does)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from sse_bridge import SSEBridgeMiddleware
+from sse_bridge._http import STREAM_KEY, Outcome, StreamContext
+from sse_bridge._middleware import ABANDONED
+from sse_bridge._resume import (
+    BadPositionError,
+    EventsGoneError,
+    MemoryStore,
+    ResumeError,
+    StoreUnavailableError,
+    UnknownStreamError,
+    _MemoryRecording,
+    new_stream_id,
+    open_store,
+    parse_position,
+)
+from sse_bridge._resume_http import PING
+from sse_bridge._types import Message, Receive, Scope, Send
+from tests._sse import httpx_sse_data
+from tests.test_middleware import NDJSON, Client, http_scope
+
+pytestmark = pytest.mark.anyio
+
+TOKENS = 12
+
+
+def chunk(i: int) -> bytes:
+    return json.dumps({"model": "m", "response": f"t{i} ", "done": False}).encode() + b"\n"
+
+
+DONE = json.dumps({"model": "m", "response": "", "done": True, "done_reason": "stop"}).encode()
+
+
+class Generation:
+    """An Ollama-like app: paced chunks, and it stops when told the client has gone."""
+
+    def __init__(self, tokens: int = TOKENS, pace: float = 0.005) -> None:
+        self.tokens = tokens
+        self.pace = pace
+        self.started = 0
+        self.finished = 0
+        self.cancelled = anyio.Event()
+        self.sent = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        self.started += 1
+        finished = self.finished
+        await send({"type": "http.response.start", "status": 200, "headers": NDJSON})
+        async with anyio.create_task_group() as group:
+
+            async def listen() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if self.finished == finished:
+                    self.cancelled.set()
+                group.cancel_scope.cancel()
+
+            group.start_soon(listen)
+            for i in range(self.tokens):
+                await anyio.sleep(self.pace)
+                self.sent += 1
+                await send({"type": "http.response.body", "body": chunk(i), "more_body": True})
+            self.finished += 1
+            await send({"type": "http.response.body", "body": DONE + b"\n", "more_body": False})
+            group.cancel_scope.cancel()
+
+
+class Leaver(Client):
+    """A client that leaves after ``after`` events and hears nothing after that."""
+
+    def __init__(self, after: int | None = None, body: bytes = b"{}") -> None:
+        super().__init__(body)
+        self.after = after
+        self.left_at: float | None = None
+        self.changed = anyio.Event()
+
+    async def until(self, events: int) -> None:
+        """Wait until this client has read at least ``events`` data events."""
+        with anyio.fail_after(5):
+            while len(self.data) < events:
+                await self.changed.wait()
+
+    async def send(self, message: Message) -> None:
+        if self.gone.is_set():
+            return
+        await super().send(message)
+        self.changed.set()
+        self.changed = anyio.Event()
+        if self.after is not None and len(self.data) >= self.after:
+            self.left_at = time.monotonic()
+            self.gone.set()
+
+    @property
+    def data(self) -> list[str]:
+        return httpx_sse_data(self.body_bytes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [
+            line[4:] for line in self.body_bytes.decode().split("\n") if line.startswith("id: ")
+        ]
+
+
+def get(path: str, headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> Scope:
+    extra.setdefault("method", "GET")
+    return http_scope([(b"accept", b"text/event-stream"), *(headers or [])], path=path, **extra)
+
+
+def bridge(app: Any, **options: Any) -> SSEBridgeMiddleware:
+    options.setdefault("keepalive", None)
+    options.setdefault("resume", "memory")
+    return SSEBridgeMiddleware(app, dialect="ollama", **options)
+
+
+async def run(mw: SSEBridgeMiddleware, client: Client, scope: Scope | None = None) -> None:
+    with anyio.fail_after(5):
+        await mw(scope or http_scope(), client.receive, client.send)
+
+
+async def uninterrupted(tokens: int = TOKENS) -> list[str]:
+    client = Leaver()
+    await run(bridge(Generation(tokens)), client)
+    return client.data
+
+
+# --- the memory store ----------------------------------------------------------------------
+
+
+async def test_memory_store_replays_and_follows() -> None:
+    store = MemoryStore()
+    recording = store.record(lambda: None)
+    recording.append([b"a", b"b"])
+    follower = await store.follow(recording.stream_id, 1)
+    assert await follower.next(1) == [(2, b"b")]
+    assert await follower.next(0.01) == []
+    async with anyio.create_task_group() as group:
+        group.start_soon(follower.next, 1)
+        await anyio.sleep(0.01)
+        recording.append([b"c"])
+    late = await store.follow(recording.stream_id, 0)
+    assert await late.next(1) == [(1, b"a"), (2, b"b"), (3, b"c")]
+    assert await recording.attended()
+    recording.finish()
+    recording.append([b"ignored"])
+    assert await late.next(1) is None
+    await late.aclose()
+    await late.aclose()
+    await follower.aclose()
+    assert not await recording.attended()
+    assert await store.finished_at(recording.stream_id, 3)
+    assert not await store.finished_at(recording.stream_id, 2)
+
+
+async def test_memory_store_bounds_each_stream_and_the_total() -> None:
+    store = MemoryStore(max_stream_bytes=10, max_bytes=25)
+    one = store.record(lambda: None)
+    one.append([b"12345", b"12345", b"12345"])
+    with pytest.raises(EventsGoneError) as gone:
+        await store.follow(one.stream_id, 0)
+    assert gone.value.status == 410
+    follower = await store.follow(one.stream_id, 1)
+    assert await follower.next(1) == [(2, b"12345"), (3, b"12345")]
+    one.finish()
+    two = store.record(lambda: None)
+    two.append([b"1234567890"])
+    three = store.record(lambda: None)
+    # Past the total: the oldest finished stream goes first, the live ones stay whole.
+    three.append([b"1234567890"])
+    with pytest.raises(UnknownStreamError):
+        await store.follow(one.stream_id, 1)
+    assert store.total == 20
+    # With no finished stream left, the growing stream's oldest events go.
+    three.append([b"12345", b"12345"])
+    assert store.total <= 25
+    with pytest.raises(EventsGoneError):
+        await store.follow(three.stream_id, 0)
+
+
+async def test_a_reader_that_falls_behind_the_bound_is_told() -> None:
+    store = MemoryStore(max_stream_bytes=4)
+    recording = store.record(lambda: None)
+    follower = await store.follow(recording.stream_id, 0)
+    recording.append([b"ab", b"cd", b"ef"])
+    with pytest.raises(EventsGoneError):
+        await follower.next(1)
+
+
+async def test_memory_store_expires_finished_streams() -> None:
+    store = MemoryStore(ttl=0)
+    recording = store.record(lambda: None)
+    recording.append([b"a"])
+    follower = await store.follow(recording.stream_id, 0)
+    await follower.aclose()
+    recording.finish()
+    with pytest.raises(UnknownStreamError) as unknown:
+        await store.follow(recording.stream_id, 0)
+    assert unknown.value.status == 404
+    assert store.total == 0
+
+
+async def test_memory_store_stop_reaches_the_owner_once() -> None:
+    store = MemoryStore()
+    stops: list[int] = []
+    recording = store.record(lambda: stops.append(1))
+    await store.stop(recording.stream_id)
+    await store.stop(recording.stream_id)
+    assert stops == [1]
+    with pytest.raises(UnknownStreamError):
+        await store.stop(new_stream_id())
+
+
+async def test_memory_store_positions_past_the_end() -> None:
+    store = MemoryStore()
+    recording = store.record(lambda: None)
+    recording.append([b"a"])
+    # A live stream may not have reached a store yet what its client saw (Redis); wait for it.
+    follower = await store.follow(recording.stream_id, 3)
+    assert await follower.next(0.01) == []
+    recording.finish()
+    with pytest.raises(BadPositionError) as bad:
+        await store.follow(recording.stream_id, 3)
+    assert bad.value.status == 400
+
+
+async def test_finish_orphan_ends_a_stream_once() -> None:
+    store = MemoryStore()
+    recording = store.record(lambda: None)
+    recording.append([b"a"])
+    await store.finish_orphan(recording.stream_id, 1, [b"end"])
+    await store.finish_orphan(recording.stream_id, 1, [b"again"])
+    follower = await store.follow(recording.stream_id, 0)
+    assert await follower.next(1) == [(1, b"a"), (2, b"end")]
+    assert await follower.next(1) is None
+
+
+def test_stream_ids_are_long_random_and_url_safe() -> None:
+    ids = {new_stream_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 22 and i.replace("-", "").replace("_", "").isalnum() for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("value", "stream", "expected"),
+    [
+        ("", "S", ("S", 0)),
+        ("7", "S", ("S", 7)),
+        (" 7 ", None, (None, 7)),
+        ("S:12", "S", ("S", 12)),
+        ("S:12", None, ("S", 12)),
+        ("a:b:3", None, ("a:b", 3)),
+    ],
+)
+def test_positions(value: str, stream: str | None, expected: tuple[str | None, int]) -> None:
+    assert parse_position(value, stream) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "with n >= 0"),
+        ("x", "with n >= 0"),
+        ("S:", "with n >= 0"),
+        ("١٢", "with n >= 0"),
+        ("9" * 19, "with n >= 0"),
+        ("T:3", "names another stream"),
+    ],
+)
+def test_bad_positions(value: str, message: str) -> None:
+    with pytest.raises(BadPositionError, match=message):
+        parse_position(value, "S")
+
+
+def test_store_options_are_checked() -> None:
+    assert open_store(None) is None
+    store = MemoryStore()
+    assert open_store(store) is store
+    assert isinstance(open_store("memory", ttl=5), MemoryStore)
+    for bad in ("memcached://x", 5, object()):
+        with pytest.raises(ValueError, match="resume must be 'memory', a redis:// URL"):
+            open_store(bad)
+    with pytest.raises(ValueError, match="resume ttl must be a finite number"):
+        MemoryStore(ttl=-1)
+    with pytest.raises(ValueError, match="max_stream_bytes must be an integer >= 1"):
+        MemoryStore(max_stream_bytes=0)
+    with pytest.raises(ValueError, match="resume_grace must be a finite number"):
+        SSEBridgeMiddleware(Generation(), resume="memory", resume_grace=-1)
+    with pytest.raises(ValueError, match="resume_path must be a path"):
+        SSEBridgeMiddleware(Generation(), resume="memory", resume_path="streams")
+
+
+# --- the original stream ---------------------------------------------------------------------
+
+
+async def test_resume_off_has_no_stream_id() -> None:
+    client = Leaver()
+    await run(SSEBridgeMiddleware(Generation(), dialect="ollama", keepalive=None), client)
+    assert b"x-stream-id" not in client.headers
+
+
+async def test_the_original_stream_is_unchanged_but_for_its_id() -> None:
+    plain = Leaver()
+    await run(SSEBridgeMiddleware(Generation(), dialect="ollama", keepalive=None), plain)
+    client = Leaver()
+    await run(bridge(Generation()), client)
+    headers = client.headers
+    stream_id = headers.pop(b"x-stream-id").decode()
+    assert len(stream_id) == 22
+    assert headers == plain.headers
+    assert client.body_bytes == plain.body_bytes
+    assert b"id:" not in client.body_bytes
+
+
+async def test_event_ids_name_the_stream() -> None:
+    client = Leaver()
+    await run(bridge(Generation(), event_ids=True), client)
+    stream_id = client.headers[b"x-stream-id"].decode()
+    assert client.ids == [f"{stream_id}:{n}" for n in range(1, TOKENS + 2)]
+
+
+async def test_only_converted_streams_are_kept() -> None:
+    store = MemoryStore()
+    client = Leaver()
+    await run(bridge(Generation(), resume=store), client, http_scope([]))
+    assert b"x-stream-id" not in client.headers
+    assert store.streams == {}
+
+
+# --- resuming --------------------------------------------------------------------------------
+
+
+async def interrupted(mw: SSEBridgeMiddleware, at: int) -> Leaver:
+    client = Leaver(after=at)
+    await run(mw, client)
+    return client
+
+
+async def test_interrupted_at_event_5_and_resumed_equals_an_uninterrupted_stream() -> None:
+    app = Generation()
+    mw = bridge(app)
+    context = StreamContext()
+    async with anyio.create_task_group() as group:
+        first = Leaver(after=5)
+        group.start_soon(run, mw, first)
+        with anyio.fail_after(5):
+            await first.gone.wait()
+        stream_id = first.headers[b"x-stream-id"].decode()
+        resumed = Leaver()
+        scope = get(f"/streams/{stream_id}", [(b"last-event-id", b"5")])
+        scope[STREAM_KEY] = context
+        await run(mw, resumed, scope)
+    assert first.data[:5] + resumed.data == await uninterrupted()
+    assert len(first.data) == 5
+    assert resumed.ids[0] == f"{stream_id}:6"
+    assert resumed.headers[b"x-stream-id"] == stream_id.encode()
+    assert resumed.headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert app.started == 1
+    assert app.finished == 1
+    assert not app.cancelled.is_set()
+    assert context.status == 200
+    assert context.events == TOKENS + 1 - 5
+    assert context.outcome is Outcome.COMPLETED
+    assert context.stream_id == stream_id
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "first"),
+    [
+        ([], b"", 1),
+        ([], b"last_event_id=3", 4),
+        ([(b"last-event-id", b"{sid}:4")], b"last_event_id=3", 5),
+    ],
+)
+async def test_positions_from_the_header_or_the_query(
+    headers: list[tuple[bytes, bytes]], query: bytes, first: int
+) -> None:
+    mw = bridge(Generation())
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"]
+    resumed = Leaver()
+    headers = [(k, v.replace(b"{sid}", sid)) for k, v in headers]
+    await run(mw, resumed, get(f"/streams/{sid.decode()}", headers, query_string=query))
+    assert resumed.ids[0] == f"{sid.decode()}:{first}"
+    assert resumed.data == original.data[first - 1 :]
+
+
+async def test_several_readers_follow_one_stream() -> None:
+    app = Generation(pace=0.01)
+    mw = bridge(app)
+    readers = [Leaver() for _ in range(3)]
+    async with anyio.create_task_group() as group:
+        original = Leaver()
+        group.start_soon(run, mw, original)
+        await original.until(1)
+        sid = original.headers[b"x-stream-id"].decode()
+        for reader in readers:
+            group.start_soon(run, mw, reader, get(f"/streams/{sid}"))
+    assert all(reader.data == original.data for reader in readers)
+    assert app.started == 1
+
+
+async def test_a_finished_stream_read_to_its_end_answers_204() -> None:
+    mw = bridge(Generation())
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"].decode()
+    done = Leaver()
+    await run(mw, done, get(f"/streams/{sid}", [(b"last-event-id", f"{TOKENS + 1}".encode())]))
+    assert done.start["status"] == 204
+    assert done.body_bytes == b""
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "method", "status", "error"),
+    [
+        ("/streams/unknownunknownunknown1", [], "GET", 404, "no stream"),
+        ("/streams/short", [], "GET", 404, "no stream"),
+        ("/streams/{sid}", [(b"last-event-id", b"99")], "GET", 400, "none after 99"),
+        ("/streams/{sid}", [(b"last-event-id", b"x")], "GET", 400, "<stream id>:<n>"),
+        ("/streams/{sid}", [], "POST", 405, "GET resumes, DELETE stops"),
+        ("/streams/unknownunknownunknown1", [], "DELETE", 404, "no stream"),
+    ],
+)
+async def test_resume_errors_are_json(
+    path: str, headers: list[tuple[bytes, bytes]], method: str, status: int, error: str
+) -> None:
+    mw = bridge(Generation())
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"].decode()
+    client = Leaver()
+    await run(mw, client, get(path.replace("{sid}", sid), headers, method=method))
+    assert client.start["status"] == status
+    assert error in json.loads(client.body_bytes)["error"]
+    if status == 405:
+        assert client.headers[b"allow"] == b"GET, DELETE"
+
+
+async def test_events_no_longer_kept_answer_410() -> None:
+    store = MemoryStore(max_stream_bytes=200)
+    mw = bridge(Generation(), resume=store)
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"].decode()
+    client = Leaver()
+    await run(mw, client, get(f"/streams/{sid}"))
+    assert client.start["status"] == 410
+    assert "no longer kept" in json.loads(client.body_bytes)["error"]
+
+
+async def test_an_unavailable_store_answers_503() -> None:
+    class Down(MemoryStore):
+        async def finished_at(self, stream_id: str, after: int) -> bool:
+            raise StoreUnavailableError("Redis is away")
+
+    client = Leaver()
+    await run(bridge(Generation(), resume=Down()), client, get(f"/streams/{new_stream_id()}"))
+    assert client.start["status"] == 503
+    assert client.headers[b"retry-after"] == b"1"
+
+
+async def test_a_resumed_reader_gets_keepalives_while_the_stream_is_silent() -> None:
+    app = Generation(tokens=2, pace=0.3)
+    mw = bridge(app, keepalive=0.05)
+    async with anyio.create_task_group() as group:
+        original = Leaver(after=1)
+        group.start_soon(run, mw, original)
+        with anyio.fail_after(5):
+            await original.gone.wait()
+        sid = original.headers[b"x-stream-id"].decode()
+        reader = Leaver()
+        await run(mw, reader, get(f"/streams/{sid}", [(b"last-event-id", b"1")]))
+    assert PING in [m.get("body") for m in reader.bodies]
+    assert reader.data == (await uninterrupted(2))[1:]
+
+
+async def test_with_event_ids_a_reconnect_to_the_same_path_resumes() -> None:
+    app = Generation()
+    mw = bridge(app, event_ids=True)
+    async with anyio.create_task_group() as group:
+        first = Leaver(after=4)
+        group.start_soon(run, mw, first)
+        with anyio.fail_after(5):
+            await first.gone.wait()
+        again = Leaver()
+        await run(
+            mw, again, http_scope([*get("/")["headers"], (b"last-event-id", first.ids[3].encode())])
+        )
+    assert first.data[:4] + again.data == await uninterrupted()
+    assert app.started == 1
+
+
+@pytest.mark.parametrize("value", [b"unknownunknownunknown1:3", b"3", b"x:y", b"short:3"])
+async def test_other_last_event_ids_start_a_new_generation(value: bytes) -> None:
+    app = Generation()
+    client = Leaver()
+    await run(
+        bridge(app, event_ids=True),
+        client,
+        http_scope([*get("/")["headers"], (b"last-event-id", value)]),
+    )
+    assert app.started == 1
+    assert client.data == await uninterrupted()
+
+
+# --- grace and stop --------------------------------------------------------------------------
+
+
+async def test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period() -> None:
+    app = Generation(tokens=1000, pace=0.005)
+    mw = bridge(app, resume_grace=0.2)
+    context = StreamContext()
+    client = Leaver(after=2)
+    await run(mw, client, http_scope() | {STREAM_KEY: context})
+    assert client.left_at is not None
+    waited = time.monotonic() - client.left_at
+    assert app.cancelled.is_set()
+    assert 0.2 <= waited < 2.0
+    assert app.sent > 2  # it ran on without its client
+    assert context.outcome is Outcome.CLIENT_DISCONNECTED
+    sid = client.headers[b"x-stream-id"].decode()
+    late = Leaver()
+    await run(mw, late, get(f"/streams/{sid}"))
+    assert json.loads(late.data[-1]) == {
+        "error": ABANDONED.format(grace=0.2),
+        "finished": True,
+    }
+    assert [json.loads(d) for d in late.data[:2]] == [{"token": "t0 "}, {"token": "t1 "}]
+
+
+async def test_a_reader_keeps_the_generation_going_past_the_grace_period() -> None:
+    app = Generation(tokens=60, pace=0.01)
+    mw = bridge(app, resume_grace=0.05)
+    async with anyio.create_task_group() as group:
+        first = Leaver(after=1)
+        group.start_soon(run, mw, first)
+        with anyio.fail_after(5):
+            await first.gone.wait()
+        sid = first.headers[b"x-stream-id"].decode()
+        reader = Leaver()
+        await run(mw, reader, get(f"/streams/{sid}", [(b"last-event-id", b"1")]))
+    assert not app.cancelled.is_set()
+    assert app.finished == 1
+    assert first.data[:1] + reader.data == await uninterrupted(60)
+
+
+async def test_without_resume_a_disconnect_cancels_at_once() -> None:
+    app = Generation(tokens=1000)
+    client = Leaver(after=2)
+    await run(SSEBridgeMiddleware(app, dialect="ollama", keepalive=None), client)
+    assert app.cancelled.is_set()
+    assert app.sent < 100
+
+
+@pytest.mark.parametrize(
+    ("dialect", "final"),
+    [
+        ("ollama", [{"finished": True, "done_reason": "stopped"}]),
+        ("raw", [{"finished": True, "done_reason": "stopped"}]),
+        ("openai", ["finish chunk", "[DONE]"]),
+    ],
+)
+async def test_delete_stops_the_generation_for_every_reader(dialect: str, final: list[Any]) -> None:
+    app = Generation(tokens=1000, pace=0.005)
+    mw = SSEBridgeMiddleware(app, dialect=dialect, keepalive=None, resume="memory")
+    context = StreamContext()
+    stop_context = StreamContext()
+    original = Leaver()
+    reader = Leaver()
+    stopper = Leaver()
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, mw, original, http_scope() | {STREAM_KEY: context})
+        await original.until(3)
+        sid = original.headers[b"x-stream-id"].decode()
+        group.start_soon(run, mw, reader, get(f"/streams/{sid}"))
+        await reader.until(1)
+        asked = time.monotonic()
+        scope = get(f"/streams/{sid}", method="DELETE") | {STREAM_KEY: stop_context}
+        await run(mw, stopper, scope)
+        with anyio.fail_after(1):
+            await app.cancelled.wait()
+        stopped_in = time.monotonic() - asked
+    assert stopper.start["status"] == 204
+    assert stop_context.outcome is Outcome.STOPPED
+    assert stopped_in < 1.0
+    assert context.outcome is Outcome.STOPPED
+    assert reader.data == original.data
+    tail = original.data[-len(final) :]
+    if dialect == "openai":
+        assert json.loads(tail[0])["choices"][0]["finish_reason"] == "stop"
+        assert tail[1] == "[DONE]"
+    else:
+        assert [json.loads(d) for d in tail] == final
+    assert original.bodies[-1]["more_body"] is False
+    # A second stop of a stream that has ended does nothing, and says so with 204.
+    again = Leaver()
+    await run(mw, again, get(f"/streams/{sid}", method="DELETE"))
+    assert again.start["status"] == 204
+
+
+async def test_a_stream_cancelled_inside_the_server_still_ends_its_recording() -> None:
+    app = Generation(tokens=1000)
+    store = MemoryStore()
+    mw = bridge(app, resume=store)
+    client = Leaver()
+    with anyio.move_on_after(0.1):
+        await mw(http_scope(), client.receive, client.send)
+    sid = client.headers[b"x-stream-id"].decode()
+    follower = await store.follow(sid, 0)
+    events: list[bytes] = []
+    while (batch := await follower.next(1)) is not None:
+        events += [event for _, event in batch]
+    assert b"cancelled inside the server" in events[-1]
+
+
+async def test_the_store_opens_at_startup_and_a_failure_stops_the_server() -> None:
+    class Unreachable(MemoryStore):
+        async def open(self) -> None:
+            raise StoreUnavailableError("cannot reach Redis at redis://127.0.0.1:1/0")
+
+    async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    mw = SSEBridgeMiddleware(lifespan_app, resume=Unreachable())
+    with pytest.raises(ResumeError):
+        await mw({"type": "lifespan"}, receive, send)
+    assert sent == [
+        {
+            "type": "lifespan.startup.failed",
+            "message": "cannot reach Redis at redis://127.0.0.1:1/0",
+        }
+    ]
+    sent.clear()
+    await SSEBridgeMiddleware(lifespan_app, resume="memory")({"type": "lifespan"}, receive, send)
+    assert sent == [{"type": "lifespan.startup.complete"}]
+
+
+async def test_a_failing_attended_check_counts_as_nobody(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def attended(self: Any) -> bool:
+        raise StoreUnavailableError("away")
+
+    monkeypatch.setattr(_MemoryRecording, "attended", attended)
+    app = Generation(tokens=1000)
+    client = Leaver(after=1)
+    await run(bridge(app, resume_grace=0.05), client)
+    assert app.cancelled.is_set()
