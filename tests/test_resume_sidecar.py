@@ -1,0 +1,163 @@
+"""Resumable streams through the sidecar, in front of the fake Ollama, on real uvicorn servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from sse_bridge import _server, create_proxy
+from sse_bridge._cli import main
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
+from tests._servers import serve
+from tests._wire import fetch
+
+pytestmark = pytest.mark.anyio
+
+SSE = {"accept": "text/event-stream"}
+
+
+def chat(**fake: Any) -> bytes:
+    body: dict[str, Any] = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    if fake:
+        body["fake"] = fake
+    return json.dumps(body).encode()
+
+
+def events(body: bytes) -> list[str]:
+    return [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
+
+
+async def test_the_api_key_guards_resume_and_stop() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=3))
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", resume="memory", api_key="k")
+        with serve(app) as url:
+            key = {"authorization": "Bearer k"}
+            original = await fetch(f"{url}/api/chat", body=chat(), headers={**SSE, **key})
+            sid = original.headers["x-stream-id"]
+            path = f"{url}/streams/{sid}"
+            anonymous = await fetch(path, method="GET", body=b"", headers=SSE)
+            stop = await fetch(path, method="DELETE", body=b"")
+            resumed = await fetch(path, method="GET", body=b"", headers={**SSE, **key})
+    assert anonymous.status == 401
+    assert stop.status == 401
+    assert resumed.status == 200
+    assert events(resumed.body) == events(original.body)
+
+
+async def test_cors_exposes_the_stream_id() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=2))
+    origin = "http://app.example"
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, resume="memory", cors_origins=[origin])
+        with serve(app) as url:
+            response = await fetch(
+                f"{url}/api/chat", body=chat(), headers={**SSE, "origin": origin}
+            )
+            preflight = await fetch(
+                f"{url}/streams/x",
+                method="OPTIONS",
+                body=b"",
+                headers={"origin": origin, "access-control-request-method": "DELETE"},
+            )
+    exposed = [
+        h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")
+    ]
+    assert "x-stream-id" in exposed
+    assert preflight.status == 200
+    assert "DELETE" in preflight.headers["access-control-allow-methods"]
+
+
+async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=50, num_tokens=500))
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", resume="memory")
+        with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+            async with anyio.create_task_group() as group:
+                responses: list[Any] = []
+
+                async def read() -> None:
+                    responses.append(await fetch(f"{url}/api/chat", body=chat(), headers=SSE))
+
+                group.start_soon(read)
+                record = await anyio.to_thread.run_sync(
+                    lambda: fake.wait_for_record(
+                        path="/api/chat", predicate=lambda r: r.tokens_sent >= 3, timeout=5
+                    )
+                )
+                assert record is not None
+                # The page would read X-Stream-Id; this client is still reading, so ask the
+                # store for the one open stream.
+                store = app.store
+                assert store is not None
+                (sid,) = store.streams  # type: ignore[attr-defined]
+                stop = await fetch(f"{url}/streams/{sid}", method="DELETE", body=b"")
+            cancelled = await anyio.to_thread.run_sync(
+                lambda: fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=3)
+            )
+    assert stop.status == 204
+    assert cancelled.cancelled_phase == "streaming"
+    assert json.loads(events(responses[0].body)[-1]) == {"finished": True, "done_reason": "stopped"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
+    chat_line = next(line for line in lines if "path=/api/chat" in line)
+    assert chat_line.endswith(f"outcome=stopped stream_id={sid}")
+    stop_line = next(line for line in lines if "method=DELETE" in line)
+    assert f"path=/streams/{sid} status=204" in stop_line
+
+
+async def test_a_client_that_leaves_is_given_the_grace_period() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=50, num_tokens=500))
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", resume="memory", resume_grace=0.5)
+        with serve(app) as url:
+            first = await fetch(f"{url}/api/chat", body=chat(), headers=SSE, stop_after_events=3)
+            left = time.monotonic()
+            cancelled = await anyio.to_thread.run_sync(
+                lambda: fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=5)
+            )
+            sid = first.headers["x-stream-id"]
+            late = await fetch(f"{url}/streams/{sid}", method="GET", body=b"", headers=SSE)
+    assert cancelled.ended_at is not None
+    assert cancelled.ended_at - left >= 0.5
+    assert cancelled.tokens_sent > 3
+    data = events(late.body)
+    assert data[:3] == events(first.body)[:3]
+    assert "nobody resumed it within 0.5 s" in json.loads(data[-1])["error"]
+    assert len(fake.records) == 1
+
+
+def test_memory_resume_refuses_several_workers() -> None:
+    with pytest.raises(ValueError, match="use --resume redis://host:port/db with --workers"):
+        _server.serve(
+            host="127.0.0.1",
+            port=0,
+            workers=2,
+            log_level="warning",
+            proxy_options={"upstream": "http://127.0.0.1:9", "resume": "memory"},
+        )
+
+
+def test_serve_reads_the_resume_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(_server, "serve", lambda **kwargs: seen.update(kwargs))
+    env = {"SSE_BRIDGE_UPSTREAM": "http://127.0.0.1:11434", "SSE_BRIDGE_RESUME": "memory"}
+    result = CliRunner().invoke(
+        main, ["serve", "--resume-grace", "5", "--resume-ttl", "60"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    options = seen["proxy_options"]
+    assert (options["resume"], options["resume_grace"], options["resume_ttl"]) == ("memory", 5, 60)
+    result = CliRunner().invoke(main, ["serve"], env={"SSE_BRIDGE_UPSTREAM": "http://h"})
+    assert seen["proxy_options"]["resume"] is None
+
+
+def test_serve_refuses_an_unknown_store() -> None:
+    bad = CliRunner().invoke(main, ["serve", "--upstream", "http://h", "--resume", "disk"])
+    assert bad.exit_code == 2
+    assert "resume must be 'memory', a redis:// URL" in bad.output
