@@ -523,7 +523,7 @@ async def test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period()
     mw = bridge(app, resume_grace=0.2)
     context = StreamContext()
     client = Leaver(after=2)
-    await run(mw, client, http_scope() | {STREAM_KEY: context})
+    await run(mw, client, {**http_scope(), STREAM_KEY: context})
     assert client.left_at is not None
     waited = time.monotonic() - client.left_at
     assert app.cancelled.is_set()
@@ -581,13 +581,13 @@ async def test_delete_stops_the_generation_for_every_reader(dialect: str, final:
     reader = Leaver()
     stopper = Leaver()
     async with anyio.create_task_group() as group:
-        group.start_soon(run, mw, original, http_scope() | {STREAM_KEY: context})
+        group.start_soon(run, mw, original, {**http_scope(), STREAM_KEY: context})
         await original.until(3)
         sid = original.headers[b"x-stream-id"].decode()
         group.start_soon(run, mw, reader, get(f"/streams/{sid}"))
         await reader.until(1)
         asked = time.monotonic()
-        scope = get(f"/streams/{sid}", method="DELETE") | {STREAM_KEY: stop_context}
+        scope = {**get(f"/streams/{sid}", method="DELETE"), STREAM_KEY: stop_context}
         await run(mw, stopper, scope)
         with anyio.fail_after(1):
             await app.cancelled.wait()
