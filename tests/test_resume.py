@@ -13,6 +13,7 @@ import pytest
 from sse_bridge import SSEBridgeMiddleware
 from sse_bridge._http import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._middleware import ABANDONED
+from sse_bridge._receive import SharedReceive
 from sse_bridge._resume import (
     BadPositionError,
     EventsGoneError,
@@ -666,3 +667,24 @@ async def test_a_failing_attended_check_counts_as_nobody(monkeypatch: pytest.Mon
     client = Leaver(after=1)
     await run(bridge(app, resume_grace=0.05), client)
     assert app.cancelled.is_set()
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+async def test_release_reaches_an_app_waiting_on_the_server(resumable: bool) -> None:
+    client = Client()
+    shared = SharedReceive(client.receive)
+    shared.hold = True
+    shared.resumable = resumable
+    assert (await shared())["type"] == "http.request"
+    heard: list[Message] = []
+    with anyio.move_on_after(1):
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: _append(heard, shared))
+            await anyio.sleep(0.01)
+            shared.release()
+    # Told at once when the stream may be held; otherwise the server's own disconnect decides.
+    assert heard == ([{"type": "http.disconnect"}] if resumable else [])
+
+
+async def _append(into: list[Message], receive: Receive) -> None:
+    into.append(await receive())

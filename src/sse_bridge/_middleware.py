@@ -245,6 +245,7 @@ class _Responder:
     async def run(self, receive: Receive, send: Send) -> None:
         self.send = send
         self.receive = SharedReceive(receive)
+        self.receive.resumable = self.wanted and self.options.store is not None
         if self.wanted:
             # Watch the client from the moment the app has read the request body: a proxy
             # behind us hears of a disconnect while the upstream is still silent.

@@ -29,6 +29,7 @@ class SharedReceive:
         "_busy",
         "_pending",
         "_pending_bytes",
+        "_reading",
         "_receive",
         "_released",
         "_taken",
@@ -37,6 +38,7 @@ class SharedReceive:
         "disconnected",
         "hold",
         "on_body_complete",
+        "resumable",
     )
 
     def __init__(self, receive: Receive) -> None:
@@ -57,6 +59,10 @@ class SharedReceive:
         self.disconnected = False
         self.hold = False
         self._released: anyio.Event | None = None
+        # A stream that may be held: the app's own wait on the server is cut short by
+        # release(), or an app listening for the disconnect would never hear of a stop.
+        self.resumable = False
+        self._reading: anyio.CancelScope | None = None
         # Called once the whole request body has been read (by the app or the watch).
         self.on_body_complete: Callable[[], None] | None = None
 
@@ -84,7 +90,12 @@ class SharedReceive:
                 return message
             if self.disconnected:
                 return dict(DISCONNECT)
-            message = DISCONNECT if self.client_gone else await self._receive()
+            if self.client_gone:
+                message = DISCONNECT
+            elif self.resumable:
+                message = await self._read_until_released()
+            else:
+                message = await self._receive()
         finally:
             self._end_turn()
         if message["type"] == "http.disconnect":
@@ -95,6 +106,15 @@ class SharedReceive:
             self.on_body_complete()
         return message
 
+    async def _read_until_released(self) -> Message:
+        scope = self._reading = anyio.CancelScope()
+        try:
+            with scope:
+                return await self._receive()
+        finally:
+            self._reading = None
+        return DISCONNECT
+
     def close(self) -> None:
         """From now on the app is told the client has gone (the response has ended)."""
         self.release()
@@ -104,6 +124,8 @@ class SharedReceive:
         self.disconnected = True
         if self._released is not None:
             self._released.set()
+        if self._reading is not None:
+            self._reading.cancel()
 
     async def _until_released(self) -> None:
         if self.hold:
