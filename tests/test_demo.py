@@ -8,19 +8,20 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sse_bridge import create_proxy
-from sse_bridge._demo import PAGE, DemoApp
+from sse_bridge._demo import PAGE, demo_app
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, answer_tokens, parse_sse
 from tests._servers import serve
 
 
 @pytest.fixture
-def demo() -> Iterator[str]:
-    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=4))
-    with (
-        serve(fake) as upstream,
-        serve(DemoApp(create_proxy(upstream=upstream, dialect="ollama"))) as url,
-    ):
+def ollama() -> FakeOllama:
+    return FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=4))
+
+
+@pytest.fixture
+def demo(ollama: FakeOllama) -> Iterator[str]:
+    # The very app `sse-bridge demo` serves, resume on.
+    with serve(ollama) as upstream, serve(demo_app(upstream)) as url:
         yield url
 
 
@@ -72,3 +73,70 @@ async def test_the_terminal_reader_reports_an_error_status(demo: str) -> None:
     assert answer.error.startswith("the bridge answered 404")
     assert "not found" in answer.error
     assert out.getvalue() == ""
+
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+EVENTS = {"accept": "text/event-stream"}
+
+
+def test_the_demo_streams_are_resumable(demo: str) -> None:
+    with httpx.Client(base_url=demo) as client:
+        chat = client.post("/api/chat", json=CHAT, headers=EVENTS)
+        twin = client.get("/api/chat/events", params={"prompt": "hi"})
+        for response in (chat, twin):
+            assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+            assert response.headers["x-stream-id"]
+        stream_id = chat.headers["x-stream-id"]
+        assert twin.headers["x-stream-id"] != stream_id
+        # The page resumes with GET /streams/<id> and the number of the last event it rendered.
+        resumed = client.get(f"/streams/{stream_id}", headers={"last-event-id": "2"})
+        complete = client.get(f"/streams/{stream_id}", headers={"last-event-id": "5"})
+        unknown = client.get("/streams/AAAAAAAAAAAAAAAAAAAAAA", headers={"last-event-id": "1"})
+    original = parse_sse(chat.content)
+    assert [e.get("token") for e in map(json.loads, (e.data for e in original[:4]))] == (
+        answer_tokens(4)
+    )
+    assert len(original) == 5
+    replay = parse_sse(resumed.content)
+    assert [event.id for event in replay] == [f"{stream_id}:{n}" for n in (3, 4, 5)]
+    assert [event.data for event in replay] == [event.data for event in original[2:]]
+    assert complete.status_code == 204
+    assert unknown.status_code == 404
+
+
+def test_the_eventsource_twin_stops_the_generation_its_client_leaves(
+    demo: str, ollama: FakeOllama
+) -> None:
+    # The page cannot learn an EventSource stream's id to stop it: the twin stops it when the
+    # client leaves, long before the bridge's resume grace (30 s) would.
+    params = {"prompt": "hi", "fake": json.dumps({"tokens_per_second": 20, "num_tokens": 1000})}
+    with (
+        httpx.Client() as client,
+        client.stream("GET", f"{demo}/api/chat/events", params=params) as response,
+    ):
+        assert response.headers["x-stream-id"]
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                break
+    record = ollama.wait_for_record(path="/api/chat", outcome="cancelled", timeout=10)
+    assert record.cancelled_phase == "streaming"
+    assert record.tokens_sent < 200
+
+
+def test_a_fetch_stream_outlives_its_client_for_a_resume(demo: str, ollama: FakeOllama) -> None:
+    # The negative of the above: a fetch() client that leaves (a reload) does not stop its
+    # generation, which a resume then follows to its end.
+    body = {**CHAT, "fake": {"tokens_per_second": 50, "num_tokens": 20}}
+    with httpx.Client(base_url=demo) as client:
+        with client.stream("POST", "/api/chat", json=body, headers=EVENTS) as response:
+            stream_id = response.headers["x-stream-id"]
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    break
+        resumed = client.get(f"/streams/{stream_id}", headers={"last-event-id": "1"})
+    events = parse_sse(resumed.content)
+    tokens = [json.loads(event.data).get("token") for event in events]
+    assert tokens[:-1] == answer_tokens(20)[1:]
+    assert json.loads(events[-1].data)["finished"] is True
+    ollama.wait_for_record(path="/api/chat", outcome="completed")
+    assert len(ollama.records) == 1

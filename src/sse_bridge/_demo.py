@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import shlex
 import signal
 import socket
@@ -20,14 +21,18 @@ import httpx
 import uvicorn
 
 from ._fake_ollama import FakeOllama, FakeOllamaConfig
-from ._http import send_json
+from ._http import header, send_json
 from ._sidecar import create_proxy
 from ._sse_parser import SSEParser
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
+logger = logging.getLogger("sse_bridge")
+
 STARTUP_TIMEOUT = 10.0
 PAGE = (Path(__file__).parent / "static" / "demo.html").read_bytes()
 DEFAULT_MODEL = "llama3.2"
+# Where the demo's bridge resumes (GET) and stops (DELETE) streams: the middleware's default.
+RESUME_PATH = "/streams"
 
 
 class DemoApp:
@@ -36,6 +41,11 @@ class DemoApp:
     ``GET /api/chat/events?prompt=...&model=...&fake={...}`` becomes the same ``POST /api/chat``
     a page would send with fetch(), handed to the bridge in-process, because EventSource can
     only do GET.
+
+    With resume on, a client that leaves no longer stops its generation. The page resumes its
+    fetch() streams after a reload and stops them with ``DELETE /streams/<id>``, but it cannot
+    read an EventSource's response headers, so it never learns that stream's id: when an
+    EventSource client leaves before its stream has ended, the twin stops the generation itself.
     """
 
     def __init__(self, bridge: ASGIApp) -> None:
@@ -96,15 +106,62 @@ class DemoApp:
             ],
         }
         sent = False
+        stream_id = ""
+        ended = False
 
         async def post_receive() -> Message:
             nonlocal sent
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": payload, "more_body": False}
-            return await receive()
+            message = await receive()
+            if message["type"] == "http.disconnect" and stream_id and not ended:
+                await self.stop(scope, stream_id)
+            return message
 
-        await self.bridge(post, post_receive, send)
+        async def post_send(message: Message) -> None:
+            nonlocal stream_id, ended
+            if message["type"] == "http.response.start":
+                stream_id = header(message.get("headers", []), b"x-stream-id")
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
+            await send(message)
+
+        await self.bridge(post, post_receive, post_send)
+
+    async def stop(self, scope: Scope, stream_id: str) -> None:
+        """``DELETE /streams/<id>``, handed to the bridge in-process like the POST."""
+        path = f"{RESUME_PATH}/{stream_id}"
+        delete = {
+            **scope,
+            "method": "DELETE",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(k, v) for k, v in scope["headers"] if k.lower() == b"authorization"],
+        }
+
+        async def delete_receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def delete_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 204:
+                logger.warning(
+                    "sse_bridge demo: could not stop stream %s: status %d",
+                    stream_id,
+                    message["status"],
+                )
+
+        await self.bridge(delete, delete_receive, delete_send)
+
+
+def demo_app(upstream: str) -> DemoApp:
+    """The demo's bridge to ``upstream``, with the page and the EventSource twin."""
+    # Resumable streams: the page picks its answer up again after a reload, and Stop ends the
+    # generation with DELETE /streams/<id>.
+    return DemoApp(
+        create_proxy(upstream=upstream, dialect="ollama", resume="memory", resume_path=RESUME_PATH)
+    )
 
 
 class _Server(uvicorn.Server):
@@ -187,7 +244,7 @@ async def run_demo(
     bridge_sock, moved = bind(host, port)
     upstream_url = "http://{}:{}".format(*upstream_sock.getsockname())
     bridge_url = "http://{}:{}".format(*bridge_sock.getsockname())
-    bridge = DemoApp(create_proxy(upstream=upstream_url, dialect="ollama"))
+    bridge = demo_app(upstream_url)
     servers = [_server(fake), _server(bridge)]
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(servers[0].serve, [upstream_sock])
