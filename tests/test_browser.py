@@ -1,7 +1,8 @@
 """The demo page in a real headless Chromium, through nginx with deploy/nginx.conf.
 
 What counts is what a browser shows: tokens enter the DOM one by one over the generation, Stop
-cancels the upstream generation, a failure is shown and the prompt comes back.
+cancels the upstream generation, a reload resumes the answer without a second generation, a
+failure is shown and the prompt comes back.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ document.getElementById("stop").addEventListener("click", () => {
 """
 # Bounds for polling the fake's records; the assertions carry the real limits.
 RECORD_DEADLINE = 10.0
+# Where the page keeps an open stream (id, last event rendered, text so far) for a reload.
+STORED = "JSON.parse(sessionStorage.getItem('sse_bridge.demo.stream'))"
 
 
 def chromium() -> str:
@@ -61,10 +64,15 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def nginx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nginx")
+
+
+@pytest.fixture(scope="module")
+def site(nginx_dir: Path) -> Iterator[str]:
     port = free_port()
     demo = ("demo", "--tokens-per-second", str(PACE))
-    workdir = tmp_path_factory.mktemp("nginx")
+    workdir = nginx_dir
     with (
         running(*demo, port=port, ready_path="/"),
         nginx(DEPLOY_CONF.read_text(), bridges=[port], workdir=workdir) as url,
@@ -100,6 +108,15 @@ def wait_idle(page: Page, timeout: float = 20) -> None:
         " || !document.getElementById('error').hidden",
         timeout=timeout * 1000,
     )
+
+
+def requests_seen(nginx_dir: Path) -> list[str]:
+    """The request lines nginx logged ("DELETE /streams/<id> HTTP/1.1" 204), in order."""
+    log = nginx_dir / "sse-bridge.access.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    # The combined format: 127.0.0.1 - - [time] "<request line>" <status> <bytes> ...
+    fields = [line.split('"') for line in lines]
+    return [f"{parts[1]} {parts[2].split()[0]}" for parts in fields]
 
 
 def fake_records(site: str) -> list[dict[str, Any]]:
@@ -143,14 +160,21 @@ def test_tokens_enter_the_page_one_by_one(page: Page, site: str) -> None:
 
 
 @pytest.mark.timing
-def test_stop_cancels_the_upstream_generation(page: Page, site: str) -> None:
+def test_stop_cancels_the_upstream_generation(page: Page, site: str, nginx_dir: Path) -> None:
     open_demo(page, site, num_tokens=400)
     before = len(fake_records(site))
     page.click("#send")
     page.wait_for_function("window.__changes.length >= 3", timeout=10_000)
+    stream_id = page.evaluate(STORED)["id"]
     page.click("#stop")
     wait_idle(page)
-    assert page.inner_text("#stats").startswith("Stopped.")
+    # The page asked the bridge to stop the generation (a closed request would leave it running
+    # for the resume grace) and showed the stream's own end, with nothing left to resume.
+    assert f"DELETE /streams/{stream_id} HTTP/1.1 204" in requests_seen(nginx_dir)
+    stats = page.inner_text("#stats")
+    assert stats.startswith("Stopped. time to first token"), stats
+    assert page.is_hidden("#error")
+    assert page.evaluate(STORED) is None
     assert page.is_enabled("#prompt")
     assert page.is_enabled("#send")
     record = wait_for_end(site, before)
@@ -164,6 +188,57 @@ def test_stop_cancels_the_upstream_generation(page: Page, site: str) -> None:
     offset = time.time() - time.monotonic()
     clicked_at = page.evaluate("window.__stoppedAt") / 1000 - offset
     assert 0 < record["ended_at"] - clicked_at < 1.0, record["ended_at"] - clicked_at
+
+
+def test_a_reload_resumes_the_answer(page: Page, site: str, nginx_dir: Path) -> None:
+    tokens = 40
+    # The answer without a reload, for comparison (the fake answers the same prompt alike).
+    open_demo(page, site, num_tokens=tokens)
+    page.click("#send")
+    wait_idle(page)
+    uninterrupted = page.inner_text("#answer")
+    assert uninterrupted == "".join(answer_tokens(tokens))
+
+    open_demo(page, site, num_tokens=tokens)
+    before = len(fake_records(site))
+    page.click("#send")
+    page.wait_for_function("window.__changes.length >= 10", timeout=10_000)
+    stored = page.evaluate(STORED)
+    page.reload()
+    # The text so far is back at once, and the rest follows from where the page left off.
+    assert page.inner_text("#answer").startswith(stored["answer"])
+    assert len(stored["answer"]) >= len("".join(answer_tokens(10)))
+    wait_idle(page)
+    assert page.inner_text("#answer") == uninterrupted
+    assert page.is_hidden("#error")
+    stats = page.inner_text("#stats")
+    assert stats.startswith("Resumed after a reload."), stats
+    assert f"{tokens} tokens in" in stats
+    assert page.evaluate(STORED) is None
+    # It resumed the stream after the last event it had rendered, and the fake ran one
+    # generation for the whole answer, to its end.
+    assert f"GET /streams/{stored['id']} HTTP/1.1 200" in requests_seen(nginx_dir)
+    assert 10 <= stored["n"] < tokens
+    record = wait_for_end(site, before)
+    assert record["outcome"] == "completed"
+    assert record["tokens_sent"] == tokens
+    assert len(fake_records(site)) == before + 1
+
+
+def test_a_stream_that_cannot_be_resumed_is_explained(page: Page, site: str) -> None:
+    open_demo(page, site)
+    before = len(fake_records(site))
+    state = {"id": "A" * 22, "n": 4, "prompt": "Why?", "answer": "Hello! This", "thinking": ""}
+    page.evaluate(
+        f"sessionStorage.setItem('sse_bridge.demo.stream', {json.dumps(json.dumps(state))})"
+    )
+    page.reload()
+    wait_idle(page)
+    assert page.inner_text("#answer") == "Hello! This"
+    assert "cannot be resumed" in page.inner_text("#error")
+    assert page.evaluate(STORED) is None
+    assert page.is_enabled("#send")
+    assert len(fake_records(site)) == before
 
 
 @pytest.mark.parametrize(
