@@ -22,7 +22,7 @@ import uvicorn
 
 from ._fake_ollama import FakeOllama, FakeOllamaConfig
 from ._http import header, send_json
-from ._sidecar import create_proxy
+from ._sidecar import SidecarApp, create_proxy
 from ._sse_parser import SSEParser
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,6 +60,11 @@ class DemoApp:
                 await self.events(scope, receive, send)
                 return
         await self.bridge(scope, receive, send)
+
+    def drain(self) -> None:
+        """End every open stream now, generations running on for a resume included."""
+        if isinstance(self.bridge, SidecarApp):
+            self.bridge.drain()
 
     async def page(self, scope: Scope, send: Send) -> None:
         headers = [
@@ -286,6 +291,9 @@ async def run_demo(
             out.flush()
             for server in servers:
                 server.should_exit = True
+            # uvicorn waits for open streams before it exits, and a generation whose client
+            # left runs on for the resume grace (30 s): end them all now, with a final error.
+            bridge.drain()
     return answer
 
 
