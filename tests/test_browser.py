@@ -119,6 +119,14 @@ def requests_seen(nginx_dir: Path) -> list[str]:
     return [f"{parts[1]} {parts[2].split()[0]}" for parts in fields]
 
 
+def wait_logged(nginx_dir: Path, request: str) -> None:
+    """Until nginx has logged `request` (it logs a request once it has ended)."""
+    deadline = time.monotonic() + RECORD_DEADLINE
+    while request not in (seen := requests_seen(nginx_dir)):
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.02)
+
+
 def fake_records(site: str) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = httpx.get(f"{site}/_fake/requests").json()
     return [r for r in records if r["path"] == "/api/chat"]
@@ -170,7 +178,7 @@ def test_stop_cancels_the_upstream_generation(page: Page, site: str, nginx_dir: 
     wait_idle(page)
     # The page asked the bridge to stop the generation (a closed request would leave it running
     # for the resume grace) and showed the stream's own end, with nothing left to resume.
-    assert f"DELETE /streams/{stream_id} HTTP/1.1 204" in requests_seen(nginx_dir)
+    wait_logged(nginx_dir, f"DELETE /streams/{stream_id} HTTP/1.1 204")
     stats = page.inner_text("#stats")
     assert stats.startswith("Stopped. time to first token"), stats
     assert page.is_hidden("#error")
@@ -190,8 +198,26 @@ def test_stop_cancels_the_upstream_generation(page: Page, site: str, nginx_dir: 
     assert 0 < record["ended_at"] - clicked_at < 1.0, record["ended_at"] - clicked_at
 
 
+def test_stop_on_the_eventsource_reader_cancels_the_upstream_generation(
+    page: Page, site: str
+) -> None:
+    # The page cannot know an EventSource stream's id: it closes the source, and the demo
+    # server stops the generation (else it would run on for the bridge's resume grace, 30 s).
+    open_demo(page, site, num_tokens=400)
+    before = len(fake_records(site))
+    page.select_option("#reader", "eventsource")
+    page.click("#send")
+    page.wait_for_function("window.__changes.length >= 3", timeout=10_000)
+    page.click("#stop")
+    wait_idle(page)
+    assert page.inner_text("#stats").startswith("Stopped.")
+    record = wait_for_end(site, before)
+    assert record["outcome"] == "cancelled"
+    assert record["tokens_sent"] < 100
+
+
 def test_a_reload_resumes_the_answer(page: Page, site: str, nginx_dir: Path) -> None:
-    tokens = 40
+    tokens = 60
     # The answer without a reload, for comparison (the fake answers the same prompt alike).
     open_demo(page, site, num_tokens=tokens)
     page.click("#send")
@@ -217,7 +243,7 @@ def test_a_reload_resumes_the_answer(page: Page, site: str, nginx_dir: Path) -> 
     assert page.evaluate(STORED) is None
     # It resumed the stream after the last event it had rendered, and the fake ran one
     # generation for the whole answer, to its end.
-    assert f"GET /streams/{stored['id']} HTTP/1.1 200" in requests_seen(nginx_dir)
+    wait_logged(nginx_dir, f"GET /streams/{stored['id']} HTTP/1.1 200")
     assert 10 <= stored["n"] < tokens
     record = wait_for_end(site, before)
     assert record["outcome"] == "completed"
@@ -236,6 +262,7 @@ def test_a_stream_that_cannot_be_resumed_is_explained(page: Page, site: str) -> 
     wait_idle(page)
     assert page.inner_text("#answer") == "Hello! This"
     assert "cannot be resumed" in page.inner_text("#error")
+    assert "Resumed" not in page.inner_text("#stats")
     assert page.evaluate(STORED) is None
     assert page.is_enabled("#send")
     assert len(fake_records(site)) == before
