@@ -688,3 +688,30 @@ async def test_release_reaches_an_app_waiting_on_the_server(resumable: bool) -> 
 
 async def _append(into: list[Message], receive: Receive) -> None:
     into.append(await receive())
+
+
+async def test_a_stop_after_the_final_chunk_adds_no_second_final_event() -> None:
+    release = anyio.Event()
+
+    async def done_but_open(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": NDJSON})
+        await send(
+            {"type": "http.response.body", "body": chunk(0) + DONE + b"\n", "more_body": True}
+        )
+        await release.wait()
+
+    mw = bridge(done_but_open)
+    client = Leaver()
+    context = StreamContext()
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, mw, client, {**http_scope(), STREAM_KEY: context})
+        await client.until(2)
+        sid = client.headers[b"x-stream-id"].decode()
+        await run(mw, Leaver(), get(f"/streams/{sid}", method="DELETE"))
+        with anyio.fail_after(5):
+            while not client.bodies or client.bodies[-1].get("more_body", True):
+                await client.changed.wait()
+        release.set()
+    assert [json.loads(d).get("done_reason") for d in client.data] == [None, "stop"]
+    assert context.outcome is Outcome.COMPLETED

@@ -513,8 +513,13 @@ class _Responder:
         """Stop the generation now: the upstream is cancelled, every reader gets the end."""
         if self.ended:
             return
-        self.settle(Outcome.STOPPED)
-        events = self.translator.stop()
+        if self.translator.completed:
+            # The final event has gone out; only the upstream's end of body is still to come.
+            self.settle(Outcome.COMPLETED)
+            events: list[bytes] = []
+        else:
+            self.settle(Outcome.STOPPED)
+            events = self.translator.stop()
         self.receive.release()
         if self.stats.on_disconnect is not None:
             self.stats.on_disconnect()
