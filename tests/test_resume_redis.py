@@ -86,13 +86,17 @@ async def read_to_end(follower: Any) -> Batch:
     raise AssertionError(f"no end after {events}")
 
 
-async def until_unavailable(store: RedisStore) -> None:
-    """Until the store has seen Redis go (its next heartbeat fails)."""
+async def until_unavailable(store: RedisStore, available: bool = False) -> None:
+    """Until the store has seen Redis go (or come back): at its next heartbeat."""
     with anyio.fail_after(DEADLINE):
         for _ in range(1000):
-            if not store.available:
+            if store.available is available:
                 return
             await anyio.sleep(FAST / 2)
+
+
+async def until_available(store: RedisStore) -> None:
+    await until_unavailable(store, available=True)
 
 
 def numbered(events: list[bytes], first: int = 1) -> Batch:
@@ -196,15 +200,20 @@ async def test_the_byte_bound_trims_the_oldest_events(url: str) -> None:
     async with opened(url, max_stream_bytes=50) as a, opened(url) as b:
         recording = a.record(lambda: None)
         sid = recording.stream_id
-        recording.append([b"%09d\n" % n for n in range(1, 11)])  # ten events of 10 bytes
-        assert await a.drain(DEADLINE)
+
+        async def send(first: int, last: int) -> None:
+            # Events of 10 bytes, in Redis before the next ones come, so that Redis trims them.
+            for n in range(first, last + 1):
+                recording.append([b"%09d\n" % n])
+                assert await a.drain(DEADLINE)
+
+        await send(1, 10)
         with pytest.raises(EventsGoneError) as gone:
             await b.follow(sid, 4)
         assert gone.value.status == 410
         lagging = await b.follow(sid, 5)
         # Fifteen more: the events after 5 go before the lagging reader reads them.
-        recording.append([b"%09d\n" % n for n in range(11, 26)])
-        assert await a.drain(DEADLINE)
+        await send(11, 25)
         with pytest.raises(EventsGoneError):
             await lagging.next(POLL)
         recent = await b.follow(sid, 20)
@@ -384,22 +393,28 @@ async def test_a_redis_restart_that_lost_the_data_keeps_the_new_events(
         recording = a.record(lambda: None)
         sid = recording.stream_id
         recording.append([b"e1", b"e2"])
+        # This one sends nothing more before its end.
+        quiet = a.record(lambda: None)
+        quiet.append([b"q1", b"q2"])
         assert await a.drain(DEADLINE)
+        early = await b.follow(quiet.stream_id, 0)
         server.stop(save=False)
         await until_unavailable(a)
         recording.append([b"e3"])
         server.start()
         assert await a.drain(DEADLINE)
         recording.finish()
+        quiet.finish()
+        assert await a.drain(DEADLINE)
+        await until_available(b)
+        # Only its end is left: whoever had not read its events learns that they are gone.
+        with pytest.raises(EventsGoneError):
+            await early.next(POLL)
+        with pytest.raises(EventsGoneError):
+            await a.follow(quiet.stream_id, 1)
+        assert await read_to_end(await a.follow(quiet.stream_id, 2)) == []
         # A reader at 2 misses nothing; one from the start learns that e1 and e2 are gone.
-        with anyio.fail_after(DEADLINE):
-            for _ in range(1000):
-                try:
-                    follower = await b.follow(sid, 2)
-                    break
-                except StoreUnavailableError:  # b has not yet seen Redis come back
-                    await anyio.sleep(0.05)
-        assert await read_to_end(follower) == [(3, b"e3")]
+        assert await read_to_end(await b.follow(sid, 2)) == [(3, b"e3")]
         with pytest.raises(EventsGoneError):
             await b.follow(sid, 0)
 

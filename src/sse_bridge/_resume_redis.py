@@ -379,9 +379,10 @@ class RedisStore:
         owner, ended = meta.get(b"owner"), meta.get(b"ended")
         first = 1
         if entries:
+            # Only the end left (``<last>-1``, after Redis lost the events): the first event
+            # that a reader could still get is the one after the last.
             seq, is_event = parse_id(entries[0][0])
-            if is_event:
-                first = seq
+            first = seq if is_event else seq + 1
         return (
             None if owner is None else text(owner),
             None if ended is None else int(ended),
