@@ -26,7 +26,7 @@ from sse_bridge._resume import (
     StoreUnavailableError,
     UnknownStreamError,
 )
-from sse_bridge._resume_redis import RedisStore
+from sse_bridge._resume_redis import RedisStore, redact
 from tests._redis import RedisServer, ping, redis_server, running_redis
 
 pytestmark = pytest.mark.anyio
@@ -283,7 +283,7 @@ async def test_attended_sees_readers_on_this_and_other_instances(url: str) -> No
 
 CHILD = """
 import asyncio, sys
-from sse_bridge._resume_redis import RedisStore
+from sse_bridge._resume_redis import RedisStore, redact
 
 async def main() -> None:
     store = RedisStore(sys.argv[1], heartbeat=float(sys.argv[2]))
@@ -441,6 +441,60 @@ async def test_an_outage_longer_than_the_byte_bound_keeps_the_newest_events(
         assert [seq for seq, _ in await read_to_end(await a.follow(sid, 8))] == [9, 10, 11]
 
 
+async def test_a_stream_redis_refuses_stops_being_resumable_rather_than_keep_a_gap(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
+    async with opened(url) as a:
+        recording = a.record(lambda: None)
+        recording.append([b"e1"])
+        assert await a.drain(DEADLINE)
+        client = Redis.from_url(url)
+        try:
+            # Anything that makes XADD fail: here the events key holds a string.
+            await client.delete(a.events_key(recording.stream_id))
+            await client.set(a.events_key(recording.stream_id), b"not a stream")
+        finally:
+            await client.aclose()
+        recording.append([b"e2"])
+        assert await a.drain(DEADLINE)
+        recording.append([b"e3"])
+        recording.finish()
+        assert await a.drain(DEADLINE)
+        with pytest.raises(UnknownStreamError):
+            await a.follow(recording.stream_id, 0)
+        lines = transitions(caplog)
+        assert len(lines) == 1, lines
+        assert f"refused stream {recording.stream_id}, which cannot be resumed" in lines[0]
+
+
+async def test_aclose_sends_what_the_writers_hold_and_announces_the_leave(url: str) -> None:
+    a = RedisStore(url)
+    await a.open()
+    recording = a.record(lambda: None)
+    recording.append([b"e1", b"e2"])
+    await a.aclose()
+    await a.aclose()
+    async with opened(url, heartbeat=FAST) as b:
+        follower = await b.follow(recording.stream_id, 0)
+        assert await read(follower, 2) == numbered([b"e1", b"e2"])
+        # The owner's key went with it: its readers need not wait the three seconds (three of
+        # its heartbeats) that the key would have lived.
+        with anyio.fail_after(1.5), pytest.raises(OwnerLostError):
+            await read(follower, 1)
+
+
+async def test_aclose_does_not_wait_for_a_redis_that_is_away(server: RedisServer) -> None:
+    a = RedisStore(server.url, heartbeat=FAST)
+    await a.open()
+    recording = a.record(lambda: None)
+    server.stop()
+    await until_unavailable(a)
+    recording.append([b"e1"])
+    with anyio.fail_after(2.0):
+        await a.aclose()
+
+
 async def test_open_tells_which_redis_it_cannot_reach() -> None:
     port = free_port()
     store = RedisStore(f"redis://user:secret@127.0.0.1:{port}/0")
@@ -450,6 +504,19 @@ async def test_open_tells_which_redis_it_cannot_reach() -> None:
     assert message.startswith(f"cannot reach Redis at redis://user:***@127.0.0.1:{port}/0: ")
     assert "secret" not in message
     assert isinstance(caught.value, ResumeError)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("rediss://user:secret@host:6380/1", "rediss://user:***@host:6380/1"),
+        ("redis://:secret@host", "redis://:***@host"),
+        ("unix:///run/redis.sock?db=1&password=secret", "unix:///run/redis.sock?db=1&password=***"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from itertools import islice
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -63,6 +64,7 @@ except ImportError as exc:  # pragma: no cover - the tests run with the extra in
 logger = logging.getLogger("sse_bridge")
 
 SCHEMES = ("redis", "rediss", "unix")
+PASSWORD_PARAMETER = re.compile(r"(?<=[?&])password=[^&#]*")
 # Errors that mean Redis cannot be reached (BusyLoadingError, a Redis restarting, is one of the
 # ConnectionErrors); any other RedisError is Redis refusing a command.
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -756,14 +758,13 @@ def reason(error: BaseException) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
+    """``url`` without its password (in the authority or, for unix://, the query)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+        if parts.password is not None:
+            port = f":{parts.port}" if parts.port is not None else ""
+            netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
+            url = url.replace(parts.netloc, netloc, 1)
     except ValueError:
         return "<an unparsable URL>"
+    return PASSWORD_PARAMETER.sub("password=***", url)
