@@ -8,7 +8,7 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -178,9 +178,15 @@ async def test_a_stream_without_events_ends_at_once(url: str) -> None:
 
 async def test_unknown_streams_and_positions_past_the_end(url: str) -> None:
     async with opened(url) as a, opened(url) as b:
-        for call in (b.follow("x" * 22, 0), b.finished_at("x" * 22, 0), b.stop("x" * 22)):
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: b.follow("x" * 22, 0),
+            lambda: b.finished_at("x" * 22, 0),
+            lambda: b.stop("x" * 22),
+            lambda: b.finish_orphan("x" * 22, 0, [b"error"]),
+        ]
+        for call in calls:
             with pytest.raises(UnknownStreamError) as caught:
-                await call
+                await call()
             assert caught.value.status == 404
         recording = a.record(lambda: None)
         recording.append([b"e1", b"e2"])
@@ -365,10 +371,18 @@ async def test_redis_lost_mid_stream_holds_the_events_and_sends_them_when_it_ret
 
         recording.append([b"e4"])
         recording.append([b"e5"])
-        for call in (a.follow(sid, 0), a.finished_at(sid, 0), a.stop("x" * 22)):
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: a.follow(sid, 0),
+            lambda: a.finished_at("x" * 22, 0),
+            lambda: a.stop("x" * 22),
+            lambda: a.finish_orphan("x" * 22, 0, []),
+        ]
+        for call in calls:
             with pytest.raises(StoreUnavailableError) as unavailable:
-                await call
+                await call()
             assert unavailable.value.status == 503
+        # What concerns its own streams, the owner answers alone.
+        assert not await a.finished_at(sid, 5)
         # Several failed heartbeats, one line.
         assert not await a.drain(10 * FAST)
         lines = transitions(caplog)

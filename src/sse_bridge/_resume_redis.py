@@ -359,7 +359,6 @@ class RedisStore:
         return _RedisFollower(self, stream_id, after, owner)
 
     async def finished_at(self, stream_id: str, after: int) -> bool:
-        self.check_available()
         _, last, _ = await self.position(stream_id)
         return last == after
 
@@ -369,6 +368,7 @@ class RedisStore:
         if recording is not None:
             # This instance knows its own streams before the writer has told Redis about them.
             return self.instance_id, recording.last if recording.ended else None, recording.first
+        self.check_available()
         try:
             async with self.client().pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.meta_key(stream_id))
@@ -611,6 +611,8 @@ class _RedisRecording:
             self.stream_id,
             reason(error),
         )
+        # Nothing more is kept: the live stream goes on for its own client only.
+        self.ended = True
         self.pending.clear()
         self.stop = None
         with contextlib.suppress(*ERRORS):
