@@ -3,6 +3,7 @@ instance id, stand for two bridge instances behind a load balancer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -269,6 +270,82 @@ async def test_stop_reaches_the_owner_from_another_instance(url: str) -> None:
         await a.stop(local.stream_id)
         await a.stop(local.stream_id)
         assert stops == ["first", "local"]
+
+
+async def test_resp3_replies_are_read_too(url: str) -> None:
+    async with opened(f"{url}?protocol=3") as a, opened(f"{url}?protocol=3") as b:
+        recording = a.record(lambda: None)
+        recording.append([b"e1", b"e2"])
+        recording.finish()
+        assert await a.drain(DEADLINE)
+        assert await read_to_end(await b.follow(recording.stream_id, 0)) == numbered([b"e1", b"e2"])
+        assert await b.finished_at(recording.stream_id, 2)
+
+
+async def test_a_failing_stop_is_logged_and_the_next_stops_still_arrive(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="sse_bridge")
+    async with opened(url) as a, opened(url) as b:
+
+        def fail() -> None:
+            raise RuntimeError("the app could not stop")
+
+        failing = a.record(fail)
+        stopped = anyio.Event()
+        marker = a.record(stopped.set)
+        assert await a.drain(DEADLINE)
+        await b.stop(failing.stream_id)
+        await b.stop(marker.stream_id)
+        with anyio.fail_after(DEADLINE):
+            await stopped.wait()
+        assert f"stopping stream {failing.stream_id} failed" in caplog.text
+        assert "the app could not stop" in caplog.text
+
+
+async def test_a_stop_for_an_owner_that_lives_but_does_not_listen_asks_to_retry(url: str) -> None:
+    async with opened(url) as a, opened(url) as b:
+        recording = a.record(lambda: None)
+        assert await a.drain(DEADLINE)
+        (listener,) = [task for task in a.tasks if task.get_name() == "stop listener"]
+        listener.cancel()
+        with anyio.fail_after(DEADLINE):
+            await asyncio.wait([listener])
+        with pytest.raises(StoreUnavailableError, match="cannot be reached now; try again"):
+            await b.stop(recording.stream_id)
+
+
+async def test_stops_reach_the_owner_again_once_redis_is_back(server: RedisServer) -> None:
+    async with opened(server.url, heartbeat=FAST) as a, opened(server.url, heartbeat=FAST) as b:
+        stopped = anyio.Event()
+        recording = a.record(stopped.set)
+        assert await a.drain(DEADLINE)
+        server.stop(save=True)
+        await until_unavailable(a)
+        assert not await recording.attended()  # no reader here, and the others cannot tell
+        server.start()
+        await until_available(a)
+        await until_available(b)
+        # The owner subscribes again at its next heartbeat; until then a stop asks to retry.
+        with anyio.fail_after(DEADLINE):
+            for _ in range(1000):
+                try:
+                    await b.stop(recording.stream_id)
+                    break
+                except StoreUnavailableError:
+                    await anyio.sleep(FAST / 2)
+            await stopped.wait()
+
+
+def test_the_store_must_be_open_to_record() -> None:
+    with pytest.raises(RuntimeError, match=r"open\(\) must be awaited first"):
+        RedisStore("redis://127.0.0.1:1").record(lambda: None)
+
+
+async def test_open_twice_is_a_mistake(url: str) -> None:
+    async with opened(url) as a:
+        with pytest.raises(RuntimeError, match="called twice"):
+            await a.open()
 
 
 async def test_attended_sees_readers_on_this_and_other_instances(url: str) -> None:

@@ -309,25 +309,32 @@ class RedisStore:
     async def listen(self, pubsub: PubSub | None) -> None:
         """Stop the local streams whose ids other instances publish on this one's channel."""
         redis = self.client()
-        while True:
-            try:
-                if pubsub is None:
-                    pubsub = await self.subscribe(redis)
-                outages = self.outages
-                # After an outage the connection may look alive and no longer be subscribed.
-                while self.outages == outages:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.heartbeat
-                    )
-                    if message is not None and message["type"] == "message":
-                        self.stop_here(bytes(message["data"]).decode("ascii", "replace"))
-            except ERRORS as exc:
-                self.went_down(exc)
+        try:
+            while True:
+                try:
+                    if pubsub is None:
+                        pubsub = await self.subscribe(redis)
+                    outages = self.outages
+                    # After an outage the connection may look alive and no longer be subscribed.
+                    while self.outages == outages:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self.heartbeat
+                        )
+                        if message is not None and message["type"] == "message":
+                            self.stop_here(bytes(message["data"]).decode("ascii", "replace"))
+                except ERRORS as exc:
+                    self.went_down(exc)
+                if pubsub is not None:
+                    with contextlib.suppress(*ERRORS):
+                        await close(pubsub)
+                    pubsub = None
+                await self.up.wait()
+        finally:
             if pubsub is not None:
+                # Cancelled (aclose): unsubscribe now, so that a stop sent here is not taken
+                # for delivered.
                 with contextlib.suppress(*ERRORS):
                     await close(pubsub)
-                pubsub = None
-            await self.up.wait()
 
     def stop_here(self, stream_id: str) -> None:
         recording = self.live.get(stream_id)
