@@ -342,10 +342,22 @@ def test_the_store_must_be_open_to_record() -> None:
         RedisStore("redis://127.0.0.1:1").record(lambda: None)
 
 
-async def test_open_twice_is_a_mistake(url: str) -> None:
+async def test_open_twice_is_a_mistake_but_open_after_aclose_is_not(url: str) -> None:
+    store = RedisStore(url)
     async with opened(url) as a:
         with pytest.raises(RuntimeError, match="called twice"):
             await a.open()
+        # A server checks its store at startup, closes it, and opens it again to serve.
+        await store.open()
+        await store.aclose()
+        await store.open()
+        try:
+            recording = store.record(lambda: None)
+            recording.append([b"e1"])
+            assert await store.drain(DEADLINE)
+            assert await read(await a.follow(recording.stream_id, 0), 1) == [(1, b"e1")]
+        finally:
+            await store.aclose()
 
 
 async def test_attended_sees_readers_on_this_and_other_instances(url: str) -> None:

@@ -164,7 +164,7 @@ class RedisStore:
         Raises :class:`StoreUnavailableError` if Redis cannot be reached.
         """
         if self.redis is not None:
-            raise RuntimeError("RedisStore.open() was called twice")
+            raise RuntimeError("RedisStore.open() was called twice (without aclose() between)")
         timeout = self.heartbeat + 5.0
         redis = Redis.from_url(
             self.url,
@@ -185,6 +185,8 @@ class RedisStore:
                 f"cannot reach Redis at {redact(self.url)}: {reason(exc)}"
             ) from exc
         self.redis = redis
+        self.available = True
+        self.up.set()
         self.spawn(self.beat(), "heartbeat")
         self.spawn(self.listen(pubsub), "stop listener")
 
@@ -642,7 +644,7 @@ class _RedisFollower:
         self.attended_until = -math.inf
         self.owner_missing_since: float | None = None
 
-    async def next(self, timeout: float) -> Batch | None:  # noqa: ASYNC109 (the protocol's)
+    async def next(self, wait: float) -> Batch | None:
         """See :class:`Follower`. A reader that gets :class:`OwnerLostError` may end the stream
         with :meth:`RedisStore.finish_orphan` and then go on reading."""
         if self.ended:
@@ -651,7 +653,7 @@ class _RedisFollower:
         store.check_available()
         redis = store.client()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait
         try:
             while True:
                 now = loop.time()
@@ -662,8 +664,8 @@ class _RedisFollower:
                         px=round(store.attended_seconds * 1000),
                     )
                     self.attended_until = now + store.attended_seconds
-                wait = min(deadline - now, store.heartbeat)
-                block = max(1, round(wait * 1000)) if wait > 0 else None
+                left = min(deadline - now, store.heartbeat)
+                block = max(1, round(left * 1000)) if left > 0 else None
                 response = await redis.xread(
                     {self.events_key: self.last_id}, count=READ_COUNT, block=block
                 )
