@@ -424,6 +424,22 @@ async def test_a_killed_owner_is_noticed_and_its_stream_finished_by_a_reader(url
         await process.aclose()
 
 
+async def test_an_orphan_reader_ahead_of_redis_ends_the_stream_after_what_it_got(
+    url: str,
+) -> None:
+    async with opened(url) as a, opened(url) as b:
+        recording = a.record(lambda: None)
+        recording.append([b"e1", b"e2"])
+        assert await a.drain(DEADLINE)
+        # This reader got event 3 from the owner, which died before its writer stored it.
+        await b.finish_orphan(recording.stream_id, 3, [b"error"])
+        assert await read_to_end(await b.follow(recording.stream_id, 3)) == [(4, b"error")]
+        behind = await b.follow(recording.stream_id, 0)
+        assert await read(behind, 2) == numbered([b"e1", b"e2"])
+        with pytest.raises(EventsGoneError):
+            await behind.next(POLL)
+
+
 def transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()

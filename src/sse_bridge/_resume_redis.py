@@ -443,6 +443,12 @@ class RedisStore:
         past ``last_seq`` after all) nothing is written. The reader then goes on following and
         reads the terminal events and the end like any other reader.
 
+        A reader may have got events that never reached Redis (the owner sends each event to
+        its client before its writer stores it, and died in between): the terminal events then
+        still come after ``last_seq``, and a reader that had not got those events learns that
+        they are gone (:class:`EventsGoneError`) rather than read other events under their
+        numbers.
+
         Raises :class:`UnknownStreamError` if the stream has expired and
         :class:`StoreUnavailableError` if Redis is away.
         """
@@ -458,8 +464,8 @@ class RedisStore:
                     if not await pipe.exists(meta_key):
                         raise UnknownStreamError(stream_id)
                     top = await pipe.xrevrange(events_key, count=1)
-                    top_id = parse_id(top[0][0]) if top else (0, True)
-                    if top_id != (last_seq, True):
+                    seq, is_event = parse_id(top[0][0]) if top else (0, True)
+                    if not is_event or seq > last_seq:
                         return
                     start_transaction(pipe)
                     for seq, event in enumerate(events, last_seq + 1):
@@ -681,13 +687,17 @@ class _RedisFollower:
         batch: Batch = []
         for entry_id, fields in entries:
             seq, is_event = parse_id(entry_id)
+            # An event must be the next one, and the end (``<last>-1``) must come right after the
+            # last event read. Else events were trimmed or lost with Redis's data: the events
+            # before the gap now, the error at the next call, which starts at the gap.
+            gap = seq != self.next_seq if is_event else seq >= self.next_seq
+            if gap:
+                if batch:
+                    return batch
+                raise EventsGoneError(self.next_seq - 1, seq)
             if not is_event:
-                if seq >= self.next_seq:
-                    raise EventsGoneError(self.next_seq - 1, seq)
                 self.ended = True
                 break
-            if seq != self.next_seq:
-                raise EventsGoneError(self.next_seq - 1, seq)
             batch.append((seq, fields[b"e"]))
             self.next_seq = seq + 1
             self.last_id = f"{seq}-0"
