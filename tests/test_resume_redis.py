@@ -28,7 +28,7 @@ from sse_bridge._resume import (
     UnknownStreamError,
 )
 from sse_bridge._resume_redis import RedisStore, redact
-from tests._redis import RedisServer, ping, redis_server, running_redis
+from tests._redis import RedisServer, ping, redis_binary, redis_server, running_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -659,6 +659,14 @@ def test_without_redis_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(ImportError, match=r"pip install 'sse-bridge\[resume\]'"):
         importlib.import_module("sse_bridge._resume_redis")
+
+
+def test_without_redis_server_the_tests_fail_and_say_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs it"):
+        redis_binary()
 
 
 def test_the_redis_server_helper_restarts_on_the_same_port(server: RedisServer) -> None:
