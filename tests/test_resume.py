@@ -4,6 +4,7 @@ endpoints, called as ASGI with a recording send (as tests/test_middleware.py doe
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -715,3 +716,24 @@ async def test_a_stop_after_the_final_chunk_adds_no_second_final_event() -> None
         release.set()
     assert [json.loads(d).get("done_reason") for d in client.data] == [None, "stop"]
     assert context.outcome is Outcome.COMPLETED
+
+
+async def test_a_store_that_cannot_open_leaves_streams_unresumable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Unreachable(MemoryStore):
+        async def open(self) -> None:
+            raise StoreUnavailableError("cannot reach Redis at redis://127.0.0.1:1/0")
+
+    mw = bridge(Generation(), resume=Unreachable())
+    clients = [Leaver(), Leaver()]
+    with caplog.at_level(logging.WARNING, logger="sse_bridge"):
+        for client in clients:
+            await run(mw, client)
+    for client in clients:
+        assert b"x-stream-id" not in client.headers
+        assert client.data == await uninterrupted()
+    warnings = [r.getMessage() for r in caplog.records if "not resumable" in r.getMessage()]
+    assert warnings == [
+        "sse_bridge: streams are not resumable for now: cannot reach Redis at redis://127.0.0.1:1/0"
+    ]

@@ -348,9 +348,11 @@ class _Responder:
     async def begin(self, message: Message, headers: list[tuple[bytes, bytes]]) -> None:
         self.converting = True
         kept = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
-        store = self.options.store
-        if store is not None:
-            recording = self.recording = store.record(self.request_stop)
+        recording = None
+        endpoints = self.options.endpoints
+        if endpoints is not None:
+            recording = self.recording = await endpoints.record(self.request_stop)
+        if recording is not None:
             self.stats.stream_id = recording.stream_id
             kept = [(k, v) for k, v in kept if k.lower() != b"x-stream-id"]
             kept.append((b"x-stream-id", recording.stream_id.encode()))

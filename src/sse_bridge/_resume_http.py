@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -23,6 +24,7 @@ from ._resume import (
     BadPositionError,
     Follower,
     OwnerLostError,
+    Recording,
     ResumeError,
     ResumeStore,
     StoreUnavailableError,
@@ -54,6 +56,8 @@ class ResumeEndpoints:
         self.store = store
         self.prefix = path.rstrip("/") + "/"
         self.opened = False
+        self.opening: anyio.Lock | None = None
+        self.unreachable = False
 
     def lifespan(self, receive: Receive, send: Send) -> Receive:
         """The app's lifespan ``receive``: the store connects at startup, closes at shutdown."""
@@ -74,9 +78,28 @@ class ResumeEndpoints:
         return lifespan_receive
 
     async def open(self) -> None:
-        if not self.opened:
-            await self.store.open()
-            self.opened = True
+        """Connect the store once (at startup, or at first use under a server without lifespan)."""
+        if self.opened:
+            return
+        if self.opening is None:
+            self.opening = anyio.Lock()
+        async with self.opening:
+            if not self.opened:
+                await self.store.open()
+                self.opened = True
+
+    async def record(self, stop: Callable[[], None]) -> Recording | None:
+        """A new resumable stream, or None (and the stream goes on, not resumable) if the
+        store cannot be reached."""
+        try:
+            await self.open()
+        except ResumeError as exc:
+            if not self.unreachable:
+                self.unreachable = True
+                logger.warning("sse_bridge: streams are not resumable for now: %s", exc)
+            return None
+        self.unreachable = False
+        return self.store.record(stop)
 
     async def answer(self, scope: Scope, receive: Receive, send: Send, wanted: bool) -> bool:
         """Serve the request if it is ours; False lets the app have it."""
