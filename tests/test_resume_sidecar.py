@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 from click.testing import CliRunner
 
+from loadtests.stack import free_port
 from sse_bridge import _server, create_proxy
 from sse_bridge._cli import main
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
+from tests._redis import redis_server, running_redis
 from tests._servers import serve
 from tests._wire import fetch
 
@@ -31,6 +35,14 @@ def chat(**fake: Any) -> bytes:
 
 def events(body: bytes) -> list[str]:
     return [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
+
+
+def answer(body: bytes) -> list[Any]:
+    """The events of a stream, without the timings that differ from one generation to the next."""
+    values = [json.loads(data) for data in events(body)]
+    for value in values:
+        value.pop("usage", None)
+    return values
 
 
 async def test_the_api_key_guards_resume_and_stop() -> None:
@@ -161,3 +173,117 @@ def test_serve_refuses_an_unknown_store() -> None:
     bad = CliRunner().invoke(main, ["serve", "--upstream", "http://h", "--resume", "disk"])
     assert bad.exit_code == 2
     assert "resume must be 'memory', a redis:// URL" in bad.output
+
+
+# --- through Redis ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "memory":
+        yield "memory"
+        return
+    with redis_server() as url:
+        yield url
+
+
+async def test_interrupted_at_event_5_and_resumed_through_either_store(store_url: str) -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=100, num_tokens=30))
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", resume=store_url)
+        with serve(app) as url:
+            whole = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
+            generations = len(fake.records)
+            first = await fetch(f"{url}/api/chat", body=chat(), headers=SSE, stop_after_events=5)
+            sid = first.headers["x-stream-id"]
+            rest = await fetch(
+                f"{url}/streams/{sid}",
+                method="GET",
+                body=b"",
+                headers={**SSE, "last-event-id": "5"},
+            )
+    assert rest.status == 200
+    assert answer(first.body)[:5] + answer(rest.body) == answer(whole.body)
+    assert len(answer(rest.body)) == 31 - 5
+    assert len(fake.records) == generations + 1
+    assert fake.records[-1].outcome == "completed"
+
+
+def test_serve_exits_when_redis_cannot_be_reached() -> None:
+    port = free_port()
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--upstream", "http://127.0.0.1:9", "--resume", f"redis://127.0.0.1:{port}/0"],
+    )
+    assert result.exit_code == 2
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in result.output
+
+
+async def test_redis_lost_while_running(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=50, num_tokens=40))
+    with running_redis() as redis, serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", resume=redis.url)
+        with caplog.at_level(logging.WARNING, logger="sse_bridge"), serve(app) as url:
+            whole = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
+            streams: list[Any] = []
+
+            async def read() -> None:
+                streams.append(await fetch(f"{url}/api/chat", body=chat(), headers=SSE))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(read)
+                await anyio.to_thread.run_sync(
+                    lambda: fake.wait_for_record(
+                        predicate=lambda r: r.outcome is None and r.tokens_sent >= 3, timeout=5
+                    )
+                )
+                await anyio.to_thread.run_sync(redis.stop)
+                # The live stream goes on; a resume is refused until Redis returns.
+                sid = app.store.live and next(iter(app.store.live))  # type: ignore[union-attr]
+                with anyio.fail_after(10):
+                    while True:
+                        refused = await fetch(f"{url}/streams/{sid}", method="GET", body=b"")
+                        if refused.status == 503:
+                            break
+                        await anyio.sleep(0.2)
+            live = streams[0]
+            assert answer(live.body) == answer(whole.body)
+            await anyio.to_thread.run_sync(redis.start)
+            with anyio.fail_after(10):
+                while True:
+                    again = await fetch(
+                        f"{url}/streams/{live.headers['x-stream-id']}",
+                        method="GET",
+                        body=b"",
+                        headers=SSE,
+                    )
+                    if again.status != 503:
+                        break
+                    await anyio.sleep(0.2)
+            # Redis restarted empty (no persistence): the events it held are gone, and those
+            # that waited in the owner while it was away reached it when it returned.
+            assert again.status == 410
+            oldest = int(
+                re.findall(r"the oldest kept is (\d+)", json.loads(again.body)["error"])[0]
+            )
+            tail = await fetch(
+                f"{url}/streams/{live.headers['x-stream-id']}",
+                method="GET",
+                body=b"",
+                headers={**SSE, "last-event-id": str(oldest - 1)},
+            )
+            later = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
+            resumed = await fetch(
+                f"{url}/streams/{later.headers['x-stream-id']}", method="GET", body=b"", headers=SSE
+            )
+    assert json.loads(refused.body)["error"].startswith("the resume store (Redis at")
+    assert answer(tail.body) == answer(whole.body)[oldest - 1 :]
+    assert events(resumed.body) == events(later.body)
+    transitions = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("sse_bridge: resume store")
+    ]
+    assert len(transitions) == 2
+    assert transitions[0].startswith("sse_bridge: resume store unavailable")
+    assert transitions[1] == "sse_bridge: resume store available again"
