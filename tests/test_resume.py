@@ -737,3 +737,13 @@ async def test_a_store_that_cannot_open_leaves_streams_unresumable(
     assert warnings == [
         "sse_bridge: streams are not resumable for now: cannot reach Redis at redis://127.0.0.1:1/0"
     ]
+
+
+def test_the_public_module_names_the_stores() -> None:
+    from sse_bridge import resume
+    from sse_bridge._resume_redis import RedisStore
+
+    assert resume.MemoryStore is MemoryStore
+    assert resume.RedisStore is RedisStore
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        resume.Nope  # noqa: B018

@@ -1,0 +1,48 @@
+"""Resumable streams: the stores, their protocol and their errors (docs/resume.md).
+
+Pass a store as ``resume=`` to :class:`~sse_bridge.SSEBridgeMiddleware` or
+:func:`~sse_bridge.create_proxy` to set its bounds, or a string (``"memory"``, a Redis URL) for
+the defaults. ``RedisStore`` needs the ``resume`` extra (redis-py) and is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._resume import (
+    BadPositionError,
+    EventsGoneError,
+    Follower,
+    MemoryStore,
+    OwnerLostError,
+    Recording,
+    ResumeError,
+    ResumeStore,
+    StoreUnavailableError,
+    UnknownStreamError,
+)
+
+if TYPE_CHECKING:
+    from ._resume_redis import RedisStore
+
+__all__ = [
+    "BadPositionError",
+    "EventsGoneError",
+    "Follower",
+    "MemoryStore",
+    "OwnerLostError",
+    "Recording",
+    "RedisStore",
+    "ResumeError",
+    "ResumeStore",
+    "StoreUnavailableError",
+    "UnknownStreamError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        from ._resume_redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
