@@ -19,6 +19,7 @@ from sse_bridge._resume import (
     BadPositionError,
     EventsGoneError,
     MemoryStore,
+    OwnerLostError,
     ResumeError,
     StoreUnavailableError,
     UnknownStreamError,
@@ -27,7 +28,7 @@ from sse_bridge._resume import (
     open_store,
     parse_position,
 )
-from sse_bridge._resume_http import PING
+from sse_bridge._resume_http import OWNER_LOST, PING
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data
 from tests.test_middleware import NDJSON, Client, http_scope
@@ -123,7 +124,8 @@ def get(path: str, headers: list[tuple[bytes, bytes]] | None = None, **extra: An
 def bridge(app: Any, **options: Any) -> SSEBridgeMiddleware:
     options.setdefault("keepalive", None)
     options.setdefault("resume", "memory")
-    return SSEBridgeMiddleware(app, dialect="ollama", **options)
+    options.setdefault("dialect", "ollama")
+    return SSEBridgeMiddleware(app, **options)
 
 
 async def run(mw: SSEBridgeMiddleware, client: Client, scope: Scope | None = None) -> None:
@@ -747,3 +749,149 @@ def test_the_public_module_names_the_stores() -> None:
     assert resume.RedisStore is RedisStore
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         resume.Nope  # noqa: B018
+
+
+class Scripted(MemoryStore):
+    """A memory store whose followers raise ``errors`` (one per call) once caught up."""
+
+    def __init__(self, errors: list[Exception], orphan_fails: bool = False) -> None:
+        super().__init__()
+        self.errors = errors
+        self.orphan_fails = orphan_fails
+        self.orphaned: list[tuple[int, list[bytes]]] = []
+
+    async def follow(self, stream_id: str, after: int) -> Any:
+        inner = await super().follow(stream_id, after)
+        store = self
+
+        class Follower:
+            async def next(self, wait: float) -> Any:
+                batch = await inner.next(0.01)
+                if batch == [] and store.errors:
+                    raise store.errors.pop(0)
+                return batch
+
+            async def aclose(self) -> None:
+                await inner.aclose()
+
+        return Follower()
+
+    async def finish_orphan(self, stream_id: str, last_seq: int, events: list[bytes]) -> None:
+        self.orphaned.append((last_seq, events))
+        if self.orphan_fails:
+            raise StoreUnavailableError("away")
+        await super().finish_orphan(stream_id, last_seq, events)
+
+
+def orphan(store: MemoryStore) -> str:
+    """A stream whose owner is gone: two events, never finished."""
+    recording = store.record(lambda: None)
+    recording.append([b'data: {"token":"a"}\n\n', b'data: {"token":"b"}\n\n'])
+    return recording.stream_id
+
+
+async def test_a_reader_of_an_orphan_ends_it_for_every_reader() -> None:
+    store = Scripted([OwnerLostError("gone")])
+    mw = bridge(Generation(), resume=store)
+    sid = orphan(store)
+    reader = Leaver()
+    await run(mw, reader, get(f"/streams/{sid}"))
+    terminal = {"error": OWNER_LOST, "finished": True}
+    assert [json.loads(d) for d in reader.data] == [{"token": "a"}, {"token": "b"}, terminal]
+    assert reader.ids == [f"{sid}:1", f"{sid}:2", f"{sid}:3"]
+    assert store.orphaned[0][0] == 2
+    # The next reader reads the same end from the store.
+    second = Leaver()
+    await run(mw, second, get(f"/streams/{sid}", [(b"last-event-id", b"1")]))
+    assert [json.loads(d) for d in second.data] == [{"token": "b"}, terminal]
+
+
+@pytest.mark.parametrize(
+    ("errors", "orphan_fails"),
+    [
+        ([OwnerLostError("gone")], True),
+        ([OwnerLostError("gone"), OwnerLostError("gone again")], False),
+    ],
+)
+async def test_an_orphan_that_cannot_be_ended_in_the_store_still_ends_for_its_reader(
+    errors: list[Exception], orphan_fails: bool
+) -> None:
+    store = Scripted(errors, orphan_fails)
+    mw = bridge(Generation(), resume=store)
+    sid = orphan(store)
+    if not orphan_fails:
+        # Another reader ended it first, yet this one does not see the end: it gives up.
+        store.finish_orphan = _no_orphan  # type: ignore[method-assign]
+    reader = Leaver()
+    context = StreamContext()
+    await run(mw, reader, {**get(f"/streams/{sid}"), STREAM_KEY: context})
+    assert [json.loads(d) for d in reader.data][-1] == {"error": OWNER_LOST, "finished": True}
+    assert reader.ids == [f"{sid}:1", f"{sid}:2"]  # the error is not part of the stream
+    assert reader.bodies[-1]["more_body"] is False
+    assert context.outcome is Outcome.UPSTREAM_ERROR
+
+
+async def _no_orphan(stream_id: str, last_seq: int, events: list[bytes]) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    "error", [EventsGoneError(2, 5), StoreUnavailableError("the resume store went away")]
+)
+async def test_a_reader_that_cannot_go_on_gets_a_terminal_error(error: ResumeError) -> None:
+    store = Scripted([error])
+    mw = bridge(Generation(), resume=store, dialect="openai")
+    sid = orphan(store)
+    reader = Leaver()
+    await run(mw, reader, get(f"/streams/{sid}"))
+    assert json.loads(reader.data[-1]) == {"error": {"message": str(error), "type": "api_error"}}
+    assert reader.bodies[-1]["more_body"] is False
+
+
+async def test_a_resumed_stream_sends_the_retry_first() -> None:
+    mw = bridge(Generation(), retry=1500)
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"].decode()
+    reader = Leaver()
+    await run(mw, reader, get(f"/streams/{sid}"))
+    assert reader.bodies[0]["body"] == b"retry: 1500\n\n"
+
+
+async def test_a_reconnect_to_the_same_path_after_the_end_answers_204() -> None:
+    app = Generation()
+    mw = bridge(app, event_ids=True)
+    original = Leaver()
+    await run(mw, original)
+    again = Leaver()
+    last = original.ids[-1].encode()
+    await run(mw, again, http_scope([*get("/")["headers"], (b"last-event-id", last)]))
+    assert again.start["status"] == 204
+    assert app.started == 1
+
+
+async def test_the_store_closes_at_shutdown() -> None:
+    class Counted(MemoryStore):
+        opened = closed = 0
+
+        async def open(self) -> None:
+            self.opened += 1
+
+        async def aclose(self) -> None:
+            self.closed += 1
+
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def lifespan_app(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "lifespan.startup"
+        assert (await receive())["type"] == "lifespan.shutdown"
+
+    async def receive() -> Message:
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        pass
+
+    store = Counted()
+    await SSEBridgeMiddleware(lifespan_app, resume=store)({"type": "lifespan"}, receive, send)
+    assert (store.opened, store.closed) == (1, 1)
