@@ -25,6 +25,8 @@ import httpx
 BIN = Path(sys.executable).parent / "sse-bridge"
 DEADLINE = 15.0
 DEPLOY_CONF = Path(__file__).parent.parent / "deploy" / "nginx.conf"
+# The response header `expose_upstream` adds: which bridge nginx sent a request to.
+UPSTREAM_HEADER = "X-Upstream-Addr"
 
 # The negative control: what many setups have. nginx speaks HTTP/1.0 to the upstream and
 # buffers responses (both defaults before 1.29.7), with no directive to say otherwise.
@@ -142,6 +144,25 @@ def _replace(pattern: str, replacement: str, text: str) -> str:
     if not count:
         raise StackError(f"the nginx config no longer has {pattern!r}: update loadtests/stack.py")
     return new
+
+
+def round_robin(conf: str) -> str:
+    """`conf` with nginx's default round robin in place of `least_conn`.
+
+    Consecutive requests then alternate between the bridges (across nginx's workers too, as the
+    upstream block has a shared `zone`): what the resume tests need to land each request on the
+    other bridge.
+    """
+    return _replace(r"\n[ \t]*least_conn;[^\n]*", "", conf)
+
+
+def expose_upstream(conf: str, header: str = UPSTREAM_HEADER) -> str:
+    """`conf` with a response header naming the bridge (`127.0.0.1:<port>`) nginx picked."""
+    return _replace(
+        r"(\n([ \t]*)proxy_pass http://sse_bridge;)",
+        rf"\1\n\2add_header {header} $upstream_addr always;",
+        conf,
+    )
 
 
 def render(conf: str, *, listen: int, bridges: Sequence[int], workdir: Path) -> str:
