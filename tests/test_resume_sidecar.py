@@ -121,6 +121,7 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
     assert chat_line.endswith(f"outcome=stopped stream_id={sid}")
     stop_line = next(line for line in lines if "method=DELETE" in line)
     assert f"path=/streams/{sid} status=204" in stop_line
+    assert stop_line.endswith(f"outcome=stopped stream_id={sid}")
 
 
 async def test_a_client_that_leaves_is_given_the_grace_period() -> None:

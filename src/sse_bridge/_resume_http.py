@@ -142,6 +142,7 @@ class ResumeEndpoints:
                 return
             if not STREAM_ID.fullmatch(stream_id):
                 raise UnknownStreamError(stream_id)
+            context.stream_id = stream_id
             await self.open()
             if method == "DELETE":
                 await self.store.stop(stream_id)
