@@ -6,7 +6,9 @@ at a time, quickly, so that a change can be tried and measured in seconds:
 - ``middleware``: the middleware's own cost per body message, on a no-op ``send``;
 - ``setup``: CPU per stream of a server while N streams open at once (1,000 by default);
 - ``steady``: CPU per event, user and system, of a server holding N paced streams;
-- ``memory``: Python memory per open idle sidecar stream, by tracemalloc, with its biggest sources.
+- ``memory``: Python memory per open idle sidecar stream, by tracemalloc, with its biggest sources;
+- ``resume``: CPU per event with resume off, ``"memory"`` and Redis side by side, and the memory
+  per retained stream (``_resume_probe.py``).
 
 ``setup`` and ``steady`` take the server role of ``_stream_servers.py`` (``sidecar-ollama``,
 ``tutorial``...) and pin it to CPU 1, the upstream and this client to CPU 0, as the benchmark does.
@@ -32,6 +34,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import _resume_probe
 import uvicorn
 import uvloop
 from _stream_client import StreamProtocol, StreamResult, request_bytes
@@ -253,6 +256,15 @@ async def _timed(app: Any, scope: Scope, receive: Receive, send: Send) -> float:
     return time.perf_counter() - begun
 
 
+def _resume_options(args: argparse.Namespace) -> _resume_probe.Options:
+    options = _resume_probe.Options.quick() if args.quick else _resume_probe.Options()
+    for name in vars(options):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(options, name, value)
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     probes = parser.add_subparsers(dest="probe", required=True)
@@ -266,6 +278,23 @@ def main() -> None:
     memory_parser = probes.add_parser("memory")
     memory_parser.add_argument("--streams", type=int, default=200)
     memory_parser.add_argument("--top", type=int, default=20)
+    resume = probes.add_parser("resume", help=_resume_probe.__doc__.split("\n\n")[0])
+    defaults = _resume_probe.Options()
+    resume.add_argument("--quick", action="store_true", help="small counts (run by the tests)")
+    resume.add_argument("--streams", type=int, help=f"fast streams (default {defaults.streams})")
+    resume.add_argument("--tokens", type=int, help=f"tokens per stream ({defaults.tokens})")
+    resume.add_argument("--rounds", type=int, help=f"fast rounds ({defaults.rounds})")
+    resume.add_argument("--paced-streams", type=int, help=f"({defaults.paced_streams})")
+    resume.add_argument("--paced-tokens", type=int, help=f"({defaults.paced_tokens})")
+    resume.add_argument("--interval-ms", type=float, help=f"pacing ({defaults.interval_ms:g})")
+    resume.add_argument("--paced-rounds", type=int, help=f"({defaults.paced_rounds})")
+    resume.add_argument("--retained", type=int, help=f"retained streams ({defaults.retained})")
+    resume.add_argument(
+        "--profile",
+        choices=("off", "memory", "redis"),
+        help="only the fast measurement of this store, under cProfile",
+    )
+    resume.add_argument("--json", dest="json_path", help="also write the figures here (-: stdout)")
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -276,6 +305,7 @@ def main() -> None:
         "setup": lambda: setup(args.role, args.streams),
         "steady": lambda: steady(args.role, args.streams, getattr(args, "seconds", 10.0)),
         "memory": lambda: memory(args.streams, args.top),
+        "resume": lambda: _resume_probe.run(_resume_options(args)),
     }
     uvloop.install()
     asyncio.run(runs[args.probe]())
