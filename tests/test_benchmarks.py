@@ -48,3 +48,39 @@ def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> Non
         assert set(column) == {"direct upstream", *PROXIES}
     assert "Summary" in completed.stdout
     assert "Ratios" in completed.stdout
+
+
+def test_the_quick_resume_probe_runs_and_delivers_everything(tmp_path: Path) -> None:
+    out = tmp_path / "resume.json"
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/probe.py", "resume", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    # The probe itself stops with an error if a configuration delivered a wrong event count.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    redis_ran = "resume redis" in summary["fast"]
+    expected = {"no middleware", "resume off", "resume memory"}
+    if redis_ran:
+        expected.add("resume redis")
+    for table in ("fast", "paced"):
+        assert set(summary[table]) == expected
+        for row in summary[table].values():
+            assert row["us_per_event"] > 0
+        assert summary[table]["resume off"]["x_resume_off"] == 1.0
+    if redis_ran:
+        assert summary["fast"]["resume redis"]["redis_server_us_per_event"] >= 0
+        assert summary["retained"]["redis"]["used_memory_bytes_per_stream"] > 0
+    else:
+        # Left out, and it says why (no redis-server, no redis package, or no Redis store).
+        assert any(note.startswith("redis: left out: ") for note in summary["notes"])
+        assert "redis: left out: " in completed.stdout
+    memory = summary["retained"]["memory"]
+    assert memory["events_per_stream"] == 201
+    # A retained stream holds at least its events' bytes.
+    assert memory["python_bytes_per_stream"] >= memory["event_bytes_per_stream"] > 0
+    assert "ratios" in completed.stdout

@@ -31,7 +31,7 @@ from tests._servers import serve
 from tests.test_e2e import run_article_hook
 
 TOKENS = 12
-GENERATE = {"model": "llama3.2", "prompt": "hi"}
+GENERATE: dict[str, object] = {"model": "llama3.2", "prompt": "hi"}
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 # Resume off, then on: every client test runs both and compares.
 SETTINGS: tuple[str | None, ...] = (None, "memory")
