@@ -1,9 +1,9 @@
 """Resumable streams and the clients people use, on real servers.
 
-With ``resume`` on, the official ollama and openai clients, httpx-sse and the article's browser
-hook get exactly what they get with it off: the same events, the same last event, no ``id:`` line,
-nothing extra. A stream cut after its 5th event and resumed with ``Last-Event-ID: 5`` delivers
-every event once, from one generation upstream.
+With ``resume`` on, in memory or in a real Redis, the official ollama and openai clients,
+httpx-sse and the article's browser hook get exactly what they get with it off: the same events,
+the same last event, no ``id:`` line, nothing extra. A stream cut after its 5th event and resumed
+with ``Last-Event-ID: 5`` delivers every event once, from one generation upstream.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._resume import STREAM_ID
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, answer_tokens
+from tests._redis import redis_server
 from tests._servers import serve
 from tests.test_e2e import run_article_hook
 
 TOKENS = 12
 GENERATE: dict[str, object] = {"model": "llama3.2", "prompt": "hi"}
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-# Resume off, then on: every client test runs both and compares.
-SETTINGS: tuple[str | None, ...] = (None, "memory")
 
 
 @dataclass
@@ -143,11 +142,28 @@ def check_wire(exchange: Exchange, resume: str | None) -> None:
     assert all(line.startswith(b"data: ") for line in fields), exchange.body[:300]
 
 
-def each_setting(run: Callable[[str | None], Any]) -> dict[str | None, Any]:
-    return {resume: run(resume) for resume in SETTINGS}
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
-def test_the_ollama_client_is_unaffected() -> None:
+@pytest.fixture
+def settings(redis_url: str) -> tuple[str | None, ...]:
+    """Resume off, then on in each store: every client test runs them all and compares."""
+    return (None, "memory", redis_url)
+
+
+def same_for_each(settings: tuple[str | None, ...], run: Callable[[str | None], Any]) -> Any:
+    """What ``run`` saw with resume off, checked to be exactly what it saw with each store."""
+    seen = {resume: run(resume) for resume in settings}
+    off = seen.pop(None)
+    for resume, got in seen.items():
+        assert got == off, f"resume={resume!r} differs from resume off"
+    return off
+
+
+def test_the_ollama_client_is_unaffected(settings: tuple[str | None, ...]) -> None:
     """It asks for NDJSON, so nothing is converted or kept: resume never touches it."""
 
     def run(resume: str | None) -> list[Any]:
@@ -161,16 +177,14 @@ def test_the_ollama_client_is_unaffected() -> None:
         assert "x-stream-id" not in exchange.headers
         return [normal(part.model_dump()) for part in parts]
 
-    seen = each_setting(run)
-    assert seen["memory"] == seen[None]
-    parts = seen["memory"]
+    parts = same_for_each(settings, run)
     assert [part["done"] for part in parts] == [False] * TOKENS + [True]
     assert "".join(part["message"]["content"] for part in parts) == "".join(answer_tokens(TOKENS))
     assert parts[-1]["done_reason"] == "stop"
     assert parts[-1]["eval_count"] == TOKENS
 
 
-def test_the_openai_client_gets_the_same_chunks() -> None:
+def test_the_openai_client_gets_the_same_chunks(settings: tuple[str | None, ...]) -> None:
     def run(resume: str | None) -> list[Any]:
         with bridge(fake_ollama(), "openai", resume) as (url, spy):
             sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -184,9 +198,7 @@ def test_the_openai_client_gets_the_same_chunks() -> None:
         assert len({chunk.id for chunk in chunks}) == 1
         return [normal(chunk.model_dump()) for chunk in chunks]
 
-    seen = each_setting(run)
-    assert seen["memory"] == seen[None]
-    chunks = seen["memory"]
+    chunks = same_for_each(settings, run)
     assert len(chunks) == TOKENS + 1
     text = "".join(chunk["choices"][0]["delta"]["content"] or "" for chunk in chunks[:-1])
     assert text == "".join(answer_tokens(TOKENS))
@@ -194,7 +206,9 @@ def test_the_openai_client_gets_the_same_chunks() -> None:
     assert chunks[-1]["usage"]["completion_tokens"] == TOKENS
 
 
-def test_httpx_sse_gets_the_same_events_and_the_stream_was_kept() -> None:
+def test_httpx_sse_gets_the_same_events_and_the_stream_was_kept(
+    settings: tuple[str | None, ...],
+) -> None:
     def run(resume: str | None) -> list[Any]:
         with (
             bridge(fake_ollama(), "sidecar", resume, dialect="ollama") as (url, spy),
@@ -213,16 +227,16 @@ def test_httpx_sse_gets_the_same_events_and_the_stream_was_kept() -> None:
         assert all(e.id == "" and e.event == "message" and e.retry is None for e in events)
         return [normal(json.loads(e.data)) for e in events]
 
-    seen = each_setting(run)
-    assert seen["memory"] == seen[None]
-    events = seen["memory"]
+    events = same_for_each(settings, run)
     assert [event["token"] for event in events[:-1]] == answer_tokens(TOKENS)
     assert events[-1]["finished"] is True
     assert events[-1]["done_reason"] == "stop"
 
 
 @pytest.mark.parametrize("keepalive", [None, 0.02])
-def test_the_article_browser_hook_gets_the_same_answer(keepalive: float | None) -> None:
+def test_the_article_browser_hook_gets_the_same_answer(
+    settings: tuple[str | None, ...], keepalive: float | None
+) -> None:
     def run(resume: str | None) -> dict[str, object]:
         # A silence after the 3rd token: with keepalives on, pings go out in it.
         fake = fake_ollama(tokens_per_second=100, stall_after=3, stall_seconds=0.1)
@@ -233,9 +247,7 @@ def test_the_article_browser_hook_gets_the_same_answer(keepalive: float | None) 
         assert (b": ping\n" in exchange.body) is (keepalive is not None)
         return state
 
-    seen = each_setting(run)
-    assert seen["memory"] == seen[None]
-    assert seen["memory"] == {
+    assert same_for_each(settings, run) == {
         "output": "".join(answer_tokens(TOKENS)),
         "isGenerating": False,
         "error": None,
@@ -253,10 +265,11 @@ def numbers(events: list[Any], after: int = 0) -> range:
     return range(after + 1, after + len(events) + 1)
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 def resume_store(request: pytest.FixtureRequest) -> str:
-    """The store under test, as ``resume=`` names it. A Redis variant is one more param here,
-    resolved to the redis:// URL of a redis-server fixture."""
+    """The store under test, as ``resume=`` names it: "memory" or a real Redis's URL."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
     return str(request.param)
 
 
