@@ -486,17 +486,28 @@ def rss_bytes() -> int:
 
 
 async def profile(name: str, options: Options, redis: RedisServer | None) -> None:
-    """The fast measurement of one configuration under cProfile; the top of it by own time."""
-    (config,) = [c for c in configs(redis) if c.name.endswith(name)]
-    await run_round(config, 5, options.tokens, 0.0)
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(options.rounds):
-        await run_round(config, options.streams, options.tokens, 0.0)
-    profiler.disable()
-    events = options.rounds * options.streams * (options.tokens + 1)
-    print(f"{config.name}: cProfile of {events} events (fast), by own time")
-    pstats.Stats(profiler).strip_dirs().sort_stats("tottime").print_stats(25)
+    """One configuration under cProfile, fast (all rounds) then paced (one round): the top of
+    each by own time."""
+    found = [c for c in configs(redis) if c.name.endswith(name)]
+    if not found:
+        print(f"resume {name}: left out, nothing to profile")
+        return
+    config = found[0]
+    interval = options.interval_ms / 1000
+    await run_round(config, 5, min(options.tokens, 20), interval)
+    for label, rounds, streams, tokens, pace in (
+        ("fast", options.rounds, options.streams, options.tokens, 0.0),
+        ("paced", 1, options.paced_streams, options.paced_tokens, interval),
+    ):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(rounds):
+            await run_round(config, streams, tokens, pace)
+        profiler.disable()
+        events = rounds * streams * (tokens + 1)
+        print(f"{config.name}: cProfile of {events} events ({label}), by own time")
+        pstats.Stats(profiler).strip_dirs().sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler).strip_dirs().sort_stats("cumtime").print_stats("_resume", 8)
 
 
 async def run(options: Options) -> None:

@@ -292,7 +292,7 @@ def main() -> None:
     resume.add_argument(
         "--profile",
         choices=("off", "memory", "redis"),
-        help="only the fast measurement of this store, under cProfile",
+        help="only this store, fast then paced, under cProfile",
     )
     resume.add_argument("--json", dest="json_path", help="also write the figures here (-: stdout)")
     args = parser.parse_args()
