@@ -14,8 +14,9 @@ for the app alone (``no middleware``), ``SSEBridgeMiddleware(dialect="ollama")``
 the CPU of ``redis-server`` per event too. The store opens and closes through the ASGI lifespan,
 as under a server; its close (where the Redis store sends what it still holds) is timed.
 
-Then the memory one finished, retained stream of ``--tokens`` events takes: in the memory store
-(tracemalloc, and RSS growth in a separate pass), and in Redis (``used_memory`` growth).
+First (while this process has grown little), the memory one finished, retained stream of
+``--tokens`` events takes: in the memory store (tracemalloc, and RSS growth in a separate pass),
+and in Redis (``used_memory`` growth).
 
 Redis: a ``redis-server --save '' --appendonly no`` is started on a free loopback port (pinned to
 CPU 0, this process to CPU 1, on a machine with two CPUs). Without redis-server, the redis
