@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from loadtests.stack import free_port
+from sse_bridge import _resume_redis
 from sse_bridge._resume import (
     BadPositionError,
     Batch,
@@ -677,3 +678,34 @@ def test_the_redis_server_helper_restarts_on_the_same_port(server: RedisServer) 
     server.start()
     assert server.port == port
     assert ping(port)
+
+
+async def test_one_round_trip_carries_many_streams_within_its_bound(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_resume_redis, "ROUND_COMMANDS", 4)
+    async with opened(url, flush_window=0.05) as store:
+        recordings = [store.record(lambda: None) for _ in range(3)]
+        for i, recording in enumerate(recordings):
+            recording.append([b"a%d" % i, b"b%d" % i])
+            recording.finish()
+        rounds = 0
+        flush = store.flush
+
+        async def counted(batch: Any) -> None:
+            nonlocal rounds
+            rounds += 1
+            await flush(batch)
+
+        monkeypatch.setattr(store, "flush", counted)
+        assert await store.drain(DEADLINE)
+        # Each stream is 1 + 2 + 2 + 2 commands: one per round under the bound of 4.
+        assert rounds == 3
+        for i, recording in enumerate(recordings):
+            follower = await store.follow(recording.stream_id, 0)
+            assert await read_to_end(follower) == numbered([b"a%d" % i, b"b%d" % i])
+
+
+def test_the_flush_window_is_checked(url: str) -> None:
+    with pytest.raises(ValueError, match="flush_window must be a finite number of seconds"):
+        RedisStore(url, flush_window=-1)

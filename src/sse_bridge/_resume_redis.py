@@ -13,10 +13,11 @@ And of one instance: ``instance:<iid>``, which lives three heartbeats and is set
 heartbeat (it disappearing is how the others learn that the instance died without finishing its
 streams), and the channel ``stop:<iid>``, which carries the ids of the streams to stop.
 
-The hot path never waits for Redis: ``append`` numbers the events and queues them for one writer
-task per stream, which sends whatever has piled up in one pipelined round trip. While Redis is
-away the writer keeps the events (within ``max_stream_bytes``, like the stream itself) and sends
-them when it returns; the live stream does not notice.
+The hot path never waits for Redis: ``append`` numbers the events and queues them for the store's
+one writer task, which sends whatever all streams have piled up in one pipelined round trip (a
+group commit: the busier the instance, the more each round trip carries). While Redis is away the
+writer keeps the events (within ``max_stream_bytes``, like the stream itself) and sends them when
+it returns; the live stream does not notice.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import anyio
@@ -70,9 +71,16 @@ PASSWORD_PARAMETER = re.compile(r"(?<=[?&])password=[^&#]*")
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 ERRORS = (RedisError, OSError)
 CONNECT_TIMEOUT = 3.0
-# Entries one XREAD returns, and events one pipeline sends: bounds the size of a round trip.
+# Entries one XREAD returns, and events of one stream one round sends: bounds a round trip.
 READ_COUNT = 1000
 FLUSH_EVENTS = 1000
+# How long the writer lets events gather after the first: round trips, not events, cost here.
+# At a model's pace the events of many streams arrive a few milliseconds apart; 5 ms makes
+# about a third fewer round trips at 1,000 events/s here (docs/benchmarks.md) and is not seen
+# at a token's pace.
+FLUSH_WINDOW = 0.005
+# Commands one round of the writer sends at most, over all streams.
+ROUND_COMMANDS = 10_000
 # How long a reader on another instance counts as attending after its last poll.
 MIN_ATTENDED = 3.0
 # How long aclose() lets the writers send what they hold.
@@ -94,6 +102,8 @@ class RedisStore:
         heartbeat: seconds between this instance's signs of life; its streams' readers on other
             instances finish them when it has missed three.
         key_prefix: prepended to every key and channel, to share a Redis with other programs.
+        flush_window: seconds the writer lets events of other streams gather before a round
+            trip; readers on other instances see events this much later at most.
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class RedisStore:
         max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
         heartbeat: float = 1.0,
         key_prefix: str = "sse_bridge:",
+        flush_window: float = FLUSH_WINDOW,
     ) -> None:
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in SCHEMES:
@@ -114,6 +125,8 @@ class RedisStore:
         check_seconds("resume ttl", ttl, "how long a finished stream stays resumable")
         check_count("max_stream_bytes", max_stream_bytes, 1, "bytes of events one stream keeps")
         check_seconds("heartbeat", heartbeat, "how often this instance tells Redis it lives")
+        check_seconds("flush_window", flush_window, "before each round trip to Redis")
+        self.flush_window = flush_window
         if heartbeat < 0.01:
             raise ValueError(f"heartbeat must be at least 0.01 seconds, got {heartbeat!r}")
         self.url = url
@@ -136,6 +149,12 @@ class RedisStore:
         self.up.set()
         self.outages = 0
         self.live: dict[str, _RedisRecording] = {}
+        # The streams with something to send, in the order they first had it.
+        self.dirty: dict[str, _RedisRecording] = {}
+        self.wake = asyncio.Event()
+        # Set while nothing waits to be sent.
+        self.idle = asyncio.Event()
+        self.idle.set()
         self.readers: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -189,6 +208,7 @@ class RedisStore:
         self.up.set()
         self.spawn(self.beat(), "heartbeat")
         self.spawn(self.listen(pubsub), "stop listener")
+        self.spawn(self.write(), "resume writer")
 
     async def aclose(self) -> None:
         """Send what the writers hold (for a moment at most), then stop and disconnect."""
@@ -214,14 +234,64 @@ class RedisStore:
         """Wait until every event appended so far is in Redis; False if ``seconds`` passed
         first (Redis is away or slow)."""
         with anyio.move_on_after(seconds):
-            while True:
-                busy = [
-                    recording for recording in self.live.values() if not recording.idle.is_set()
-                ]
-                if not busy:
-                    return True
-                await busy[0].idle.wait()
+            await self.idle.wait()
+            return True
         return False
+
+    def mark(self, recording: _RedisRecording) -> None:
+        """``recording`` has something to send: the writer takes it on its next round."""
+        if recording.stream_id not in self.dirty:
+            self.dirty[recording.stream_id] = recording
+            self.idle.clear()
+            self.wake.set()
+
+    async def write(self) -> None:
+        """The one writer: every round sends what all streams hold, in one round trip."""
+        while True:
+            if not self.dirty:
+                self.idle.set()
+                self.wake.clear()
+                await self.wake.wait()
+                # A moment for the other streams' reads of this instant to join the round.
+                await asyncio.sleep(self.flush_window)
+                continue
+            await self.up.wait()
+            try:
+                await self.flush(list(self.dirty.values()))
+            except UNREACHABLE as exc:
+                self.went_down(exc)
+
+    async def flush(self, recordings: list[_RedisRecording]) -> None:
+        plans = []
+        commands = 0
+        async with self.client().pipeline(transaction=False) as pipe:
+            for recording in recordings:
+                if commands >= ROUND_COMMANDS:
+                    # The rest stay marked for the next round: a round trip stays bounded,
+                    # even when Redis comes back to a backlog.
+                    break
+                plans.append(recording.queue(pipe))
+                commands += plans[-1].commands
+            results = await pipe.execute(raise_on_error=False)
+        start = 0
+        for recording, plan in zip(recordings, plans, strict=False):
+            end = start + plan.commands
+            refused = [
+                result
+                for result in results[start:end]
+                # A retry after a round trip that Redis half did (or a reader that finished
+                # the stream for an owner it thought dead): the entry is there already.
+                if isinstance(result, Exception) and "equal or smaller" not in str(result)
+            ]
+            start = end
+            if refused:
+                await recording.abandon(refused[0])
+            else:
+                recording.sent(plan)
+            if not recording.has_work():
+                del self.dirty[recording.stream_id]
+                if recording.end_written and self.live.get(recording.stream_id) is recording:
+                    del self.live[recording.stream_id]
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine, name=name)
@@ -283,6 +353,9 @@ class RedisStore:
                     if refresh:
                         for recording in self.live.values():
                             if not recording.ended:
+                                # The owner too: a Redis that lost its data between two
+                                # writes has the stream again.
+                                pipe.hset(recording.meta_key, "owner", self.instance_id)
                                 pipe.pexpire(recording.events_key, self.live_ms)
                                 pipe.pexpire(recording.meta_key, self.live_ms)
                     await pipe.execute()
@@ -353,7 +426,7 @@ class RedisStore:
         self.client()
         recording = _RedisRecording(self, new_stream_id(), stop)
         self.live[recording.stream_id] = recording
-        self.spawn(recording.write(), f"resume writer {recording.stream_id}")
+        self.mark(recording)
         return recording
 
     async def follow(self, stream_id: str, after: int) -> _RedisFollower:
@@ -500,12 +573,12 @@ class _RedisRecording:
         self.size = 0
         self.first = 1
         self.trimmed = 1
-        self.meta_written = False
+        # The store's outage count at this stream's last write: the first write, and the first
+        # after an outage (Redis may have restarted without its data), say who owns the stream
+        # and set the keys' expiry; the heartbeat keeps them up to date in between.
+        self.written_in: int | None = None
         self.ended = False
         self.end_written = False
-        self.wake = asyncio.Event()
-        self.wake.set()
-        self.idle = asyncio.Event()
 
     def take_stop(self) -> Callable[[], None] | None:
         stop, self.stop = self.stop, None
@@ -523,8 +596,7 @@ class _RedisRecording:
         self.last = seq
         if self.size > self.store.max_stream_bytes:
             self.drop_oldest()
-        self.idle.clear()
-        self.wake.set()
+        self.store.mark(self)
 
     def drop_oldest(self) -> None:
         limit = self.store.max_stream_bytes
@@ -541,8 +613,7 @@ class _RedisRecording:
             return
         self.ended = True
         self.stop = None
-        self.idle.clear()
-        self.wake.set()
+        self.store.mark(self)
 
     async def attended(self) -> bool:
         store = self.store
@@ -558,68 +629,48 @@ class _RedisRecording:
 
     def has_work(self) -> bool:
         return (
-            not self.meta_written
+            self.written_in != self.store.outages
             or bool(self.pending)
             or self.trimmed < self.first
             or (self.ended and not self.end_written)
         )
 
-    async def write(self) -> None:
-        store = self.store
-        try:
-            while not self.end_written:
-                if not self.has_work():
-                    self.idle.set()
-                    self.wake.clear()
-                    await self.wake.wait()
-                    continue
-                await store.up.wait()
-                try:
-                    await self.flush()
-                except UNREACHABLE as exc:
-                    store.went_down(exc)
-                except RedisError as exc:
-                    await self.abandon(exc)
-                    return
-        finally:
-            self.idle.set()
-            if store.live.get(self.stream_id) is self:
-                del store.live[self.stream_id]
-
-    async def flush(self) -> None:
+    def queue(self, pipe: Pipeline) -> _Plan:
+        """Add what this stream has to send to the writer's round trip."""
         store = self.store
         batch = list(islice(self.pending, FLUSH_EVENTS))
         first = self.first
         ending = self.ended and len(batch) == len(self.pending)
-        async with store.client().pipeline(transaction=False) as pipe:
-            # Every time: after a Redis restart that lost its data, the stream starts over here
-            # (and a reader asking for the lost events gets 410).
+        fresh = self.written_in != store.outages
+        commands = len(batch)
+        if fresh:
             pipe.hset(self.meta_key, "owner", store.instance_id)
-            for seq, event in batch:
-                pipe.xadd(self.events_key, {"e": event}, id=f"{seq}-0")
-            if self.trimmed < first:
-                pipe.xtrim(self.events_key, minid=f"{first}-0", approximate=False)
-            if ending:
-                pipe.xadd(self.events_key, {"end": b"1"}, id=f"{self.last}-1")
-                pipe.hsetnx(self.meta_key, "ended", self.last)
+            commands += 1
+        for seq, event in batch:
+            pipe.xadd(self.events_key, {"e": event}, id=f"{seq}-0")
+        if self.trimmed < first:
+            pipe.xtrim(self.events_key, minid=f"{first}-0", approximate=False)
+            commands += 1
+        if ending:
+            pipe.xadd(self.events_key, {"end": b"1"}, id=f"{self.last}-1")
+            pipe.hsetnx(self.meta_key, "ended", self.last)
+            commands += 2
+        if ending or fresh:
             expiry = store.ttl_ms if ending else store.live_ms
             pipe.pexpire(self.events_key, expiry)
             pipe.pexpire(self.meta_key, expiry)
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            # A retry after a round trip that Redis half did (or a reader that finished the
-            # stream for an owner it thought dead): the entry is there already.
-            if isinstance(result, Exception) and "equal or smaller" not in str(result):
-                raise result
-        self.meta_written = True
-        if batch:
-            sent = batch[-1][0]
-            while self.pending and self.pending[0][0] <= sent:
-                self.pending.popleft()
-        self.trimmed = max(self.trimmed, first)
-        self.end_written = ending
+            commands += 2
+        return _Plan(commands, batch[-1][0] if batch else 0, first, ending, store.outages)
 
-    async def abandon(self, error: RedisError) -> None:
+    def sent(self, plan: _Plan) -> None:
+        """The round trip with ``plan`` went through."""
+        self.written_in = plan.outages
+        while self.pending and self.pending[0][0] <= plan.sent:
+            self.pending.popleft()
+        self.trimmed = max(self.trimmed, plan.first)
+        self.end_written = self.end_written or plan.ending
+
+    async def abandon(self, error: Exception) -> None:
         """Redis refuses this stream's writes: it stops being resumable rather than keep a gap."""
         logger.warning(
             "sse_bridge: resume store refused stream %s, which cannot be resumed: %s",
@@ -627,11 +678,22 @@ class _RedisRecording:
             reason(error),
         )
         # Nothing more is kept: the live stream goes on for its own client only.
-        self.ended = True
+        self.ended = self.end_written = True
+        self.written_in = self.store.outages
         self.pending.clear()
         self.stop = None
         with contextlib.suppress(*ERRORS):
             await self.store.client().delete(self.events_key, self.meta_key)
+
+
+class _Plan(NamedTuple):
+    """What one stream put in a round trip."""
+
+    commands: int
+    sent: int
+    first: int
+    ending: bool
+    outages: int
 
 
 class _RedisFollower:
