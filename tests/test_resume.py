@@ -11,11 +11,12 @@ from typing import Any
 import anyio
 import pytest
 
-from sse_bridge import SSEBridgeMiddleware
+from sse_bridge import ServerSentEvent, SSEBridgeMiddleware
 from sse_bridge._http import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._middleware import ABANDONED
 from sse_bridge._receive import SharedReceive
 from sse_bridge._resume import (
+    ATTENDED_FOR,
     BadPositionError,
     EventsGoneError,
     MemoryStore,
@@ -107,7 +108,8 @@ class Leaver(Client):
 
     @property
     def data(self) -> list[str]:
-        return httpx_sse_data(self.body_bytes)
+        # As EventSource reads them: a block with an id and no data sets the id, no event.
+        return [data for data in httpx_sse_data(self.body_bytes) if data]
 
     @property
     def ids(self) -> list[str]:
@@ -162,6 +164,9 @@ async def test_memory_store_replays_and_follows() -> None:
     await late.aclose()
     await late.aclose()
     await follower.aclose()
+    # A reader that has just left still counts, until the owner's next look.
+    assert await recording.attended()
+    recording.left_at -= ATTENDED_FOR
     assert not await recording.attended()
     assert await store.finished_at(recording.stream_id, 3)
     assert not await store.finished_at(recording.stream_id, 2)
@@ -330,7 +335,9 @@ async def test_event_ids_name_the_stream() -> None:
     client = Leaver()
     await run(bridge(Generation(), event_ids=True), client)
     stream_id = client.headers[b"x-stream-id"].decode()
-    assert client.ids == [f"{stream_id}:{n}" for n in range(1, TOKENS + 2)]
+    # 0 first, before any event: a stream that drops before its first event resumes too.
+    assert client.ids == [f"{stream_id}:{n}" for n in range(TOKENS + 2)]
+    assert client.body_bytes.startswith(f"id: {stream_id}:0\n\n".encode())
 
 
 async def test_only_converted_streams_are_kept() -> None:
@@ -500,7 +507,7 @@ async def test_with_event_ids_a_reconnect_to_the_same_path_resumes() -> None:
             await first.gone.wait()
         again = Leaver()
         await run(
-            mw, again, http_scope([*get("/")["headers"], (b"last-event-id", first.ids[3].encode())])
+            mw, again, http_scope([*get("/")["headers"], (b"last-event-id", first.ids[4].encode())])
         )
     assert first.data[:4] + again.data == await uninterrupted()
     assert app.started == 1
@@ -895,3 +902,55 @@ async def test_the_store_closes_at_shutdown() -> None:
     store = Counted()
     await SSEBridgeMiddleware(lifespan_app, resume=store)({"type": "lifespan"}, receive, send)
     assert (store.opened, store.closed) == (1, 1)
+
+
+async def test_an_abandoned_stream_whose_answer_was_whole_gets_no_error() -> None:
+    async def done_but_open(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": NDJSON})
+        await send(
+            {"type": "http.response.body", "body": chunk(0) + DONE + b"\n", "more_body": True}
+        )
+        # It stops when told the client has gone, as a proxy does.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    store = MemoryStore()
+    mw = bridge(done_but_open, resume=store, resume_grace=0.05)
+    client = Leaver(after=2)
+    context = StreamContext()
+    await run(mw, client, {**http_scope(), STREAM_KEY: context})
+    sid = client.headers[b"x-stream-id"].decode()
+    late = Leaver()
+    await run(mw, late, get(f"/streams/{sid}"))
+    assert [json.loads(d).get("done_reason") for d in late.data] == [None, "stop"]
+    assert context.outcome is Outcome.COMPLETED
+
+
+async def test_a_dialects_own_ids_give_way_to_the_streams() -> None:
+    def with_ids(value: Any) -> list[ServerSentEvent]:
+        return [ServerSentEvent(data=json.dumps(value), id="dialect-id")]
+
+    mw = bridge(Generation(), dialect=with_ids, event_ids=True)
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"].decode()
+    assert b"dialect-id" not in original.body_bytes
+    assert original.ids == [f"{sid}:{n}" for n in range(TOKENS + 2)]
+    reader = Leaver()
+    await run(mw, reader, get(f"/streams/{sid}", [(b"last-event-id", b"3")]))
+    assert reader.ids == [f"{sid}:{n}" for n in range(4, TOKENS + 2)]
+    assert reader.data == original.data[3:]
+
+
+async def test_a_stopped_client_still_gets_the_end_while_keepalives_tick() -> None:
+    app = Generation(tokens=1000, pace=0.005)
+    mw = bridge(app, keepalive=0.01)
+    original = Leaver()
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, mw, original)
+        await original.until(3)
+        sid = original.headers[b"x-stream-id"].decode()
+        await run(mw, Leaver(), get(f"/streams/{sid}", method="DELETE"))
+    assert json.loads(original.data[-1]) == {"finished": True, "done_reason": "stopped"}
+    assert original.bodies[-1]["more_body"] is False

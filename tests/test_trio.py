@@ -16,6 +16,7 @@ from tests.test_middleware import (
 )
 from tests.test_resume import (
     test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period,
+    test_a_stream_cancelled_inside_the_server_still_ends_its_recording,
     test_delete_stops_the_generation_for_every_reader,
     test_interrupted_at_event_5_and_resumed_equals_an_uninterrupted_stream,
 )
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.anyio
 # watch.
 __all__ = [
     "test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period",
+    "test_a_stream_cancelled_inside_the_server_still_ends_its_recording",
     "test_a_write_waiting_behind_a_blocked_ping_is_dropped_after_a_disconnect",
     "test_app_failure_mid_stream_is_told_to_the_client_and_raised",
     "test_converted_response_headers",

@@ -33,7 +33,7 @@ from ._http import (
 )
 from ._receive import SharedReceive
 from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
-from ._resume_http import ResumeEndpoints
+from ._resume_http import ResumeEndpoints, with_stream_id
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
@@ -262,13 +262,15 @@ class _Responder:
                 await self.join()
                 self.end_recording()
         else:
-            async with anyio.create_task_group() as group:
-                self.spawn = group.start_soon
-                try:
-                    error = await self.serve()
-                finally:
-                    self.stop_background()
-            self.end_recording()
+            try:
+                async with anyio.create_task_group() as group:
+                    self.spawn = group.start_soon
+                    try:
+                        error = await self.serve()
+                    finally:
+                        self.stop_background()
+            finally:
+                self.end_recording()
         if error is not None:
             raise error
 
@@ -352,6 +354,11 @@ class _Responder:
         endpoints = self.options.endpoints
         if endpoints is not None:
             recording = self.recording = await endpoints.record(self.request_stop)
+            if recording is not None and (self.ended or self.receive.client_gone):
+                # The client left while the store made the stream: there is nobody to tell
+                # its id, so nobody can resume it.
+                recording.finish()
+                recording = self.recording = None
         if recording is not None:
             self.stats.stream_id = recording.stream_id
             kept = [(k, v) for k, v in kept if k.lower() != b"x-stream-id"]
@@ -364,6 +371,10 @@ class _Responder:
         self.last_write = time.monotonic()
         if self.options.retry is not None:
             await self.write_bytes(self.options.retry, more=True)
+        if recording is not None and self.options.event_ids:
+            # EventSource keeps an id without data: a stream that drops before its first event
+            # (a model still loading) then resumes too, rather than start a second generation.
+            await self.write_bytes(b"id: %s:0\n\n" % recording.stream_id.encode(), more=True)
         self.start_watch()
         if self.wait_scope is not None and self.options.keepalive:
             # The watch began before the response: its keepalive clock starts now.
@@ -437,12 +448,11 @@ class _Responder:
 
     def with_stream_ids(self, events: list[bytes], stream_id: str) -> list[bytes]:
         # The same numbers the recording gives these events, so that Last-Event-ID resumes.
+        prefix = b"id: %s:" % stream_id.encode()
         numbered = []
         for event in events:
             self.next_id += 1
-            if not event.startswith(b"id:"):
-                event = b"id: %s:%d\n%b" % (stream_id.encode(), self.next_id, event)
-            numbered.append(event)
+            numbered.append(with_stream_id(prefix, self.next_id, event))
         return numbered
 
     def with_id(self, event: bytes) -> bytes:
@@ -515,13 +525,7 @@ class _Responder:
         """Stop the generation now: the upstream is cancelled, every reader gets the end."""
         if self.ended:
             return
-        if self.translator.completed:
-            # The final event has gone out; only the upstream's end of body is still to come.
-            self.settle(Outcome.COMPLETED)
-            events: list[bytes] = []
-        else:
-            self.settle(Outcome.STOPPED)
-            events = self.translator.stop()
+        events = self.last_events(Outcome.STOPPED)
         self.receive.release()
         if self.stats.on_disconnect is not None:
             self.stats.on_disconnect()
@@ -559,9 +563,8 @@ class _Responder:
             self.wait_scope = None
             if self.recording is not None and not self.receive.disconnected:
                 await self.linger()
-                self.settle(Outcome.CLIENT_DISCONNECTED)
                 self.receive.release()
-                await self.write(self.translator.fail(self.abandoned()), more=False)
+                await self.write(self.last_events(Outcome.CLIENT_DISCONNECTED), more=False)
             if self.stats.on_disconnect is not None:
                 self.stats.on_disconnect()
             if not self.ended:
@@ -585,6 +588,21 @@ class _Responder:
                 attended = False
             if attended:
                 quiet_since = time.monotonic()
+
+    def last_events(self, outcome: Outcome) -> list[bytes]:
+        """The events that end a stream stopped (``STOPPED``) or abandoned by its client
+        (``CLIENT_DISCONNECTED``): none if its final or terminal event has gone out already
+        and only the upstream's end of body was still to come."""
+        translator = self.translator
+        if translator.completed:
+            self.settle(Outcome.COMPLETED)
+            return []
+        if translator.finished:
+            return []
+        self.settle(outcome)
+        return (
+            translator.stop() if outcome is Outcome.STOPPED else translator.fail(self.abandoned())
+        )
 
     def abandoned(self) -> str:
         return ABANDONED.format(grace=self.options.resume_grace)

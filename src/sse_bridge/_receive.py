@@ -16,6 +16,8 @@ import anyio
 from ._types import Message, Receive
 
 DISCONNECT: Message = {"type": "http.disconnect"}
+# What the app's read returns when release() cut it short: the client itself may still be there.
+_RELEASED: Message = {"type": "http.disconnect"}
 # Body the watch may read ahead for an app that has not asked for it yet. Past this it waits for
 # the app, so memory stays bounded; an app that streams a large body while answering keeps
 # reading it itself, which also shows its disconnect.
@@ -98,6 +100,8 @@ class SharedReceive:
                 message = await self._receive()
         finally:
             self._end_turn()
+        if message is _RELEASED:
+            return dict(DISCONNECT)
         if message["type"] == "http.disconnect":
             self.client_gone = True
             await self._until_released()
@@ -113,7 +117,7 @@ class SharedReceive:
                 return await self._receive()
         finally:
             self._reading = None
-        return DISCONNECT
+        return _RELEASED
 
     def close(self) -> None:
         """From now on the app is told the client has gone (the response has ended)."""
@@ -136,15 +140,16 @@ class SharedReceive:
         self.disconnected = True
 
     async def watch(self) -> None:
-        """Return once the client has disconnected (or the app was told it had)."""
-        while not (self.client_gone or self.disconnected):
+        """Return once the client has disconnected (not merely the app told so: a stopped
+        stream still ends its response to a client that is there)."""
+        while not self.client_gone:
             if self._pending_bytes >= READ_AHEAD_BYTES:
                 self._taken = anyio.Event()
                 await self._taken.wait()
                 continue
             await self._take_turn()
             try:
-                if self.client_gone or self.disconnected:
+                if self.client_gone:
                     break
                 message = await self._receive()
             finally:

@@ -29,6 +29,8 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 DEFAULT_TTL = 300.0
 DEFAULT_MAX_STREAM_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+# A reader counts as attending this long after it left: the owner asks once a second.
+ATTENDED_FOR = 1.0
 
 Batch = list[tuple[int, bytes]]
 """Events as (sequence number, encoded event)."""
@@ -163,6 +165,7 @@ class _MemoryRecording:
         "ended_at",
         "events",
         "first",
+        "left_at",
         "readers",
         "size",
         "sizes",
@@ -182,6 +185,7 @@ class _MemoryRecording:
         self.ended = False
         self.ended_at = 0.0
         self.readers = 0
+        self.left_at = -ATTENDED_FOR
         # Made when a reader waits; set (and dropped) at the next append or at the end.
         self.changed: anyio.Event | None = None
 
@@ -222,7 +226,8 @@ class _MemoryRecording:
             self.changed = None
 
     async def attended(self) -> bool:
-        return self.readers > 0
+        # A reader that came and went since the owner last asked counts too.
+        return self.readers > 0 or time.monotonic() - self.left_at < ATTENDED_FOR
 
 
 class _MemoryFollower:
@@ -258,6 +263,7 @@ class _MemoryFollower:
         if not self.closed:
             self.closed = True
             self.recording.readers -= 1
+            self.recording.left_at = time.monotonic()
 
 
 class MemoryStore:

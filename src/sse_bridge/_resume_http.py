@@ -46,6 +46,17 @@ OWNER_LOST = (
 IDLE_WAIT = 30.0
 
 
+def with_stream_id(prefix: bytes, seq: int, event: bytes) -> bytes:
+    """``event`` with the id ``<stream id>:<seq>`` (``prefix`` is ``b"id: <stream id>:"``).
+
+    An id the dialect gave the event is replaced: on a resumable stream, Last-Event-ID must
+    name the stream and the event's number, or a reconnect could not resume it.
+    """
+    if event.startswith(b"id:"):
+        event = event.partition(b"\n")[2]
+    return b"%b%d\n%b" % (prefix, seq, event)
+
+
 class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
@@ -236,15 +247,17 @@ class _Reader:
         keepalive = options.keepalive
         if options.retry is not None:
             await self.write(options.retry, more=True)
-        orphaned = False
+        # The position at which this reader last ended the stream for its dead owner.
+        orphaned: int | None = None
         while True:
             wait = self.last_write + keepalive - time.monotonic() if keepalive else IDLE_WAIT
             try:
                 batch = await self.follower.next(max(wait, 0.0))
             except OwnerLostError:
-                if not orphaned:
-                    # End the stream for every reader, the same way, with what was kept.
-                    orphaned = True
+                if orphaned != self.position:
+                    # End the stream for every reader, the same way, with what was kept (again,
+                    # if this reader was behind the top of the stream the first time).
+                    orphaned = self.position
                     events = options.translator().fail(OWNER_LOST)
                     try:
                         await self.endpoints.store.finish_orphan(
@@ -268,10 +281,7 @@ class _Reader:
                 continue
             self.position = batch[-1][0]
             prefix = self.prefix
-            payload = b"".join(
-                event if event.startswith(b"id:") else b"%b%d\n%b" % (prefix, seq, event)
-                for seq, event in batch
-            )
+            payload = b"".join(with_stream_id(prefix, seq, event) for seq, event in batch)
             context = self.context
             context.events += len(batch)
             if context.first_event is None:

@@ -323,6 +323,11 @@ class RedisStore:
             self.available = True
             self.up.set()
             logger.warning("sse_bridge: resume store available again")
+            # A Redis that restarted without its data has lost the owner of every live stream,
+            # those with nothing new to send too: each one's next write says it again.
+            for recording in self.live.values():
+                if not recording.end_written:
+                    self.mark(recording)
 
     def check_available(self) -> None:
         if not self.available:
