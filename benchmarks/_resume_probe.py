@@ -46,13 +46,17 @@ from pathlib import Path
 from typing import Any
 
 from _stream_servers import DONE_LINE, TOKEN_LINES
+from prometheus_client import CollectorRegistry
 
 from sse_bridge import SSEBridgeMiddleware
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
+from sse_bridge.metrics import BridgeMetrics
 
 HOST = "127.0.0.1"
 TICKS = os.sysconf("SC_CLK_TCK")
 OFF, MEMORY, REDIS, APP = "resume off", "resume memory", "resume redis", "no middleware"
+# Not resume: what --metrics costs per event, measured in the same rounds (docs/operations.md).
+METRICS = "metrics on"
 REDIS_DEADLINE = 10.0
 
 
@@ -304,10 +308,16 @@ def configs(redis: RedisServer | None) -> list[Config]:
     def bridge(resume: str | None) -> Callable[[], ASGIApp]:
         return lambda: SSEBridgeMiddleware(upstream, dialect="ollama", resume=resume)
 
+    def with_metrics() -> ASGIApp:
+        # The sidecar's --metrics, as middleware: every stream recorded, its gaps counted.
+        recorder = BridgeMetrics(CollectorRegistry())
+        return SSEBridgeMiddleware(upstream, dialect="ollama", metrics=recorder)
+
     found = [
         Config(APP, lambda: upstream, terminator=b"\n"),
         Config(OFF, bridge(None)),
         Config(MEMORY, bridge("memory")),
+        Config(METRICS, with_metrics),
     ]
     if redis is not None:
         found.append(Config(REDIS, bridge(redis.url), redis=redis))
@@ -558,7 +568,7 @@ async def run(options: Options) -> None:
         )
     print("\nratios")
     for label, results in (("fast", fast), ("paced", paced)):
-        for name in (MEMORY, REDIS):
+        for name in (MEMORY, REDIS, METRICS):
             if name in results:
                 added = results[name]["us_per_event"] - results[OFF]["us_per_event"]
                 print(

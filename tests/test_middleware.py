@@ -583,21 +583,28 @@ async def test_bad_options_are_refused_at_construction(
 async def test_a_write_waiting_behind_a_blocked_ping_is_dropped_after_a_disconnect() -> None:
     client = Client()
     original_send = client.send
+    ping_blocked = anyio.Event()
 
     async def send(message: Message) -> None:
         if message.get("body") == b": ping\n\n":
             # A slow client: this write blocks until the client is gone.
+            ping_blocked.set()
             await client.gone.wait()
         await original_send(message)
 
     client.send = send  # type: ignore[method-assign]
 
     async def between(i: int) -> None:
+        # The app's write comes while the ping's is blocked (events, not sleeps: a loaded
+        # machine may run the two in either order otherwise).
         if i == 0:
-            await anyio.sleep(0.08)
+            await ping_blocked.wait()
 
     async def leave() -> None:
-        await anyio.sleep(0.15)
+        await ping_blocked.wait()
+        # Time for the app's write to queue behind the ping; if it has not, it comes after
+        # the disconnect, and must be dropped all the same.
+        await anyio.sleep(0.05)
         client.gone.set()
 
     async with anyio.create_task_group() as tasks:

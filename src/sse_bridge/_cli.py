@@ -110,10 +110,28 @@ def main() -> None:
     help="With --resume: seconds a finished stream stays resumable.",
 )
 @_option(
+    "metrics",
+    flag=True,
+    default=False,
+    help="Prometheus metrics at /metrics, behind the API key (docs/operations.md).",
+)
+@_option(
+    "metrics-port",
+    default=0,
+    type=click.IntRange(0, 65535),
+    help="With --metrics: serve them on this port instead, apart from the API; 0: /metrics.",
+)
+@_option(
     "log-level",
     default="info",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     help="Log level; info logs one line per stream.",
+)
+@_option(
+    "log-format",
+    default="text",
+    type=click.Choice(["text", "json"]),
+    help="The line per stream: key=value text, or one JSON object.",
 )
 def serve(**options: Any) -> None:
     """Run the bridge as a reverse proxy in front of an NDJSON server such as Ollama."""
@@ -125,6 +143,7 @@ def serve(**options: Any) -> None:
     options["commit_paths"] = list(options.pop("commit_path"))
     if options["resume"] == "off":
         options["resume"] = None
+    options["metrics_port"] = options["metrics_port"] or None
     try:
         run(**server, proxy_options=options)
     except ValueError as exc:

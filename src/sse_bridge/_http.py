@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -19,6 +20,27 @@ STREAM_KEY = "sse_bridge.stream"
 # converted into an event stream (documented for apps; the layers read the StreamContext).
 EVENT_STREAM_KEY = "sse_bridge.event_stream"
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+# The metrics' histogram buckets, in seconds: from a millisecond (a token relayed at once) to two
+# minutes (a long answer, a slow model load).
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
 
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -126,11 +148,42 @@ class StreamContext:
     on_disconnect: Callable[[], None] | None = None
     # The resumable stream's id, when resume is on.
     stream_id: str | None = None
+    # For metrics: when the upstream's response headers arrived (the proxy), keepalives sent,
+    # why the upstream failed ("unreachable", "timeout", "broken", "status"), and why the
+    # request was refused ("max_streams", "body_too_large", "unauthorized").
+    upstream_headers: float | None = None
+    keepalives: int = 0
+    upstream_error: str | None = None
+    refused: str | None = None
+    # Gaps between events, counted per histogram bucket, when metrics are on (None: off).
+    gaps: list[int] | None = None
+    gap_sum: float = 0.0
+    last_event: float | None = None
 
     def settle(self, outcome: Outcome) -> None:
         """Record how the stream ended, unless a layer that knew more already did."""
         if self.outcome is None:
             self.outcome = outcome
+
+    def count_gaps(self, gaps: list[int], now: float, events: int) -> None:
+        """Count the gaps before ``events`` events sent together at ``now`` (the hot path,
+        with metrics on: a bucket search and two increments)."""
+        last = self.last_event
+        if last is not None:
+            gap = now - last
+            # Prometheus buckets are "less than or equal": bisect_left finds that bucket.
+            gaps[bisect_left(BUCKETS, gap)] += 1
+            self.gap_sum += gap
+        # Events that leave in one body message follow each other without a gap.
+        gaps[0] += events - 1
+        self.last_event = now
+
+    def final_outcome(self) -> Outcome:
+        """How it ended; a request no layer settled ended by its status."""
+        if self.outcome is None:
+            self.settle(Outcome.COMPLETED if self.status < 400 else Outcome.UPSTREAM_ERROR)
+        assert self.outcome is not None
+        return self.outcome
 
 
 def event_stream_headers(

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -35,6 +35,9 @@ from ._receive import SharedReceive
 from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
 from ._types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._metrics import BridgeMetrics
 from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
@@ -84,6 +87,8 @@ class SSEBridgeMiddleware:
         resume_grace: seconds a generation runs on after its last reader left, for a resume
             to pick it up; then it is cancelled.
         resume_ttl: seconds a finished stream stays resumable (when ``resume`` is a string).
+        metrics: a :class:`sse_bridge.metrics.BridgeMetrics` to record every request in
+            (docs/operations.md); ``None`` (the default) records nothing and costs nothing.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class SSEBridgeMiddleware:
         resume_path: str = "/streams",
         resume_grace: float = 30.0,
         resume_ttl: float = DEFAULT_TTL,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         if convert not in ("negotiate", "always"):
             raise ValueError(f"convert must be 'negotiate' or 'always', not {convert!r}")
@@ -111,6 +117,10 @@ class SSEBridgeMiddleware:
             raise ValueError("ndjson_types must be a sequence of media types, not one string")
         self.app = app
         self.translator = resolve_dialect(dialect)
+        self.dialect_name = (
+            dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
+        )
+        self.metrics = metrics
         self.convert = convert
         self.keepalive = float(keepalive or 0)
         self.max_line_bytes = max_line_bytes
@@ -130,6 +140,19 @@ class SSEBridgeMiddleware:
                 receive = self.endpoints.lifespan(receive, send)
             await self.app(scope, receive, send)
             return
+        metrics = self.metrics
+        if metrics is None:
+            await self.serve(scope, receive, send)
+            return
+        # Counted here only as middleware: behind it, the sidecar's front layer counts.
+        context = scope[STREAM_KEY] = scope.get(STREAM_KEY) or StreamContext()
+        metrics.start(context)
+        try:
+            await self.serve(scope, receive, send)
+        finally:
+            metrics.finish(context, self.dialect_name)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepts = _accepts_event_stream(scope["headers"])
         wanted = scope["method"] != "HEAD" and (self.convert == "always" or accepts)
         if self.endpoints is not None and await self.endpoints.answer(scope, receive, send, wanted):
@@ -439,7 +462,14 @@ class _Responder:
         if not (self.closed or self.receive.client_gone):
             stats = self.stats
             stats.events += len(events)
-            if stats.first_event is None:
+            gaps = stats.gaps
+            if gaps is not None:
+                # Metrics on: one clock read for both.
+                now = time.monotonic()
+                if stats.first_event is None:
+                    stats.first_event = now
+                stats.count_gaps(gaps, now, len(events))
+            elif stats.first_event is None:
                 stats.first_event = time.monotonic()
         return events[0] if len(events) == 1 else b"".join(events)
 
@@ -610,4 +640,6 @@ class _Responder:
     async def ping(self, scope: anyio.CancelScope) -> None:
         with scope:
             await self.write_bytes(PING, more=True)
+            if not self.closed:
+                self.stats.keepalives += 1
         self.pinging = None

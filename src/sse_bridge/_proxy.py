@@ -378,6 +378,7 @@ class _Exchange:
 
     async def too_large(self) -> None:
         self.stats.settle(Outcome.UPSTREAM_ERROR)
+        self.stats.refused = "body_too_large"
         message = f"request body larger than {self.proxy.max_body} bytes (see --max-body)"
         await send_json(self.send, 413, {"error": message})
 
@@ -513,6 +514,8 @@ class _Exchange:
             self.failure = exc
         except ClientGoneError:
             self.gone()
+        else:
+            self.stats.upstream_headers = time.monotonic()
         finally:
             self.upstream_ready()
 
@@ -561,8 +564,10 @@ class _Exchange:
             return
         if isinstance(exc, httpx.TimeoutException):
             status, message = 504, f"upstream timed out: {_reason(exc)}"
+            self.stats.upstream_error = "timeout"
         else:
             status, message = 502, f"upstream unreachable: {_reason(exc)}"
+            self.stats.upstream_error = "unreachable"
         logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))
         if self.committed:
             await self.error_line(message)
@@ -575,6 +580,8 @@ class _Exchange:
         assert response is not None
         if response.status_code >= 400:
             self.stats.settle(Outcome.UPSTREAM_ERROR)
+            if response.status_code >= 500:
+                self.stats.upstream_error = "status"
         headers = without_hop_by_hop(list(response.raw_headers))
         self.ndjson = media_type(headers) in NDJSON_TYPES
         if self.ndjson:
@@ -591,6 +598,7 @@ class _Exchange:
         except httpx.HTTPError as exc:
             message = f"upstream connection lost mid-stream: {_reason(exc)}"
             logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))
+            self.stats.upstream_error = "broken"
             if self.ndjson:
                 await self.error_line(message)
             else:
@@ -615,6 +623,7 @@ class _Exchange:
         try:
             raw = await _read_some(response, limit + 1)
         except httpx.HTTPError as exc:
+            self.stats.upstream_error = "broken"
             await self.error_line(f"upstream connection lost: {_reason(exc)}")
             return
         if answer:
@@ -629,6 +638,8 @@ class _Exchange:
             await self.body(line, more=False)
             return
         if response.status_code >= 400:
+            if response.status_code >= 500:
+                self.stats.upstream_error = "status"
             await self.error_line(_error_message(response.status_code, raw))
         else:
             await self.error_line(

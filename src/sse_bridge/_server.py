@@ -7,6 +7,8 @@ import copy
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import uvicorn
@@ -16,6 +18,11 @@ from ._resume import ResumeError
 from ._sidecar import SidecarApp, create_proxy
 
 CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def app_from_env() -> SidecarApp:
@@ -44,6 +51,37 @@ def serve(
     proxy_options: dict[str, Any],
 ) -> None:
     """Run the sidecar until SIGINT or SIGTERM."""
+    metrics_port = proxy_options.get("metrics_port")
+    made_dir = None
+    if proxy_options.get("metrics") and (workers > 1 or metrics_port) and not multiprocess_dir():
+        # The workers each write their figures to files here, and whoever serves /metrics
+        # sums them (prometheus-client's multiprocess mode). It must be set before
+        # prometheus-client is first imported, here and in the workers.
+        made_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="sse-bridge-metrics-")
+    try:
+        _serve(
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            http=http,
+            proxy_options=proxy_options,
+        )
+    finally:
+        if made_dir is not None:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(made_dir, ignore_errors=True)
+
+
+def _serve(
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    http: str,
+    proxy_options: dict[str, Any],
+) -> None:
     app = create_proxy(**proxy_options)  # Fail here, once, with a clear ValueError.
     resume = proxy_options.get("resume")
     if resume == "memory" and workers > 1:
@@ -55,9 +93,50 @@ def serve(
         # Redis unreachable at start is an exit with its reason, before any worker starts.
         asyncio.run(_check_store(app))
     os.environ[CONFIG_ENV] = json.dumps(proxy_options)
+    metrics_port = proxy_options.get("metrics_port")
+    metrics_server = None
+    if metrics_port:
+        # Served by this process, apart from the API and its key, for all the workers.
+        from prometheus_client import start_http_server
+
+        from ._metrics import collecting_registry
+
+        metrics_server, _ = start_http_server(
+            metrics_port, addr=host, registry=collecting_registry(None)
+        )
     log_config = copy.deepcopy(LOGGING_CONFIG)
     # The bridge's own warnings and its one line per stream, next to uvicorn's.
     log_config["loggers"]["sse_bridge"] = {"handlers": ["default"], "level": log_level.upper()}
+    if proxy_options.get("log_format") == "json":
+        # The line per stream alone on its line, as log shippers read JSON lines.
+        log_config["formatters"]["sse_bridge_json"] = {"format": "%(message)s"}
+        log_config["handlers"]["sse_bridge_json"] = {
+            "class": "logging.StreamHandler",
+            "formatter": "sse_bridge_json",
+            "stream": "ext://sys.stderr",
+        }
+        log_config["loggers"]["sse_bridge.access"] = {
+            "handlers": ["sse_bridge_json"],
+            "level": log_level.upper(),
+            "propagate": False,
+        }
+    try:
+        _run(host, port, workers, http, log_level, log_config, proxy_options)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+
+
+def _run(
+    host: str,
+    port: int,
+    workers: int,
+    http: str,
+    log_level: str,
+    log_config: dict[str, Any],
+    proxy_options: dict[str, Any],
+) -> None:
     uvicorn.run(
         "sse_bridge._server:app_from_env",
         factory=True,

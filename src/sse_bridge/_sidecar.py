@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
 from ._codec import DEFAULT_MAX_LINE_BYTES
 from ._dialects import DialectFunc
-from ._http import STREAM_KEY, Outcome, StreamContext, header, send_json
+from ._http import STREAM_KEY, StreamContext, header, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import COMMIT_PATHS, ProxyApp
 from ._resume import DEFAULT_TTL, ResumeStore
 from ._types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._metrics import BridgeMetrics
 from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
@@ -87,7 +91,16 @@ class _Front:
     """Health endpoints, the API key, the stream limit, and one log line per request."""
 
     def __init__(
-        self, app: ASGIApp, proxy: ProxyApp, *, api_key: str | None, max_streams: int, dialect: str
+        self,
+        app: ASGIApp,
+        proxy: ProxyApp,
+        *,
+        api_key: str | None,
+        max_streams: int,
+        dialect: str,
+        metrics: BridgeMetrics | None = None,
+        metrics_path: str | None = None,
+        log_format: str = "text",
     ) -> None:
         self.app = app
         self.proxy = proxy
@@ -95,6 +108,11 @@ class _Front:
         self.max_streams = max_streams
         self.dialect = dialect
         self.active = 0
+        self.metrics = metrics
+        # Where the metrics are served on this port (None: not here; --metrics-port, or off).
+        self.metrics_path = metrics_path
+        self.metrics_app = None if metrics is None else metrics.asgi_app()
+        self.log_format = log_format
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,7 +125,10 @@ class _Front:
         if path == "/readyz":
             await self.ready(send)
             return
+        metrics = self.metrics
         if self.api_key is not None and not self.authorized(scope):
+            if metrics is not None:
+                metrics.refuse("unauthorized")
             await send_json(
                 send,
                 401,
@@ -115,7 +136,12 @@ class _Front:
                 [(b"www-authenticate", b'Bearer realm="sse-bridge"')],
             )
             return
+        if path == self.metrics_path and self.metrics_app is not None:
+            await self.metrics_app(scope, receive, send)
+            return
         if self.active >= self.max_streams:
+            if metrics is not None:
+                metrics.refuse("max_streams")
             await send_json(
                 send,
                 503,
@@ -128,11 +154,15 @@ class _Front:
         # costs half a KiB (docs/benchmarks.md).
         stats = scope[STREAM_KEY] = StreamContext()
         self.active += 1
+        if metrics is not None:
+            metrics.start(stats)
         try:
             await self.app(scope, receive, send)
         finally:
             self.active -= 1
             self.log(scope, stats)
+            if metrics is not None:
+                metrics.finish(stats, self.dialect)
 
     def authorized(self, scope: Scope) -> bool:
         assert self.api_key is not None
@@ -156,13 +186,26 @@ class _Front:
 
     def log(self, scope: Scope, stats: StreamContext) -> None:
         now = time.monotonic()
-        if stats.outcome is None:
-            stats.settle(Outcome.COMPLETED if stats.status < 400 else Outcome.UPSTREAM_ERROR)
-        first = (
-            "-"
-            if stats.first_event is None
-            else f"{(stats.first_event - stats.started) * 1000:.1f}"
-        )
+        outcome = stats.final_outcome().value
+        ttfe = None if stats.first_event is None else (stats.first_event - stats.started) * 1000
+        duration = (now - stats.started) * 1000
+        if self.log_format == "json":
+            client = scope.get("client")
+            record = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": stats.status,
+                "dialect": self.dialect,
+                "events": stats.events,
+                "bytes": stats.bytes,
+                "ttfe_ms": None if ttfe is None else round(ttfe, 1),
+                "duration_ms": round(duration, 1),
+                "outcome": outcome,
+                "stream_id": stats.stream_id,
+                "client": None if not client else f"{client[0]}:{client[1]}",
+            }
+            access_logger.info("%s", json.dumps(record))
+            return
         access_logger.info(
             "stream method=%s path=%s status=%d dialect=%s events=%d bytes=%d "
             "ttfe_ms=%s duration_ms=%.1f outcome=%s%s",
@@ -172,9 +215,9 @@ class _Front:
             self.dialect,
             stats.events,
             stats.bytes,
-            first,
-            (now - stats.started) * 1000,
-            stats.outcome.value if stats.outcome else "-",
+            "-" if ttfe is None else f"{ttfe:.1f}",
+            duration,
+            outcome,
             "" if stats.stream_id is None else f" stream_id={stats.stream_id}",
         )
 
@@ -200,6 +243,9 @@ def create_proxy(
     resume_path: str = "/streams",
     resume_grace: float = 30.0,
     resume_ttl: float = DEFAULT_TTL,
+    metrics: bool = False,
+    metrics_port: int | None = None,
+    log_format: Literal["text", "json"] = "text",
 ) -> SidecarApp:
     """Build the sidecar: a reverse proxy to ``upstream`` behind :class:`SSEBridgeMiddleware`.
 
@@ -225,6 +271,11 @@ def create_proxy(
         grace: seconds open streams get to finish after SIGTERM before they are ended.
         resume, resume_path, resume_grace, resume_ttl: resumable streams, as for the
             middleware (docs/resume.md); the API key guards the resume endpoints too.
+        metrics: record Prometheus metrics (the ``metrics`` extra; docs/operations.md) and,
+            unless ``metrics_port`` is set, serve them at ``/metrics`` (behind the API key).
+        metrics_port: the port ``sse-bridge serve`` serves the metrics on instead, apart from
+            the API (the app then serves no ``/metrics``).
+        log_format: ``"text"`` (``key=value``) or ``"json"`` (one object per line).
     """
     check_count("max_streams", max_streams, 1, "concurrent requests")
     check_count("max_body", max_body, 1, "request body bytes")
@@ -240,6 +291,26 @@ def create_proxy(
         raise ValueError("commit_paths must be a list of paths, not one string")
     if api_key is not None and not api_key:
         raise ValueError("api_key must not be empty: give a key, or None for no authentication")
+    if log_format not in ("text", "json"):
+        raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")
+    check_count("metrics_port", metrics_port, 1, "a TCP port for /metrics", optional=True)
+    if metrics_port is not None and (metrics_port > 65535 or not metrics):
+        raise ValueError(
+            f"metrics_port must be a TCP port (1-65535) and needs metrics on, got {metrics_port!r}"
+        )
+    recorder = None
+    if metrics:
+        try:
+            from prometheus_client import CollectorRegistry
+
+            from ._metrics import BridgeMetrics
+        except ImportError:
+            raise ValueError(
+                "metrics need prometheus-client: pip install 'sse-bridge[metrics]'"
+            ) from None
+        # A registry of this app's own: two apps in one process (tests, a reload) must not
+        # register the same names twice.
+        recorder = BridgeMetrics(CollectorRegistry())
     proxy = ProxyApp(
         upstream=upstream,
         commit_after=commit_after,
@@ -264,8 +335,16 @@ def create_proxy(
         resume_ttl=resume_ttl,
     )
     app: ASGIApp = bridge
-    name = dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
-    app = _Front(app, proxy, api_key=api_key, max_streams=max_streams, dialect=name)
+    app = _Front(
+        app,
+        proxy,
+        api_key=api_key,
+        max_streams=max_streams,
+        dialect=bridge.dialect_name,
+        metrics=recorder,
+        metrics_path="/metrics" if metrics_port is None else None,
+        log_format=log_format,
+    )
     if cors_origins:
         # Outside the API key check: preflights carry no credentials, and a 401 must carry the
         # CORS headers for the page to be able to read it.

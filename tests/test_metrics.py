@@ -1,0 +1,337 @@
+"""Prometheus metrics: a known sequence of requests, then /metrics read with prometheus-client's
+own parser; every counter and histogram count must match what happened."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Mount, Route
+
+from loadtests.stack import free_port, running
+from sse_bridge import SSEBridgeMiddleware, create_proxy
+from sse_bridge._http import BUCKETS, StreamContext
+from sse_bridge.metrics import BridgeMetrics
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
+from tests._servers import serve
+from tests._wire import fetch
+
+pytestmark = pytest.mark.anyio
+
+SSE = {"accept": "text/event-stream"}
+KEY = {"authorization": "Bearer k"}
+
+
+def chat(**fake: Any) -> bytes:
+    body: dict[str, Any] = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+    if fake:
+        body["fake"] = fake
+    return json.dumps(body).encode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, by name and labels."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(found: dict[Any, float], name: str, **labels: str) -> float:
+    return found[(name, tuple(sorted(labels.items())))]
+
+
+def log_fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll a condition the servers' threads make true (a log line is written after the
+    response ends), bounded in count and time."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError("the condition did not become true in time")
+
+
+@pytest.fixture
+def fake() -> FakeOllama:
+    return FakeOllama(FakeOllamaConfig(tokens_per_second=200, num_tokens=6))
+
+
+async def test_the_metrics_match_a_known_sequence(
+    fake: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serve(fake) as upstream:
+        app = create_proxy(
+            upstream=upstream,
+            dialect="ollama",
+            metrics=True,
+            api_key="k",
+            max_body=2000,
+            keepalive=0.05,
+        )
+        with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+            completed = [
+                await fetch(f"{url}/api/chat", body=chat(), headers={**SSE, **KEY})
+                for _ in range(3)
+            ]
+            # A stall long enough for keepalives, in a stream that completes.
+            stalled = await fetch(
+                f"{url}/api/chat",
+                body=chat(stall_after=2, stall_seconds=0.3),
+                headers={**SSE, **KEY},
+            )
+            left = await fetch(
+                f"{url}/api/chat",
+                body=chat(tokens_per_second=20, num_tokens=100),
+                headers={**SSE, **KEY},
+                stop_after_events=2,
+            )
+            failed = await fetch(f"{url}/api/chat", body=chat(fail_after=2), headers={**SSE, **KEY})
+            too_large = await fetch(f"{url}/api/chat", body=b"x" * 2001, headers=KEY)
+            anonymous = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
+            unauthorized_scrape = await fetch(f"{url}/metrics", method="GET", body=b"")
+            # The disconnected stream is over when the fake has seen it go.
+            await anyio.to_thread.run_sync(
+                lambda: fake.wait_for_record(outcome="cancelled", timeout=5)
+            )
+            await until(lambda: len(caplog.records) >= 7)
+            scrape = await fetch(f"{url}/metrics", method="GET", body=b"", headers=KEY)
+    assert [r.status for r in completed] == [200] * 3
+    assert (stalled.status, left.status, failed.status) == (200, 200, 200)
+    assert too_large.status == 413
+    assert anonymous.status == 401
+    assert unauthorized_scrape.status == 401
+    assert scrape.status == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    found = samples(scrape.body.decode())
+    streams = "sse_bridge_streams_total"
+    assert value(found, streams, dialect="ollama", outcome="completed") == 4
+    assert value(found, streams, dialect="ollama", outcome="client_disconnected") == 1
+    # The model's own error, and the 413.
+    assert value(found, streams, dialect="ollama", outcome="upstream_error") == 2
+    assert value(found, streams, dialect="ollama", outcome="stopped") == 0
+    assert value(found, "sse_bridge_streams_active") == 0
+    refused = "sse_bridge_requests_refused_total"
+    assert value(found, refused, reason="unauthorized") == 2
+    assert value(found, refused, reason="body_too_large") == 1
+    assert value(found, refused, reason="max_streams") == 0
+    for kind in ("unreachable", "timeout", "broken", "status"):
+        assert value(found, "sse_bridge_upstream_errors_total", kind=kind) == 0
+    # What the bridge sent, as its own log lines say, request by request.
+    lines = [log_fields(r.getMessage()) for r in caplog.records if r.name == "sse_bridge.access"]
+    assert len(lines) == 7
+    events = sum(int(line["events"]) for line in lines)
+    assert value(found, "sse_bridge_events_total", dialect="ollama") == events
+    assert value(found, "sse_bridge_sent_bytes_total", dialect="ollama") == sum(
+        int(line["bytes"]) for line in lines
+    )
+    with_events = [line for line in lines if int(line["events"])]
+    ttfe = "sse_bridge_time_to_first_event_seconds"
+    assert value(found, ttfe + "_count", dialect="ollama") == len(with_events)
+    assert value(found, ttfe + "_sum", dialect="ollama") == pytest.approx(
+        sum(float(line["ttfe_ms"]) for line in with_events) / 1000, abs=0.001 * len(with_events)
+    )
+    # One gap between each two consecutive events of a stream.
+    gaps = "sse_bridge_event_gap_seconds"
+    assert value(found, gaps + "_count", dialect="ollama") == events - len(with_events)
+    assert value(found, gaps + "_bucket", dialect="ollama", le="+Inf") == events - len(with_events)
+    # The stall shows as one gap of at least 0.25 s.
+    assert value(found, gaps + "_bucket", dialect="ollama", le="0.25") < events - len(with_events)
+    duration = "sse_bridge_stream_duration_seconds"
+    assert value(found, duration + "_count", dialect="ollama") == 7
+    headers = "sse_bridge_upstream_headers_seconds"
+    assert value(found, headers + "_count") == 6  # every request but the 413
+    pings = stalled.body.count(b": ping")
+    assert pings >= 1
+    assert value(found, "sse_bridge_keepalives_total", dialect="ollama") >= pings
+    # The buckets: cumulative, the documented bounds.
+    bounds = [
+        float(dict(labels)["le"])
+        for name, labels in found
+        if name == duration + "_bucket" and dict(labels)["le"] != "+Inf"
+    ]
+    assert bounds == list(BUCKETS)
+
+
+async def test_upstream_failures_and_the_stream_limit_are_counted() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=20, num_tokens=100))
+    closed = f"http://127.0.0.1:{free_port()}"
+    with serve(create_proxy(upstream=closed, metrics=True)) as url:
+        unreachable = await fetch(f"{url}/api/chat", body=chat())
+        scrape = await fetch(f"{url}/metrics", method="GET", body=b"")
+    assert unreachable.status == 502
+    found = samples(scrape.body.decode())
+    assert value(found, "sse_bridge_upstream_errors_total", kind="unreachable") == 1
+    assert value(found, "sse_bridge_streams_total", dialect="raw", outcome="upstream_error") == 1
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", metrics=True, max_streams=1)
+        with serve(app) as url:
+            async with anyio.create_task_group() as group:
+                group.start_soon(
+                    lambda: fetch(f"{url}/api/chat", body=chat(), headers=SSE, deadline=5)
+                )
+                await anyio.to_thread.run_sync(
+                    lambda: fake.wait_for_record(predicate=lambda r: r.tokens_sent >= 1)
+                )
+                during = samples(
+                    (await fetch(f"{url}/metrics", method="GET", body=b"")).body.decode()
+                )
+                refused = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
+                group.cancel_scope.cancel()
+            after = samples((await fetch(f"{url}/metrics", method="GET", body=b"")).body.decode())
+    assert value(during, "sse_bridge_streams_active") == 1
+    assert refused.status == 503
+    assert value(after, "sse_bridge_requests_refused_total", reason="max_streams") == 1
+
+
+async def test_metrics_off_serve_no_metrics_and_count_nothing(fake: FakeOllama) -> None:
+    with serve(fake) as upstream, serve(create_proxy(upstream=upstream)) as url:
+        response = await fetch(f"{url}/metrics", method="GET", body=b"")
+    # Passed to the upstream, which has no such path.
+    assert response.status == 404
+    assert b"sse_bridge_" not in response.body
+    assert StreamContext().gaps is None
+
+
+async def test_middleware_users_register_the_metrics_in_their_registry() -> None:
+    registry = CollectorRegistry()
+    metrics = BridgeMetrics(registry)
+
+    async def tokens(request: Request) -> StreamingResponse:
+        async def lines() -> Any:
+            for token in ["a", "b", "c"]:
+                yield json.dumps({"response": token, "done": False}) + "\n"
+            yield json.dumps({"response": "", "done": True}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    app = Starlette(
+        routes=[Route("/chat", tokens, methods=["POST"]), Mount("/metrics", metrics.asgi_app())]
+    )
+    bridged = SSEBridgeMiddleware(app, dialect="ollama", metrics=metrics)
+    with serve(bridged) as url:
+        for _ in range(2):
+            await fetch(f"{url}/chat", body=b"{}", headers=SSE)
+        scrape = await fetch(f"{url}/metrics/", method="GET", body=b"")
+    found = samples(scrape.body.decode())
+    assert value(found, "sse_bridge_streams_total", dialect="ollama", outcome="completed") == 2
+    assert value(found, "sse_bridge_events_total", dialect="ollama") == 2 * 4
+    assert value(found, "sse_bridge_event_gap_seconds_count", dialect="ollama") == 2 * 3
+    # The scrape itself went through the middleware too: it is a request like any other.
+    assert registry.get_sample_value("sse_bridge_streams_active") == 0
+
+
+def test_two_apps_in_one_process_do_not_collide() -> None:
+    create_proxy(upstream="http://127.0.0.1:9", metrics=True)
+    create_proxy(upstream="http://127.0.0.1:9", metrics=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metrics_port": 9100}, "needs metrics on"),
+        ({"metrics": True, "metrics_port": 70000}, "metrics_port must be a TCP port"),
+        ({"metrics": True, "metrics_port": 0}, "metrics_port must be None or an integer >= 1"),
+        ({"log_format": "xml"}, "log_format must be 'text' or 'json'"),
+    ],
+)
+def test_bad_metrics_and_log_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_proxy(upstream="http://127.0.0.1:9", **options)
+
+
+async def test_json_log_lines(fake: FakeOllama, caplog: pytest.LogCaptureFixture) -> None:
+    with serve(fake) as upstream:
+        app = create_proxy(upstream=upstream, dialect="ollama", log_format="json", resume="memory")
+        with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+            response = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
+            await until(lambda: bool(caplog.records))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
+    record = json.loads(line)
+    assert set(record) == {
+        "method",
+        "path",
+        "status",
+        "dialect",
+        "events",
+        "bytes",
+        "ttfe_ms",
+        "duration_ms",
+        "outcome",
+        "stream_id",
+        "client",
+    }
+    assert record["method"] == "POST"
+    assert record["path"] == "/api/chat"
+    assert record["status"] == 200
+    assert record["dialect"] == "ollama"
+    assert record["events"] == 7
+    assert record["outcome"] == "completed"
+    assert record["stream_id"] == response.headers["x-stream-id"]
+    assert record["client"].startswith("127.0.0.1:")
+    assert isinstance(record["ttfe_ms"], float)
+
+
+@pytest.fixture(scope="module")
+def fake_process() -> Iterator[str]:
+    with running("fake-ollama", "--log-level", "warning", ready_path="/") as (url, _):
+        yield url
+
+
+def scrape(port: int) -> dict[Any, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return samples(response.read().decode())
+
+
+async def test_two_workers_are_summed_on_the_metrics_port(fake_process: str) -> None:
+    metrics_port = free_port()
+    args = (
+        "serve",
+        "--upstream",
+        fake_process,
+        "--dialect",
+        "ollama",
+        "--workers",
+        "2",
+        "--metrics",
+        "--metrics-port",
+        str(metrics_port),
+        "--log-level",
+        "warning",
+    )
+    body = chat(tokens_per_second=0, num_tokens=3)
+    with running(*args, ready_path="/healthz") as (url, _):
+        for _ in range(8):
+            # Fresh connections: uvicorn's workers share the socket, and each takes some.
+            response = await fetch(f"{url}/api/chat", body=body, headers=SSE)
+            assert response.status == 200
+        with anyio.fail_after(10):
+            while True:
+                found = await anyio.to_thread.run_sync(scrape, metrics_port)
+                key = (
+                    "sse_bridge_streams_total",
+                    (("dialect", "ollama"), ("outcome", "completed")),
+                )
+                if found.get(key) == 8:
+                    break
+                await anyio.sleep(0.1)
+        api = await fetch(f"{url}/metrics", method="GET", body=b"")
+    assert value(found, "sse_bridge_events_total", dialect="ollama") == 8 * 4
+    assert value(found, "sse_bridge_streams_active") == 0
+    # On its own port only: the API's /metrics goes to the upstream like any path.
+    assert api.status == 404
