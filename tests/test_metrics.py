@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Mount, Route
 
-from loadtests.stack import free_port, running
+from loadtests.stack import free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._http import BUCKETS, StreamContext
 from sse_bridge.metrics import BridgeMetrics
@@ -335,3 +335,20 @@ async def test_two_workers_are_summed_on_the_metrics_port(fake_process: str) -> 
     assert value(found, "sse_bridge_streams_active") == 0
     # On its own port only: the API's /metrics goes to the upstream like any path.
     assert api.status == 404
+
+
+async def test_serve_writes_json_lines_alone_on_their_lines(fake_process: str) -> None:
+    args = ("serve", "--upstream", fake_process, "--dialect", "ollama", "--log-format", "json")
+    with running(*args) as (url, process):
+        response = await fetch(
+            f"{url}/api/chat", body=chat(tokens_per_second=0, num_tokens=2), headers=SSE
+        )
+        assert response.status == 200
+        stop(process)
+        _, stderr = process.communicate(timeout=10)
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert len(records) == 1
+    assert records[0]["path"] == "/api/chat"
+    assert records[0]["events"] == 3
+    # uvicorn's own lines keep their text form.
+    assert "Uvicorn running on" in stderr
