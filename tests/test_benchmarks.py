@@ -64,7 +64,7 @@ def test_the_quick_resume_probe_runs_and_delivers_everything(tmp_path: Path) -> 
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(out.read_text())
     redis_ran = "resume redis" in summary["fast"]
-    expected = {"no middleware", "resume off", "resume memory"}
+    expected = {"no middleware", "resume off", "resume memory", "metrics on"}
     if redis_ran:
         expected.add("resume redis")
     for table in ("fast", "paced"):
