@@ -2,7 +2,8 @@
 
 Used by `loadtests/run.py` and by the test suite: the fake Ollama and the bridge as real
 `sse-bridge` processes, and nginx with `deploy/nginx.conf` (or a naive config) rendered with
-free ports and a private working directory.
+free ports, a private working directory and, for its TLS listener, a throwaway self-signed
+certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -165,9 +167,66 @@ def expose_upstream(conf: str, header: str = UPSTREAM_HEADER) -> str:
     )
 
 
-def render(conf: str, *, listen: int, bridges: Sequence[int], workdir: Path) -> str:
-    """The config with its ports and paths swapped for free ones under `workdir`."""
+# The TLS listener of deploy/nginx.conf, in either syntax: "listen 443 ssl http2;" (before nginx
+# 1.25.1) or "listen 443 ssl;" with "http2 on;". Directives only, never the comments that show
+# the other syntax.
+TLS_LISTEN = r"(?m)^([ \t]*)listen 443 ssl( http2)?;"
+HTTP2_ON = r"(?m)^([ \t]*)http2 on;"
+
+
+def has_tls(conf: str) -> bool:
+    return re.search(TLS_LISTEN, conf) is not None
+
+
+def without_http2(conf: str) -> str:
+    """`conf` with HTTP/2 off on its TLS listener: browsers then speak HTTP/1.1 over TLS."""
+    if re.search(HTTP2_ON, conf):
+        return _replace(HTTP2_ON, r"\1http2 off;", conf)
+    return _replace(r"(?m)^([ \t]*listen 443 ssl) http2;", r"\1;", conf)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for 127.0.0.1 (one day, EC P-256), made with openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise StackError("openssl is required for the TLS listener: apt-get install openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = [
+        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    made = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE)
+    if made.returncode != 0:
+        raise StackError(f"openssl failed: {made.stderr}")
+    return cert, key
+
+
+def render(
+    conf: str,
+    *,
+    listen: int,
+    bridges: Sequence[int],
+    workdir: Path,
+    tls: tuple[int, Path, Path] | None = None,
+) -> str:
+    """The config with its ports and paths swapped for free ones under `workdir`.
+
+    `tls` (port, certificate, key) replaces the TLS listener's port and certificate paths; a
+    config with a TLS listener needs it.
+    """
     conf = _replace(r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{listen};", conf)
+    if has_tls(conf):
+        if tls is None:
+            raise StackError("the config has a TLS listener: give render() a port and certificate")
+        port, cert, key = tls
+        conf = _replace(TLS_LISTEN, rf"\1listen 127.0.0.1:{port} ssl\2;", conf)
+        conf = _replace(r"(?m)^([ \t]*)ssl_certificate [^;]+;", rf"\1ssl_certificate {cert};", conf)
+        conf = _replace(
+            r"(?m)^([ \t]*)ssl_certificate_key [^;]+;", rf"\1ssl_certificate_key {key};", conf
+        )
     if "upstream sse_bridge" in conf:
         servers = "".join(
             f"server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;\n        " for port in bridges
@@ -187,13 +246,31 @@ def render(conf: str, *, listen: int, bridges: Sequence[int], workdir: Path) -> 
     return _replace(r"http \{\n", "http {\n" + temp, conf)
 
 
+@dataclass(frozen=True)
+class Edge:
+    """A running nginx: its plain listener and, if the config has one, its TLS listener."""
+
+    http: str  # http://127.0.0.1:<port>
+    https: str | None  # https://127.0.0.1:<port>
+    certificate: Path | None  # the self-signed certificate the TLS listener presents
+    workdir: Path  # its logs: sse-bridge.access.log, sse-bridge.error.log
+
+
 @contextlib.contextmanager
-def nginx(conf: str, *, bridges: Sequence[int], workdir: Path) -> Iterator[str]:
-    """Run nginx with `conf` in front of the bridges' ports; yield its base URL; stop it."""
+def nginx_edge(conf: str, *, bridges: Sequence[int], workdir: Path) -> Iterator[Edge]:
+    """Run nginx with `conf` in front of the bridges' ports; yield its listeners; stop it.
+
+    A TLS listener in `conf` gets a free port and a throwaway self-signed certificate for
+    127.0.0.1, made in `workdir`.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     listen = free_port()
+    tls = None
+    if has_tls(conf):
+        cert, key = self_signed(workdir / "tls")
+        tls = (free_port(), cert, key)
     path = workdir / "nginx.conf"
-    path.write_text(render(conf, listen=listen, bridges=bridges, workdir=workdir))
+    path.write_text(render(conf, listen=listen, bridges=bridges, workdir=workdir, tls=tls))
     directives = f"daemon off; pid {workdir}/nginx.pid; error_log {workdir}/main-error.log;"
     command = [nginx_binary(), "-p", str(workdir), "-c", str(path), "-g", directives]
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=DEADLINE)
@@ -202,6 +279,20 @@ def nginx(conf: str, *, bridges: Sequence[int], workdir: Path) -> Iterator[str]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_port(listen, process)
-        yield f"http://127.0.0.1:{listen}"
+        if tls is not None:
+            wait_port(tls[0], process)
+        yield Edge(
+            http=f"http://127.0.0.1:{listen}",
+            https=None if tls is None else f"https://127.0.0.1:{tls[0]}",
+            certificate=None if tls is None else tls[1],
+            workdir=workdir,
+        )
     finally:
         stop(process, signal.SIGQUIT)  # Graceful: finish open requests, then exit.
+
+
+@contextlib.contextmanager
+def nginx(conf: str, *, bridges: Sequence[int], workdir: Path) -> Iterator[str]:
+    """Run nginx with `conf` in front of the bridges' ports; yield its plain base URL; stop it."""
+    with nginx_edge(conf, bridges=bridges, workdir=workdir) as edge:
+        yield edge.http
