@@ -78,10 +78,13 @@ async ({count, body, deadline}) => {
         return {status: response.status, events};
     };
     const streams = await Promise.all(Array.from({length: count}, open));
-    const protocols = performance.getEntriesByType("resource")
-        .filter((entry) => new URL(entry.name).pathname === "/api/chat")
-        .map((entry) => entry.nextHopProtocol);
-    return {streams, protocols};
+    // A stream's resource timing entry may land a moment after its reader saw the end.
+    const chats = () => performance.getEntriesByType("resource")
+        .filter((entry) => new URL(entry.name).pathname === "/api/chat");
+    const until = performance.now() + 5000;
+    while (chats().length < count && performance.now() < until)
+        await new Promise((resolve) => setTimeout(resolve, 10));
+    return {streams, protocols: chats().map((entry) => entry.nextHopProtocol)};
 }
 """
 
