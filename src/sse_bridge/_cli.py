@@ -236,6 +236,18 @@ def _header(value: str) -> tuple[str, str]:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds per stream.",
 )
+@click.option(
+    "--http2",
+    is_flag=True,
+    help="Offer HTTP/2 (ALPN on https://, prior knowledge on http://); needs sse-bridge[http2].",
+)
+@click.option("--insecure", "-k", is_flag=True, help="Do not check the server's TLS certificate.")
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Trust the certificates in this PEM file (a self-signed server's, say).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def probe(
     url: str,
@@ -245,6 +257,9 @@ def probe(
     interval_ms: float | None,
     streams: int,
     timeout: float,
+    http2: bool,
+    insecure: bool,
+    cacert: str | None,
     as_json: bool,
 ) -> None:
     """Find buffering on the way to URL: read streams as they arrive and judge them.
@@ -273,9 +288,12 @@ def probe(
                 streams=streams,
                 interval=None if interval_ms is None else interval_ms / 1000,
                 deadline=timeout,
+                http2=http2,
+                insecure=insecure,
+                cacert=cacert,
             )
         )
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
