@@ -248,6 +248,12 @@ def _header(value: str) -> tuple[str, str]:
     default=None,
     help="Trust the certificates in this PEM file (a self-signed server's, say).",
 )
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write each stream's timeline of event arrivals to this .svg or .html file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def probe(
     url: str,
@@ -260,6 +266,7 @@ def probe(
     http2: bool,
     insecure: bool,
     cacert: str | None,
+    plot: str | None,
     as_json: bool,
 ) -> None:
     """Find buffering on the way to URL: read streams as they arrive and judge them.
@@ -269,12 +276,21 @@ def probe(
     """
     import json
     import sys
+    from pathlib import Path
 
     import anyio
 
     from ._probe import format_report
     from ._probe import probe as run_probe
+    from ._timeline import timeline_format, write_timeline
 
+    if plot is not None:
+        try:
+            timeline_format(plot)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--plot'") from None
+        if not Path(plot).resolve().parent.is_dir():
+            raise click.BadParameter(f"no directory to write {plot} in", param_hint="'--plot'")
     headers = [_header(value) for value in header]
     if data is not None and not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("content-type", "application/json"))
@@ -299,4 +315,11 @@ def probe(
         click.echo(json.dumps(result.summary(), indent=2))
     else:
         click.echo(format_report(result))
+    if plot is not None:
+        try:
+            write_timeline(result, plot)
+        except OSError as exc:
+            click.echo(f"Error: cannot write the timeline: {exc}", err=True)
+            sys.exit(2)
+        click.echo(f"timeline: {plot}", err=True)
     sys.exit(result.exit_status)
