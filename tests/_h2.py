@@ -138,11 +138,12 @@ def paced_sse(events: int, interval: float, *, together: bool = False, fail: boo
 
 @contextlib.contextmanager
 def misbehaving_h2c(
-    fault: Literal["close", "reset", "goaway", "garbage"],
+    fault: Literal["mute", "close", "reset", "goaway", "garbage"],
 ) -> Iterator[str]:
     """A one-connection HTTP/2 server (prior knowledge, no TLS) that breaks its one answer.
 
-    close: closes the connection after the settings, before any response; reset: sends one event
+    mute: closes the connection before a word; close: closes it after the settings, before any
+    response; reset: sends one event
     and resets the stream; goaway: one event, then GOAWAY with an error code HTTP/2 does not
     define; garbage: one event, then a frame HTTP/2 forbids.
     """
@@ -154,6 +155,8 @@ def misbehaving_h2c(
     failure: list[BaseException] = []
 
     def answer(conn: socket.socket) -> None:
+        if fault == "mute":
+            return
         server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         server.initiate_connection()
         conn.sendall(server.data_to_send())

@@ -273,6 +273,10 @@ async def test_http2_by_prior_knowledge_on_plain_http() -> None:
     with serve_hypercorn(paced_sse(4, 0.01)) as url:
         h2c = await probe(f"{url}/", http2=True)
         plain = await probe(f"{url}/")
+        first_two = await read_stream(f"{url}/", http2=True, stop_after_events=2)
+    assert [event.data for event in first_two.events] == ["0 HTTP/2 0", "1 HTTP/2 0"]
+    assert not first_two.complete
+    assert first_two.error is None
     assert h2c.protocol == "HTTP/2"
     assert served_as(h2c.streams[0]) == ["HTTP/2"] * 4
     assert plain.protocol == "HTTP/1.1"
@@ -281,7 +285,10 @@ async def test_http2_by_prior_knowledge_on_plain_http() -> None:
         refused = await probe(f"{url}/api/tags", http2=True)
     assert refused.protocol is None
     assert refused.analysis.verdict == "inconclusive"
-    assert "HTTP/2 without TLS" in refused.analysis.reason
+    assert refused.analysis.reason == (
+        "the server answered in HTTP/1; it does not take HTTP/2 without TLS (prior knowledge): "
+        "use https://, or HTTP/1.1"
+    )
     assert "  protocol             - (HTTP/2 was offered; the server did not take it)" in (
         format_report(refused)
     )
@@ -301,6 +308,7 @@ async def test_http2_offered_over_tls_to_an_http1_server(cert: tuple[Path, Path]
 @pytest.mark.parametrize(
     ("fault", "events", "error"),
     [
+        ("mute", {0}, "the server closed the connection without a word of HTTP/2; it does not"),
         ("close", {0}, "the connection closed before the response"),
         ("reset", {1}, "the server reset the HTTP/2 stream (error code 2, INTERNAL_ERROR)"),
         ("goaway", {1}, "the server closed the HTTP/2 connection (GOAWAY, error code 153)"),

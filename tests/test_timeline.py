@@ -121,6 +121,19 @@ def test_svg_draws_a_comb_for_streaming_and_a_block_for_buffered() -> None:
     assert texts(svg, "label")[0].startswith("stream 1 · HTTP/1.1 · status 200 · 20 events")
 
 
+def test_reads_of_several_events_are_boxed_and_counted() -> None:
+    # 8 KiB chunks through a buffering proxy: events in a few reads. Two boxes too close for
+    # two labels keep the first label; one tick alone has no box.
+    times = [0.2] * 3 + [0.205] * 4 + [0.5] + [0.9] * 6
+    result = result_of(stream_of(times))
+    svg = ET.fromstring(render_timeline(result, "svg"))
+    (row,) = rows(svg)
+    boxes = [r for r in row.iter(f"{SVG}rect") if "burst" in classes(r)]
+    assert [box.attrib["data-events"] for box in boxes] == ["3", "4", "6"]
+    assert texts(row, "burst-label") == ["3 at once", "6 at once"]
+    check_row(svg, row, result.streams[0])
+
+
 def test_a_stream_without_events_has_no_marker_and_shows_its_error() -> None:
     failed = stream_of([], status=0, error="OSError: [Errno 111] Connect call failed")
     result = result_of(failed)

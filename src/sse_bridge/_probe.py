@@ -285,12 +285,9 @@ async def _exchange_h2(
             data = await connection.receive(65536)
         except anyio.EndOfStream:
             if not spoke:
-                said = (
-                    "answered in HTTP/1"
-                    if head.startswith(b"HTTP/")
-                    else "closed the connection without a word of HTTP/2"
+                stream.error = (
+                    f"the server closed the connection without a word of HTTP/2; {no_h2c}"
                 )
-                stream.error = f"the server {said}; {no_h2c}"
             elif stream.time_to_headers is None:
                 stream.error = "the connection closed before the response"
             else:
@@ -298,13 +295,14 @@ async def _exchange_h2(
             return
         now = time.monotonic() - started
         head = (head + data)[:5]
+        if not spoke and head.startswith(b"HTTP/"):
+            # h2 would wait for the rest of a "frame" that long (b"HTT" is 4.7 MB).
+            stream.error = f"the server answered in HTTP/1; {no_h2c}"
+            return
         try:
             events = client.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            if not spoke and head.startswith(b"HTTP/"):
-                stream.error = f"the server answered in HTTP/1; {no_h2c}"
-            else:
-                stream.error = f"HTTP/2 protocol error: {exc}"
+            stream.error = f"HTTP/2 protocol error: {exc}"
             return
         spoke = spoke or bool(events)
         ours = False
