@@ -142,10 +142,10 @@ def misbehaving_h2c(
 ) -> Iterator[str]:
     """A one-connection HTTP/2 server (prior knowledge, no TLS) that breaks its one answer.
 
-    mute: closes the connection before a word; close: closes it after the settings, before any
-    response; reset: sends one event
-    and resets the stream; goaway: one event, then GOAWAY with an error code HTTP/2 does not
-    define; garbage: one event, then a frame HTTP/2 forbids.
+    mute: reads the request and closes the connection without a word of HTTP/2; close: closes
+    it after the settings, before any response; reset: sends one event and resets the stream;
+    goaway: one event, then GOAWAY with an error code HTTP/2 does not define; garbage: one
+    event, then a frame HTTP/2 forbids.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -155,11 +155,11 @@ def misbehaving_h2c(
     failure: list[BaseException] = []
 
     def answer(conn: socket.socket) -> None:
-        if fault == "mute":
-            return
         server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         server.initiate_connection()
-        conn.sendall(server.data_to_send())
+        preface = server.data_to_send()
+        if fault != "mute":
+            conn.sendall(preface)
         stream_id = None
         while stream_id is None:
             data = conn.recv(65536)
@@ -168,22 +168,27 @@ def misbehaving_h2c(
             for event in server.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
                     stream_id = event.stream_id
-        conn.sendall(server.data_to_send())
-        if fault == "close":
-            return
-        server.send_headers(stream_id, [(":status", "200"), ("content-type", "text/event-stream")])
-        server.send_data(stream_id, b"data: 1\n\n")
-        if fault == "reset":
-            server.reset_stream(stream_id, error_code=2)
-        elif fault == "goaway":
-            server.close_connection(error_code=0x99)
-        conn.sendall(server.data_to_send())
+        if fault != "mute":
+            conn.sendall(server.data_to_send())
+        if fault in ("reset", "goaway", "garbage"):
+            server.send_headers(
+                stream_id, [(":status", "200"), ("content-type", "text/event-stream")]
+            )
+            server.send_data(stream_id, b"data: 1\n\n")
+            if fault == "reset":
+                server.reset_stream(stream_id, error_code=2)
+            elif fault == "goaway":
+                server.close_connection(error_code=0x99)
+            conn.sendall(server.data_to_send())
         if fault == "garbage":
             # A DATA frame on stream 0, which only carries connection frames.
             conn.sendall(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
-        # Until the client has read it all and hung up.
-        while conn.recv(65536):
-            pass
+        # Half-closed, then read until the client hangs up: what the client sends meanwhile
+        # (a SETTINGS ACK) is read, so the connection ends with a FIN and never a reset.
+        conn.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ConnectionResetError):  # a client that left unread data
+            while conn.recv(65536):
+                pass
 
     def run() -> None:
         try:
