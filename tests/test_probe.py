@@ -271,7 +271,9 @@ async def test_http2_sees_a_buffered_stream_and_sends_a_large_body(
 
 async def test_http2_by_prior_knowledge_on_plain_http() -> None:
     with serve_hypercorn(paced_sse(4, 0.01)) as url:
-        h2c = await probe(f"{url}/", http2=True)
+        # Headers HTTP/2 has no place for are left out, not refused.
+        connection = [("Connection", "close"), ("X-Trace", "1")]
+        h2c = await probe(f"{url}/", http2=True, headers=connection)
         plain = await probe(f"{url}/")
         first_two = await read_stream(f"{url}/", http2=True, stop_after_events=2)
     assert [event.data for event in first_two.events] == ["0 HTTP/2 0", "1 HTTP/2 0"]

@@ -44,8 +44,17 @@ BUFFERED_MAX_SPAN = 0.3
 MIN_EVENTS = 3
 HTTP2_MISSING = "HTTP/2 needs the h2 package: pip install 'sse-bridge[http2]'"
 # Headers HTTP/2 forbids (RFC 9113, 8.2.2); host travels as :authority.
-_NOT_IN_HTTP2 = {b"host", b"connection", b"keep-alive", b"proxy-connection", b"upgrade"}
-_NOT_IN_HTTP2 |= {b"transfer-encoding", b"te"}
+_NOT_IN_HTTP2 = frozenset(
+    {
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"transfer-encoding",
+        b"te",
+    }
+)
 
 
 @dataclass
@@ -307,7 +316,8 @@ async def _exchange_h2(
         spoke = spoke or bool(events)
         ours = False
         for event in events:
-            if getattr(event, "stream_id", stream_id) != stream_id:
+            # Frames of other streams are not ours; those of the connection (0) may be.
+            if getattr(event, "stream_id", 0) not in (0, stream_id):
                 continue
             if isinstance(event, h2.events.ResponseReceived):
                 ours = True
