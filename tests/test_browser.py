@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from loadtests.stack import DEPLOY_CONF, free_port, nginx, running
+from loadtests.stack import BIN, DEPLOY_CONF, free_port, nginx, running
 from sse_bridge.testing import answer_tokens
 
 ROOT = Path(__file__).parent.parent
@@ -54,6 +55,21 @@ document.getElementById("stop").addEventListener("click", () => {
 RECORD_DEADLINE = 10.0
 # Where the page keeps an open stream (id, last event rendered, text so far) for a reload.
 STORED = "JSON.parse(sessionStorage.getItem('sse_bridge.demo.stream'))"
+# The demo's timeline under the answer: each tick's classes, time (ms since Send) and x; the
+# markers (first token, reload) likewise; the plot's width and what it says it shows.
+TIMELINE = """(() => {
+    const plot = document.getElementById("timeline-plot");
+    const lines = (selector) => [...plot.querySelectorAll(selector)].map((line) => ({
+        cls: line.getAttribute("class"), t: Number(line.dataset.t),
+        x: Number(line.getAttribute("x1")), x2: Number(line.getAttribute("x2")),
+    }));
+    return {
+        ticks: lines("line.tick"), ttft: lines("line.ttft"), reload: lines("line.reload"),
+        width: plot.viewBox.baseVal.width, resumedAfter: plot.dataset.resumedAfter ?? null,
+        hidden: document.getElementById("timeline").hidden,
+        caption: document.getElementById("timeline-caption").textContent,
+    };
+})()"""
 
 
 def chromium() -> str:
@@ -167,6 +183,52 @@ def test_tokens_enter_the_page_one_by_one(page: Page, site: str) -> None:
     assert (ARTEFACTS / "demo-finished.png").stat().st_size > 10_000
 
 
+def check_ticks(ticks: list[dict[str, Any]], width: float) -> list[float]:
+    """Ticks in arrival order, left to right inside the plot; their x."""
+    xs = [tick["x"] for tick in ticks]
+    assert [tick["t"] for tick in ticks] == sorted(tick["t"] for tick in ticks)
+    assert xs == sorted(xs)
+    assert all(tick["x"] == tick["x2"] for tick in ticks)
+    assert all(0 < x < width for x in xs)
+    return xs
+
+
+def test_the_timeline_draws_one_tick_per_event(page: Page, site: str) -> None:
+    # One tick per event: every token and the final event (N + 1 for N tokens).
+    tokens = 30
+    open_demo(page, site, num_tokens=tokens)
+    assert page.evaluate(TIMELINE)["hidden"]
+    page.click("#send")
+    page.wait_for_function(
+        "document.querySelectorAll('#timeline-plot line.tick').length >= 5", timeout=10_000
+    )
+    live = page.evaluate(TIMELINE)
+    assert not live["hidden"]
+    assert len(live["ticks"]) < tokens + 1  # drawn as the events arrive, not at the end
+    wait_idle(page)
+    drawn = page.evaluate(TIMELINE)
+    ticks = drawn["ticks"]
+    assert [tick["cls"] for tick in ticks] == ["tick token"] * tokens + ["tick end"]
+    xs = check_ticks(ticks, drawn["width"])
+    # Spread over the generation like the tokens (29 x 50 ms), not one block: a busy machine
+    # may hand the page two tokens in one read, as the test above allows.
+    assert xs[-1] - xs[0] >= 0.5 * drawn["width"]
+    assert max(len(list(group)) for _, group in itertools.groupby(xs)) <= 3
+    gaps = [b - a for a, b in itertools.pairwise(tick["t"] for tick in ticks[:tokens])]
+    assert sum(gap < 1000 / PACE / 4 for gap in gaps) <= 2
+    # The time to first token is marked where the first token's tick is, and is the one shown.
+    (ttft,) = drawn["ttft"]
+    assert ttft["t"] == ticks[0]["t"]
+    assert ttft["x"] == pytest.approx(xs[0], abs=0.01)
+    assert f"time to first token {ttft['t']:.0f} ms" in page.inner_text("#stats")
+    assert drawn["reload"] == []
+    assert drawn["caption"].startswith(f"{tokens + 1} events · last at ")
+    # A second answer starts a new timeline.
+    page.click("#send")
+    wait_idle(page)
+    assert len(page.evaluate(TIMELINE)["ticks"]) == tokens + 1
+
+
 @pytest.mark.timing
 def test_stop_cancels_the_upstream_generation(page: Page, site: str, nginx_dir: Path) -> None:
     open_demo(page, site, num_tokens=400)
@@ -233,6 +295,10 @@ def test_a_reload_resumes_the_answer(page: Page, site: str, nginx_dir: Path) -> 
     page.wait_for_function("window.__changes.length >= 10", timeout=10_000)
     stored = page.evaluate(STORED)
     page.reload()
+    # The timeline starts again with the reload marked (the ticks before it are gone).
+    resumed = page.evaluate(TIMELINE)
+    assert resumed["resumedAfter"] is not None
+    assert len(resumed["reload"]) == 1
     # The text so far is back at once, and the rest follows from where the page left off.
     assert page.inner_text("#answer").startswith(stored["answer"])
     assert len(stored["answer"]) >= len("".join(answer_tokens(10)))
@@ -243,6 +309,21 @@ def test_a_reload_resumes_the_answer(page: Page, site: str, nginx_dir: Path) -> 
     assert stats.startswith("Resumed after a reload."), stats
     assert f"{tokens} tokens in" in stats
     assert page.evaluate(STORED) is None
+    # The timeline shows the events that arrived after the reload, each once, after the reload
+    # marker; the time to first token is the one measured before the reload.
+    drawn = page.evaluate(TIMELINE)
+    after = int(drawn["resumedAfter"])
+    assert stored["n"] <= after < tokens
+    ticks = drawn["ticks"]
+    assert [tick["cls"] for tick in ticks] == ["tick token"] * (tokens - after) + ["tick end"]
+    xs = check_ticks(ticks, drawn["width"])
+    (reload,) = drawn["reload"]
+    assert reload["t"] <= ticks[0]["t"]
+    assert reload["x"] <= xs[0]
+    (ttft,) = drawn["ttft"]
+    assert ttft["t"] == pytest.approx(stored["firstToken"], abs=0.051)
+    assert ttft["x"] < reload["x"]
+    assert drawn["caption"].startswith(f"Resumed after a reload (after event {after})")
     # It resumed the stream after the last event it had rendered, and the fake ran one
     # generation for the whole answer, to its end.
     wait_logged(nginx_dir, f"GET /streams/{stored['id']} HTTP/1.1 200")
@@ -309,3 +390,60 @@ def test_eventsource_shows_the_same_stream(page: Page, site: str) -> None:
     while time.monotonic() < watch_until:
         assert len(fake_records(site)) == before + 1
         time.sleep(0.1)
+
+
+def test_the_probe_timeline_renders_in_chromium(page: Page, site: str, tmp_path: Path) -> None:
+    # What `sse-bridge probe --plot` wrote about the tested nginx chain, opened as a file.
+    plot = tmp_path / "timeline.html"
+    tokens = 12
+    data = json.dumps(
+        {
+            "model": "llama3.2",
+            "messages": [{"role": "user", "content": "x"}],
+            "fake": {"num_tokens": tokens},
+        }
+    )
+    # A process of its own: Playwright's sync API holds this thread's event loop.
+    args = ["probe", f"{site}/api/chat", "-d", data, "--streams", "2", "--json"]
+    probed = subprocess.run(
+        [str(BIN), *args, "--plot", str(plot)], capture_output=True, text=True, timeout=60
+    )
+    assert f"timeline: {plot}" in probed.stderr
+    summary = json.loads(probed.stdout)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(plot.as_uri())
+    # Every event has its tick, drawn with a size, left to right in arrival order.
+    boxes = page.evaluate(
+        """[...document.querySelectorAll("svg g.stream")].map((row) =>
+            [...row.querySelectorAll("line.tick")].map((tick) => {
+                const box = tick.getBoundingClientRect();
+                return [Number(tick.dataset.tMs), box.x, box.height];
+            }))"""
+    )
+    assert len(boxes) == 2
+    # Each stream: its tokens and the final event.
+    assert sum(len(row) for row in boxes) == summary["events"] == 2 * (tokens + 1)
+    for row in boxes:
+        assert all(height > 10 for _, _, height in row)
+        assert [x for _, x, _ in row] == sorted(x for _, x, _ in row)
+        assert [t for t, _, _ in row] == sorted(t for t, _, _ in row)
+        assert row[-1][1] - row[0][1] > 100  # spread, not one block
+    # The first event marked across each row, where its first tick is (a vertical line's box
+    # has no width, so Playwright would not call it visible).
+    markers = page.evaluate(
+        """[...document.querySelectorAll("svg g.stream line.ttfe")].map((line) => {
+            const box = line.getBoundingClientRect();
+            return [box.x, box.height];
+        })"""
+    )
+    assert len(markers) == 2
+    for (x, height), row in zip(markers, boxes, strict=True):
+        assert height > 30
+        assert x == pytest.approx(row[0][1], abs=1)
+    headline = page.locator("svg text.verdict").text_content()
+    assert headline == f"verdict: {summary['verdict']} ({summary['reason']})"
+    assert page.locator("#report").inner_text().startswith(f"probe {site}/api/chat")
+    assert requested == [plot.as_uri()]
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "probe-timeline.png"), full_page=True)

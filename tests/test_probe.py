@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from sse_bridge._cli import main
-from sse_bridge.testing import FakeOllama, FakeOllamaConfig, analyse, probe, read_stream
+from sse_bridge._probe import format_report
+from sse_bridge.testing import (
+    FakeOllama,
+    FakeOllamaConfig,
+    Stream,
+    analyse,
+    probe,
+    read_stream,
+)
+from tests._h2 import misbehaving_h2c, paced_sse, self_signed_cert, serve_hypercorn
 from tests._servers import serve
 
 pytestmark = pytest.mark.anyio
@@ -187,3 +198,181 @@ async def test_a_last_ndjson_line_without_newline_counts() -> None:
         stream = await read_stream(f"{url}/")
     assert [event.data for event in stream.events] == ['{"a":1}', '{"a":2}', '{"a":3}']
     assert stream.complete
+
+
+# HTTP/2: hypercorn serves h2 over TLS (ALPN) and by prior knowledge on plain http://.
+H2_EVENTS = 12
+H2_PACE = 0.04
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+def served_as(stream: Stream) -> list[str]:
+    """The HTTP version the paced app saw for each event it sent."""
+    return [event.data.split()[1] for event in stream.events]
+
+
+async def test_http2_over_tls_reads_every_event_and_says_so(cert: tuple[Path, Path]) -> None:
+    ca = str(cert[0])
+    with serve_hypercorn(paced_sse(H2_EVENTS, H2_PACE), cert) as url:
+        h2 = await probe(f"{url}/", http2=True, cacert=ca, interval=H2_PACE, streams=2)
+        h1 = await probe(f"{url}/", cacert=ca, interval=H2_PACE)
+        insecure = await read_stream(f"{url}/x?y=1", http2=True, insecure=True)
+        untrusted = await read_stream(f"{url}/", http2=True)
+    assert h2.protocol == "HTTP/2"
+    assert h2.summary()["protocol"] == "HTTP/2"
+    assert h2.summary()["http2_offered"] is True
+    assert "  protocol             HTTP/2\n" in format_report(h2)
+    for stream in h2.streams:
+        assert stream.protocol == "HTTP/2"
+        assert stream.complete
+        assert stream.error is None
+        assert [event.data.split()[0] for event in stream.events] == [
+            str(i) for i in range(H2_EVENTS)
+        ]
+        assert served_as(stream) == ["HTTP/2"] * H2_EVENTS
+        assert len(stream.event_times) == H2_EVENTS
+        assert stream.event_times == sorted(stream.event_times)
+        assert stream.headers["content-type"] == "text/event-stream"
+        assert stream.time_to_headers is not None
+        assert 0 < len(stream.reads) <= H2_EVENTS + 2
+    assert h2.analysis.events == 2 * H2_EVENTS
+    assert h1.protocol == "HTTP/1.1"
+    assert h1.summary()["http2_offered"] is False
+    assert served_as(h1.streams[0]) == ["HTTP/1.1"] * H2_EVENTS
+    assert insecure.protocol == "HTTP/2"
+    assert insecure.complete
+    assert untrusted.protocol is None
+    assert untrusted.error is not None
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error
+    assert "--cacert FILE, or --insecure" in untrusted.error
+
+
+async def test_http2_sees_a_buffered_stream_and_sends_a_large_body(
+    cert: tuple[Path, Path],
+) -> None:
+    # All events in one DATA frame after the whole generation: what a buffering hop delivers.
+    with serve_hypercorn(paced_sse(H2_EVENTS, 0.01, together=True), cert) as url:
+        buffered = await probe(f"{url}/", http2=True, insecure=True)
+    assert buffered.protocol == "HTTP/2"
+    assert buffered.analysis.verdict == "buffered"
+    assert buffered.analysis.longest_burst == H2_EVENTS
+    assert buffered.exit_status == 1
+    # A body beyond the initial flow-control window (64 KiB) waits for WINDOW_UPDATE frames.
+    body = b"x" * 200_000
+    with serve_hypercorn(paced_sse(3, 0.01), cert) as url:
+        large = await read_stream(f"{url}/", method="POST", body=body, http2=True, insecure=True)
+    assert large.error is None
+    assert [event.data for event in large.events] == [f"{i} HTTP/2 200000" for i in range(3)]
+
+
+async def test_http2_by_prior_knowledge_on_plain_http() -> None:
+    with serve_hypercorn(paced_sse(4, 0.01)) as url:
+        # Headers HTTP/2 has no place for are left out, not refused.
+        connection = [("Connection", "close"), ("X-Trace", "1")]
+        h2c = await probe(f"{url}/", http2=True, headers=connection)
+        plain = await probe(f"{url}/")
+        first_two = await read_stream(f"{url}/", http2=True, stop_after_events=2)
+    assert [event.data for event in first_two.events] == ["0 HTTP/2 0", "1 HTTP/2 0"]
+    assert not first_two.complete
+    assert first_two.error is None
+    assert h2c.protocol == "HTTP/2"
+    assert served_as(h2c.streams[0]) == ["HTTP/2"] * 4
+    assert plain.protocol == "HTTP/1.1"
+    # uvicorn speaks no HTTP/2: the probe says why it got nothing.
+    with serve(FakeOllama()) as url:
+        refused = await probe(f"{url}/api/tags", http2=True)
+    assert refused.protocol is None
+    assert refused.analysis.verdict == "inconclusive"
+    assert refused.analysis.reason == (
+        "the server answered in HTTP/1; it does not take HTTP/2 without TLS (prior knowledge): "
+        "use https://, or HTTP/1.1"
+    )
+    assert "  protocol             - (HTTP/2 was offered; the server did not take it)" in (
+        format_report(refused)
+    )
+
+
+async def test_http2_offered_over_tls_to_an_http1_server(cert: tuple[Path, Path]) -> None:
+    # uvicorn's TLS offers no ALPN: the probe falls back to HTTP/1.1 and says so.
+    app = paced_sse(4, 0.01)
+    tls = {"ssl_certfile": str(cert[0]), "ssl_keyfile": str(cert[1])}
+    with serve(app, **tls) as url:
+        result = await probe(url.replace("http://", "https://") + "/", http2=True, insecure=True)
+    assert result.protocol == "HTTP/1.1"
+    assert served_as(result.streams[0]) == ["HTTP/1.1"] * 4
+    assert "HTTP/1.1 (HTTP/2 was offered; the server did not take it)" in format_report(result)
+
+
+@pytest.mark.parametrize(
+    ("fault", "events", "error"),
+    [
+        ("mute", {0}, "the server closed the connection without a word of HTTP/2; it does not"),
+        ("close", {0}, "the connection closed before the response"),
+        ("reset", {1}, "the server reset the HTTP/2 stream (error code 2, INTERNAL_ERROR)"),
+        ("goaway", {1}, "the server closed the HTTP/2 connection (GOAWAY, error code 153)"),
+        # The bad frame may come in the read with the event: h2 then gives neither.
+        ("garbage", {0, 1}, "HTTP/2 protocol error: "),
+    ],
+)
+async def test_http2_failures_are_recorded(fault: str, events: set[int], error: str) -> None:
+    with misbehaving_h2c(fault) as url:  # type: ignore[arg-type]
+        stream = await read_stream(f"{url}/", http2=True, deadline=10)
+    assert len(stream.events) in events
+    assert not stream.complete
+    assert stream.error is not None
+    assert stream.error.startswith(error)
+
+
+async def test_an_app_that_fails_mid_stream_over_http2(cert: tuple[Path, Path]) -> None:
+    with serve_hypercorn(paced_sse(5, 0.01, fail=True), cert) as url:
+        stream = await read_stream(f"{url}/", http2=True, insecure=True)
+    assert stream.protocol == "HTTP/2"
+    assert len(stream.events) == 1
+    assert stream.error == "the connection closed mid-response (the HTTP/2 stream did not end)"
+
+
+@pytest.mark.timing
+def test_probe_command_over_http2_says_streaming(cert: tuple[Path, Path]) -> None:
+    ca = str(cert[0])
+    pace = str(H2_PACE * 1000)
+    with serve_hypercorn(paced_sse(H2_EVENTS, H2_PACE), cert) as url:
+        h2 = CliRunner().invoke(
+            main, ["probe", f"{url}/", "--http2", "--cacert", ca, "--interval-ms", pace]
+        )
+        h1 = CliRunner().invoke(main, ["probe", f"{url}/", "--cacert", ca, "--interval-ms", pace])
+        figures = CliRunner().invoke(main, ["probe", f"{url}/", "--http2", "-k", "--json"])
+    assert h2.exit_code == 0, h2.output
+    assert "  protocol             HTTP/2\n" in h2.output
+    assert "verdict: streaming" in h2.output
+    assert h1.exit_code == 0, h1.output
+    assert "  protocol             HTTP/1.1\n" in h1.output
+    assert "verdict: streaming" in h1.output
+    summary = json.loads(figures.stdout)
+    assert summary["protocol"] == "HTTP/2"
+    assert summary["verdict"] == "streaming"
+    assert figures.exit_code == 0
+
+
+def test_probe_command_tls_and_http2_errors(
+    cert: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    bad_ca = CliRunner().invoke(main, ["probe", "https://127.0.0.1:9/", "--cacert", str(not_pem)])
+    assert bad_ca.exit_code == 2
+    assert "cannot read certificates from" in bad_ca.output
+    with serve_hypercorn(paced_sse(4, 0.01), cert) as url:
+        untrusted = CliRunner().invoke(main, ["probe", f"{url}/", "--http2"])
+    assert untrusted.exit_code == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.output
+    # Without the h2 package, --http2 says what to install, before any request.
+    monkeypatch.setitem(sys.modules, "h2", None)
+    monkeypatch.setitem(sys.modules, "h2.connection", None)
+    missing = CliRunner().invoke(main, ["probe", "http://127.0.0.1:9/", "--http2"])
+    assert missing.exit_code == 2
+    assert "pip install 'sse-bridge[http2]'" in missing.output
+    assert "HTTP/2 needs the h2 package" in missing.output

@@ -255,6 +255,24 @@ def _header(value: str) -> tuple[str, str]:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds per stream.",
 )
+@click.option(
+    "--http2",
+    is_flag=True,
+    help="Offer HTTP/2 (ALPN on https://, prior knowledge on http://); needs sse-bridge[http2].",
+)
+@click.option("--insecure", "-k", is_flag=True, help="Do not check the server's TLS certificate.")
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Trust the certificates in this PEM file (a self-signed server's, say).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write each stream's timeline of event arrivals to this .svg or .html file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def probe(
     url: str,
@@ -264,6 +282,10 @@ def probe(
     interval_ms: float | None,
     streams: int,
     timeout: float,
+    http2: bool,
+    insecure: bool,
+    cacert: str | None,
+    plot: str | None,
     as_json: bool,
 ) -> None:
     """Find buffering on the way to URL: read streams as they arrive and judge them.
@@ -271,14 +293,21 @@ def probe(
     Exits 0 when events arrive one by one (streaming), 1 when they arrive together (buffered),
     2 when the figures do not tell (inconclusive, including errors).
     """
-    import json
     import sys
+    from pathlib import Path
 
     import anyio
 
-    from ._probe import format_report
     from ._probe import probe as run_probe
+    from ._timeline import timeline_format
 
+    if plot is not None:
+        try:
+            timeline_format(plot)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--plot'") from None
+        if not Path(plot).resolve().parent.is_dir():
+            raise click.BadParameter(f"no directory to write {plot} in", param_hint="'--plot'")
     headers = [_header(value) for value in header]
     if data is not None and not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("content-type", "application/json"))
@@ -292,12 +321,37 @@ def probe(
                 streams=streams,
                 interval=None if interval_ms is None else interval_ms / 1000,
                 deadline=timeout,
+                http2=http2,
+                insecure=insecure,
+                cacert=cacert,
             )
         )
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         raise click.UsageError(str(exc)) from None
+    sys.exit(_probe_output(result, as_json=as_json, plot=plot))
+
+
+def _probe_output(result: Any, *, as_json: bool, plot: str | None) -> int:
+    """Print the probe's figures, write its timeline; the exit status.
+
+    A frame of its own: coverage's tracer (CPython 3.11) loses the lines that follow anyio.run()
+    in the frame that called it.
+    """
+    import json
+
+    from ._probe import format_report
+    from ._timeline import write_timeline
+
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
     else:
         click.echo(format_report(result))
-    sys.exit(result.exit_status)
+    if plot is not None:
+        try:
+            write_timeline(result, plot)
+        except OSError as exc:
+            click.echo(f"Error: cannot write the timeline: {exc}", err=True)
+            return 2
+        click.echo(f"timeline: {plot}", err=True)
+    exit_status: int = result.exit_status
+    return exit_status
