@@ -29,7 +29,7 @@ from sse_bridge._resume import (
     open_store,
     parse_position,
 )
-from sse_bridge._resume_http import OWNER_LOST, PING
+from sse_bridge._resume_http import OPEN_RETRY, OWNER_LOST, PING
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data
 from tests.test_middleware import NDJSON, Client, http_scope
@@ -731,10 +731,16 @@ async def test_a_store_that_cannot_open_leaves_streams_unresumable(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Unreachable(MemoryStore):
-        async def open(self) -> None:
-            raise StoreUnavailableError("cannot reach Redis at redis://127.0.0.1:1/0")
+        attempts = 0
+        reachable = False
 
-    mw = bridge(Generation(), resume=Unreachable())
+        async def open(self) -> None:
+            self.attempts += 1
+            if not self.reachable:
+                raise StoreUnavailableError("cannot reach Redis at redis://127.0.0.1:1/0")
+
+    store = Unreachable()
+    mw = bridge(Generation(), resume=store)
     clients = [Leaver(), Leaver()]
     with caplog.at_level(logging.WARNING, logger="sse_bridge"):
         for client in clients:
@@ -746,6 +752,35 @@ async def test_a_store_that_cannot_open_leaves_streams_unresumable(
     assert warnings == [
         "sse_bridge: streams are not resumable for now: cannot reach Redis at redis://127.0.0.1:1/0"
     ]
+    # One failed connect, not one per stream; after the pause, the store is asked again.
+    assert store.attempts == 1
+    assert mw.endpoints is not None
+    mw.endpoints.retry_at -= OPEN_RETRY
+    store.reachable = True
+    again = Leaver()
+    await run(mw, again)
+    assert store.attempts == 2
+    assert b"x-stream-id" in again.headers
+
+
+async def test_a_server_that_raises_for_a_gone_client_leaves_the_generation_running() -> None:
+    app = Generation(tokens=1000)
+    client = Leaver()
+    original_send = client.send
+
+    async def send(message: Message) -> None:
+        if len(client.data) >= 2 and message["type"] == "http.response.body":
+            client.gone.set()
+            raise OSError("the client has gone")
+        await original_send(message)
+
+    client.send = send  # type: ignore[method-assign]
+    context = StreamContext()
+    await run(bridge(app, resume_grace=0.2), client, {**http_scope(), STREAM_KEY: context})
+    assert context.outcome is Outcome.CLIENT_DISCONNECTED
+    # It ran on after the error, for the grace period, and then was cancelled.
+    assert app.sent > 5
+    assert app.cancelled.is_set()
 
 
 def test_the_public_module_names_the_stores() -> None:

@@ -10,6 +10,7 @@ generation. docs/resume.md has the protocol.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -42,6 +43,8 @@ PING = encode_comment("ping")
 OWNER_LOST = (
     "the bridge instance running this stream stopped before it ended; the answer is incomplete"
 )
+# Seconds between attempts to open a store that could not be reached, for new streams.
+OPEN_RETRY = 5.0
 # How long a follower waits for events when there are no keepalives to send meanwhile.
 IDLE_WAIT = 30.0
 
@@ -69,6 +72,7 @@ class ResumeEndpoints:
         self.opened = False
         self.opening: anyio.Lock | None = None
         self.unreachable = False
+        self.retry_at = -math.inf
 
     def lifespan(self, receive: Receive, send: Send) -> Receive:
         """The app's lifespan ``receive``: the store connects at startup, closes at shutdown."""
@@ -102,9 +106,14 @@ class ResumeEndpoints:
     async def record(self, stop: Callable[[], None]) -> Recording | None:
         """A new resumable stream, or None (and the stream goes on, not resumable) if the
         store cannot be reached."""
+        if not self.opened and time.monotonic() < self.retry_at:
+            # The store failed to open a moment ago: new streams do not each wait for another
+            # failed connect.
+            return None
         try:
             await self.open()
         except ResumeError as exc:
+            self.retry_at = time.monotonic() + OPEN_RETRY
             if not self.unreachable:
                 self.unreachable = True
                 logger.warning("sse_bridge: streams are not resumable for now: %s", exc)
