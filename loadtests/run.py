@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, fake_ollama, free_port, nginx, running
 
 HERE = Path(__file__).parent
 # The locustfile's gate options, with the defaults this command passes on (docs/loadtesting.md).
@@ -68,16 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     prefix = args.results / f"{name}-{args.users}u-{args.duration}s"
     with contextlib.ExitStack() as stack:
-        fake, _ = stack.enter_context(
-            running(
-                "fake-ollama",
-                "--tokens-per-second",
-                str(args.tokens_per_second),
-                "--log-level",
-                "warning",
-                ready_path="/",
-            )
-        )
+        fake = stack.enter_context(fake_ollama("--tokens-per-second", str(args.tokens_per_second)))
         ports = [free_port() for _ in range(1 if args.naive else args.bridges)]
         for port in ports:
             if args.naive:

@@ -134,6 +134,25 @@ def running(
         stop(process)
 
 
+@contextlib.contextmanager
+def fake_ollama(*options: str) -> Iterator[str]:
+    """`sse-bridge fake-ollama <options>` on a free port; yield its URL; stop it."""
+    with running("fake-ollama", *options, "--log-level", "warning", ready_path="/") as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def bridges(upstream: str, *options: str, count: int = 2) -> Iterator[list[int]]:
+    """`count` `sse-bridge serve --dialect ollama <options>` in front of `upstream`; yield their
+    ports; stop them."""
+    ports = [free_port() for _ in range(count)]
+    args = ("serve", "--upstream", upstream, "--dialect", "ollama", "--log-level", "warning")
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            stack.enter_context(running(*args, *options, port=port))
+        yield ports
+
+
 def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from loadtests.stack import DEPLOY_CONF, free_port, nginx_edge, running, without_http2
+from loadtests.stack import DEPLOY_CONF, fake_ollama, free_port, nginx_edge, running, without_http2
+from loadtests.stack import bridges as two_bridges
 from sse_bridge.testing import analyse, answer_tokens
 from tests.test_browser import CHROMIUM_FLAGS, chromium
 
@@ -199,15 +200,13 @@ def streaming_problems(run: Run) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[str]:
-    with running("fake-ollama", "--log-level", "warning", ready_path="/") as (url, _):
+    with fake_ollama() as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def bridges(fake: str) -> Iterator[list[int]]:
-    ports = [free_port(), free_port()]
-    args = ("serve", "--upstream", fake, "--dialect", "ollama", "--log-level", "warning")
-    with running(*args, port=ports[0]), running(*args, port=ports[1]):
+    with two_bridges(fake) as ports:
         yield ports
 
 

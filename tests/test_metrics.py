@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Mount, Route
 
-from loadtests.stack import free_port, running, stop
+from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._http import BUCKETS, StreamContext
 from sse_bridge.metrics import BridgeMetrics
@@ -289,7 +289,7 @@ async def test_json_log_lines(fake: FakeOllama, caplog: pytest.LogCaptureFixture
 
 @pytest.fixture(scope="module")
 def fake_process() -> Iterator[str]:
-    with running("fake-ollama", "--log-level", "warning", ready_path="/") as (url, _):
+    with fake_ollama() as url:
         yield url
 
 

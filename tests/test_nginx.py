@@ -14,7 +14,8 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, fake_ollama, free_port, nginx, running
+from loadtests.stack import bridges as two_bridges
 from sse_bridge._cli import main
 from sse_bridge.testing import answer_tokens, probe
 from tests._servers import serve
@@ -34,15 +35,13 @@ JSON = [("content-type", "application/json")]
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[str]:
-    with running("fake-ollama", "--log-level", "warning", ready_path="/") as (url, _):
+    with fake_ollama() as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def bridges(fake: str) -> Iterator[list[int]]:
-    ports = [free_port(), free_port()]
-    args = ("serve", "--upstream", fake, "--dialect", "ollama", "--log-level", "warning")
-    with running(*args, port=ports[0]), running(*args, port=ports[1]):
+    with two_bridges(fake) as ports:
         yield ports
 
 

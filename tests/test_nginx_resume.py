@@ -32,6 +32,7 @@ from loadtests.stack import (
     DEPLOY_CONF,
     UPSTREAM_HEADER,
     expose_upstream,
+    fake_ollama,
     free_port,
     nginx,
     round_robin,
@@ -80,7 +81,7 @@ def without_durations(value: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[str]:
-    with running("fake-ollama", "--log-level", "warning", ready_path="/") as (url, _):
+    with fake_ollama() as url:
         yield url
 
 
