@@ -166,9 +166,7 @@ class ResumeEndpoints:
             await self.open()
             if method == "DELETE":
                 await self.store.stop(stream_id)
-                context.status = 204
-                context.settle(Outcome.STOPPED)
-                await _no_content(send)
+                await _no_content(send, context, Outcome.STOPPED)
                 return
             after = self.position(scope, stream_id)
             follower = await self.find(stream_id, after)
@@ -177,12 +175,6 @@ class ResumeEndpoints:
             context.settle(Outcome.UPSTREAM_ERROR)
             extra = [(b"retry-after", b"1")] if isinstance(exc, StoreUnavailableError) else []
             await send_json(send, exc.status, {"error": str(exc)}, extra)
-            return
-        if follower is None:
-            # Ended, and the reader has every event: 204 also stops EventSource reconnecting.
-            context.status = 204
-            context.settle(Outcome.COMPLETED)
-            await _no_content(send)
             return
         await self.serve(scope, receive, send, stream_id, after, follower)
 
@@ -212,9 +204,8 @@ class ResumeEndpoints:
         context = _context(scope)
         context.stream_id = stream_id
         if follower is None:
-            context.status = 204
-            context.settle(Outcome.COMPLETED)
-            await _no_content(send)
+            # Ended, and the reader has every event: 204 also stops EventSource reconnecting.
+            await _no_content(send, context, Outcome.COMPLETED)
             return
         headers = event_stream_headers([(b"x-stream-id", stream_id.encode())], scope)
         reader = _Reader(self, send, stream_id, after, follower, context)
@@ -324,6 +315,8 @@ def _context(scope: Scope) -> StreamContext:
     return context if context is not None else StreamContext()
 
 
-async def _no_content(send: Send) -> None:
+async def _no_content(send: Send, context: StreamContext, outcome: Outcome) -> None:
+    context.status = 204
+    context.settle(outcome)
     await send({"type": "http.response.start", "status": 204, "headers": []})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
