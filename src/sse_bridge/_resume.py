@@ -369,16 +369,14 @@ def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | Non
     """The store a ``resume=`` option names: None, "memory", a Redis URL, or a store object."""
     if resume is None:
         return None
-    if isinstance(resume, str):
-        if resume == "memory":
-            return MemoryStore(ttl=ttl)
-        if resume.startswith(("redis://", "rediss://", "unix://")):
-            from ._resume_redis import RedisStore
+    if resume == "memory":
+        return MemoryStore(ttl=ttl)
+    if isinstance(resume, str) and resume.startswith(("redis://", "rediss://", "unix://")):
+        from ._resume_redis import RedisStore
 
-            return RedisStore(resume, ttl=ttl)
-        raise ValueError(
-            f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}"
-        )
-    if all(hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")):
+        return RedisStore(resume, ttl=ttl)
+    if not isinstance(resume, str) and all(
+        hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")
+    ):
         return resume  # type: ignore[return-value]
     raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")
