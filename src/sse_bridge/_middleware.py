@@ -35,10 +35,10 @@ from ._receive import SharedReceive
 from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._validate import check_count, check_seconds
 
 if TYPE_CHECKING:
     from ._metrics import BridgeMetrics
-from ._validate import check_count, check_seconds
 
 logger = logging.getLogger("sse_bridge")
 
