@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -41,6 +42,16 @@ BUCKETS = (
     60.0,
     120.0,
 )
+
+# Where the workers of one bridge write their metrics when prometheus-client's multiprocess mode
+# is on. Read here, without prometheus-client: it must be set before that is first imported.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory, if the mode is on."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
 
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(

@@ -13,7 +13,6 @@ workers without a file write per event.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, NamedTuple
 
@@ -26,7 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ._http import BUCKETS, Outcome, StreamContext
+from ._http import BUCKETS, Outcome, StreamContext, multiprocess_dir
 from ._types import ASGIApp
 
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "broken", "status")
@@ -182,11 +181,6 @@ def _add_counts(histogram: Histogram, counts: list[int], total: float) -> None:
         if count:
             bucket.inc(count)
     histogram._sum.inc(total)
-
-
-def multiprocess_dir() -> str | None:
-    """Where the workers write their figures, when prometheus-client's multiprocess mode is on."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
 def collecting_registry(registry: CollectorRegistry | None) -> CollectorRegistry:

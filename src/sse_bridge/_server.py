@@ -14,15 +14,11 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from ._http import MULTIPROC_ENV, multiprocess_dir
 from ._resume import ResumeError
 from ._sidecar import SidecarApp, create_proxy
 
 CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV) or None
 
 
 def app_from_env() -> SidecarApp:
