@@ -188,16 +188,7 @@ def _row(result: ProbeResult, index: int, stream: Stream, top: float, span: floa
             f'data-events="{count}"><title>{count} events in one read</title></rect>'
         )
         if x - labelled > 64:
-            right = x < LEFT + PLOT * 0.85
-            parts.append(
-                _text(
-                    "burst-label",
-                    x + 5 if right else x - 5,
-                    band_top + 12,
-                    f"{count} at once",
-                    anchor="start" if right else "end",
-                )
-            )
+            parts.append(_beside("burst-label", x, band_top + 12, f"{count} at once", 0.85))
             labelled = x
     for number, arrived in enumerate(stream.event_times, 1):
         at = arrived * 1000
@@ -213,17 +204,7 @@ def _row(result: ProbeResult, index: int, stream: Stream, top: float, span: floa
             f'<line class="ttfe" x1="{x}" x2="{x}" y1="{band_top - 6}" y2="{band_bottom + 6}" '
             f'data-t-ms="{at:.3f}"/>'
         )
-        # The label on the side with room for it.
-        right = x < LEFT + PLOT * 0.7
-        parts.append(
-            _text(
-                "ttfe-label",
-                x + 5 if right else x - 5,
-                band_bottom + 15,
-                f"first event {_ms(at)}",
-                anchor="start" if right else "end",
-            )
-        )
+        parts.append(_beside("ttfe-label", x, band_bottom + 15, f"first event {_ms(at)}", 0.7))
     if stream.error:
         parts.append(_text("error", LEFT, band_bottom + 15, f"error: {stream.error}"))
     parts.append("</g>")
@@ -256,6 +237,13 @@ def _axis(top: float, span: float, step: float) -> str:
 
 def _x(at_ms: float, span_ms: float) -> float:
     return round(LEFT + at_ms / span_ms * PLOT, 2)
+
+
+def _beside(cls: str, x: float, y: float, content: str, room: float) -> str:
+    """A label next to a mark at ``x``: on its right up to ``room`` of the plot's width, on its
+    left past it, so that it stays inside the picture."""
+    right = x < LEFT + PLOT * room
+    return _text(cls, x + 5 if right else x - 5, y, content, anchor="start" if right else "end")
 
 
 def _text(
