@@ -21,7 +21,8 @@ import httpx
 import uvicorn
 
 from ._fake_ollama import FakeOllama, FakeOllamaConfig
-from ._http import header, send_json
+from ._headers import header
+from ._http import send_json
 from ._sidecar import SidecarApp, create_proxy
 from ._sse_parser import SSEParser
 from ._types import ASGIApp, Message, Receive, Scope, Send

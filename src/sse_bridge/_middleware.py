@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -20,17 +20,18 @@ from ._codec import (
     encode_retry,
 )
 from ._dialects import DialectFunc, Translator, resolve_dialect
-from ._http import (
-    EVENT_STREAM_KEY,
-    NDJSON_TYPES,
-    STREAM_KEY,
-    Outcome,
-    StreamContext,
+from ._headers import (
+    STREAM_ID_HEADER,
+    VARY_ACCEPT,
+    accepts_event_stream,
+    converted,
     event_stream_headers,
+    for_app,
     header,
     media_type,
-    on_asyncio,
+    replaced,
 )
+from ._http import EVENT_STREAM_KEY, NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, on_asyncio
 from ._receive import SharedReceive
 from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
@@ -48,12 +49,6 @@ APP_ENDED = "the stream ended before the server finished it; the answer may be i
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
 
-# Headers that describe the NDJSON body and would be false for the event stream that replaces it.
-# Content-Length in particular: h11 raises "Too much data for declared Content-Length".
-_BODY_HEADERS = frozenset(
-    {b"content-length", b"content-type", b"content-encoding", b"transfer-encoding", b"etag"}
-    | {b"content-md5", b"accept-ranges", b"x-accel-buffering", b"connection"}
-)
 # Server extensions that would let the app bypass http.response.body, which is what we rewrite.
 _BYPASS_EXTENSIONS = (
     "http.response.pathsend",
@@ -153,7 +148,7 @@ class SSEBridgeMiddleware:
             metrics.finish(context, self.dialect_name)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accepts = _accepts_event_stream(scope["headers"])
+        accepts = accepts_event_stream(scope["headers"])
         wanted = scope["method"] != "HEAD" and (self.convert == "always" or accepts)
         if self.endpoints is not None and await self.endpoints.answer(scope, receive, send, wanted):
             return
@@ -164,25 +159,6 @@ class SSEBridgeMiddleware:
         if wanted:
             scope[STREAM_KEY] = context
         await _Responder(self, scope, wanted, context).run(receive, send)
-
-
-def _accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name.lower() != b"accept":
-            continue
-        for item in value.decode("latin-1").split(","):
-            media, *params = item.split(";")
-            if media.strip().lower() != "text/event-stream":
-                continue
-            for param in params:
-                key, _, q = param.partition("=")
-                if key.strip().lower() == "q":
-                    try:
-                        return float(q) > 0
-                    except ValueError:
-                        return False
-            return True
-    return False
 
 
 def _scope_for_app(scope: Scope, wanted: bool) -> Scope:
@@ -196,9 +172,7 @@ def _scope_for_app(scope: Scope, wanted: bool) -> Scope:
         scope["asgi"] = {**asgi, "spec_version": "2.3"}
     if not wanted:
         return scope
-    # A compressed NDJSON body cannot be re-framed line by line.
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
-    scope["headers"] = [*headers, (b"accept-encoding", b"identity")]
+    scope["headers"] = for_app(scope["headers"])
     extensions = scope.get("extensions")
     if extensions:
         scope["extensions"] = {k: v for k, v in extensions.items() if k not in _BYPASS_EXTENSIONS}
@@ -355,7 +329,7 @@ class _Responder:
         encoding = header(headers, b"content-encoding").strip().lower()
         if media in self.options.ndjson_types:
             if self.options.convert == "negotiate":
-                headers.append((b"vary", b"Accept"))
+                headers.append(VARY_ACCEPT)
             if self.wanted and message["status"] == 200:
                 if encoding in ("", "identity"):
                     await self.begin(message, headers)
@@ -367,12 +341,12 @@ class _Responder:
                     encoding,
                 )
         elif media == "text/event-stream":
-            headers = event_stream_headers(headers, self.scope)
+            headers = event_stream_headers(headers, self.scope.get("http_version"))
         await self.send({**message, "headers": headers})
 
     async def begin(self, message: Message, headers: list[tuple[bytes, bytes]]) -> None:
         self.converting = True
-        kept = [(k, v) for k, v in headers if k.lower() not in _BODY_HEADERS]
+        kept = converted(headers)
         recording = None
         endpoints = self.options.endpoints
         if endpoints is not None:
@@ -384,11 +358,10 @@ class _Responder:
                 recording = self.recording = None
         if recording is not None:
             self.stats.stream_id = recording.stream_id
-            kept = [(k, v) for k, v in kept if k.lower() != b"x-stream-id"]
-            kept.append((b"x-stream-id", recording.stream_id.encode()))
+            kept = replaced(kept, STREAM_ID_HEADER, recording.stream_id.encode())
             # A generation outlives its client for the grace period.
             self.receive.hold = True
-        start = {**message, "headers": event_stream_headers(kept, self.scope)}
+        start = {**message, "headers": event_stream_headers(kept, self.scope.get("http_version"))}
         start.pop("trailers", None)
         await self.send(start)
         self.last_write = time.monotonic()

@@ -22,16 +22,8 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from ._http import (
-    NDJSON_TYPES,
-    STREAM_KEY,
-    Outcome,
-    StreamContext,
-    header,
-    media_type,
-    send_json,
-    without_hop_by_hop,
-)
+from ._headers import RETRY_AFTER, header, media_type, passed_back, upstream_request_headers
+from ._http import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
 from ._types import Receive, Scope, Send
 
 try:
@@ -232,21 +224,12 @@ class ProxyApp:
         return _HttpxAnswer(await client.send(request, stream=True))
 
     def request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        dropped = {b"host", b"accept-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
-        if self.strip_authorization:
-            dropped.add(b"authorization")
-        headers = [
-            (k, v) for k, v in without_hop_by_hop(scope["headers"]) if k.lower() not in dropped
-        ]
-        forwarded = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
-        if scope.get("client"):
-            forwarded.append(scope["client"][0].encode())
-        if forwarded:
-            headers.append((b"x-forwarded-for", b", ".join(forwarded)))
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
-        # The body is streamed and, for NDJSON, re-framed line by line: it must arrive as is.
-        headers.append((b"accept-encoding", b"identity"))
-        return headers
+        return upstream_request_headers(
+            scope["headers"],
+            scope.get("client"),
+            scope.get("scheme", "http"),
+            strip_authorization=self.strip_authorization,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -370,7 +353,7 @@ class _Exchange:
         message = "the bridge is shutting down; retry the request"
         if not self.started:
             self.stats.settle(Outcome.UPSTREAM_ERROR)
-            await send_json(self.send, 503, {"error": message}, [(b"retry-after", b"1")])
+            await send_json(self.send, 503, {"error": message}, [RETRY_AFTER])
         elif self.ndjson:
             await self.error_line(message)
         # Any other response is left unfinished: the server drops it, and the client sees a
@@ -582,11 +565,7 @@ class _Exchange:
             self.stats.settle(Outcome.UPSTREAM_ERROR)
             if response.status_code >= 500:
                 self.stats.upstream_error = "status"
-        headers = without_hop_by_hop(list(response.raw_headers))
-        self.ndjson = media_type(headers) in NDJSON_TYPES
-        if self.ndjson:
-            # A failure mid-stream adds an error line, which a declared length would not allow.
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        headers, self.ndjson = passed_back(response.raw_headers, NDJSON_TYPES)
         await self.start(response.status_code, headers)
         await self.stream_body(response)
 

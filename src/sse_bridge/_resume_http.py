@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._codec import encode_comment
-from ._http import STREAM_KEY, Outcome, StreamContext, event_stream_headers, header, send_json
+from ._headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
+from ._http import STREAM_KEY, Outcome, StreamContext, send_json
 from ._resume import (
     STREAM_ID,
     BadPositionError,
@@ -173,7 +174,7 @@ class ResumeEndpoints:
         except ResumeError as exc:
             context.status = exc.status
             context.settle(Outcome.UPSTREAM_ERROR)
-            extra = [(b"retry-after", b"1")] if isinstance(exc, StoreUnavailableError) else []
+            extra = [RETRY_AFTER] if isinstance(exc, StoreUnavailableError) else []
             await send_json(send, exc.status, {"error": str(exc)}, extra)
             return
         await self.serve(scope, receive, send, stream_id, after, follower)
@@ -207,7 +208,9 @@ class ResumeEndpoints:
             # Ended, and the reader has every event: 204 also stops EventSource reconnecting.
             await _no_content(send, context, Outcome.COMPLETED)
             return
-        headers = event_stream_headers([(b"x-stream-id", stream_id.encode())], scope)
+        headers = event_stream_headers(
+            [(STREAM_ID_HEADER, stream_id.encode())], scope.get("http_version")
+        )
         reader = _Reader(self, send, stream_id, after, follower, context)
         try:
             context.status = 200

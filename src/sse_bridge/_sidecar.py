@@ -18,7 +18,16 @@ from starlette.middleware.cors import CORSMiddleware
 
 from ._codec import DEFAULT_MAX_LINE_BYTES
 from ._dialects import DialectFunc
-from ._http import STREAM_KEY, StreamContext, header, send_json
+from ._headers import (
+    CORS_ALLOW_HEADERS,
+    CORS_ALLOW_METHODS,
+    CORS_EXPOSE_HEADERS,
+    RETRY_AFTER,
+    WWW_AUTHENTICATE,
+    bearer_token,
+    header,
+)
+from ._http import STREAM_KEY, StreamContext, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._proxy import COMMIT_PATHS, ProxyApp
 from ._resume import DEFAULT_TTL, ResumeStore
@@ -133,7 +142,7 @@ class _Front:
                 send,
                 401,
                 {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
-                [(b"www-authenticate", b'Bearer realm="sse-bridge"')],
+                [WWW_AUTHENTICATE],
             )
             return
         if path == self.metrics_path and self.metrics_app is not None:
@@ -146,7 +155,7 @@ class _Front:
                 send,
                 503,
                 {"error": f"too many concurrent streams (max {self.max_streams}); retry later"},
-                [(b"retry-after", b"1")],
+                [RETRY_AFTER],
             )
             return
         # The middleware behind fills in the status and the bytes it sends. The server's scope
@@ -166,10 +175,8 @@ class _Front:
 
     def authorized(self, scope: Scope) -> bool:
         assert self.api_key is not None
-        scheme, _, token = header(scope["headers"], b"authorization").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("latin-1"), self.api_key
-        )
+        token = bearer_token(header(scope["headers"], b"authorization"))
+        return token is not None and hmac.compare_digest(token.encode("latin-1"), self.api_key)
 
     async def ready(self, send: Send) -> None:
         try:
@@ -351,9 +358,8 @@ def create_proxy(
         app = CORSMiddleware(
             app,
             allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"],
-            allow_headers=["*"],
-            # "*" does not cover requests with credentials; the stream id is named as well.
-            expose_headers=["*", "X-Stream-Id"],
+            allow_methods=CORS_ALLOW_METHODS,
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
         )
     return SidecarApp(app, proxy, grace=grace, store=bridge.store)
