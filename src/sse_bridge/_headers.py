@@ -229,3 +229,36 @@ def bearer_token(value: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def request_framing(netloc: bytes, method: str, headers: Headers, length: int | None) -> Headers:
+    """What HTTP/1.1 needs in front of a request's own headers: Host, and how its body ends.
+
+    Args:
+        netloc: the upstream's host, with ``:port`` unless it is 80 (RFC 9110 7.2).
+        method: the request's method.
+        headers: the request's own headers; a Content-Length among them is kept as it is, as
+            httpx keeps it.
+        length: the body's size when it is known in full; None for a streamed body, which is
+            sent chunked (RFC 9112 7.1). An empty body gets ``Content-Length: 0`` only for a
+            method that defines one (RFC 9110 8.6).
+    """
+    framing = [(b"host", netloc)]
+    if any(name.lower() == b"content-length" for name, _ in headers):
+        pass
+    elif length is None:
+        framing.append((b"transfer-encoding", b"chunked"))
+    elif length or method in ("POST", "PUT", "PATCH"):
+        framing.append((b"content-length", b"%d" % length))
+    return framing
+
+
+def body_ends_with_close(headers: Headers, status: int, head_request: bool) -> bool:
+    """Whether a response's body is delimited only by the connection closing (RFC 9112 6.3).
+
+    A response to HEAD and a 204 or 304 have no body; one with Content-Length or
+    Transfer-Encoding says where its body ends; any other reads until the upstream closes.
+    """
+    if head_request or status in (204, 304):
+        return False
+    return not {name.lower() for name, _ in headers} & {b"content-length", b"transfer-encoding"}

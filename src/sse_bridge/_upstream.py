@@ -23,6 +23,8 @@ from typing import Any
 import httptools
 import httpx
 
+from ._headers import body_ends_with_close, request_framing
+
 # Body bytes held for a consumer that has not read them yet before the socket stops being read:
 # the upstream then waits (TCP backpressure), as it would behind a slow client.
 READ_HIGH_WATER = 256 * 1024
@@ -147,10 +149,8 @@ class _Connection(asyncio.Protocol):
         response.status = self.parser.get_status_code()
         if 100 <= response.status < 200:
             return  # informational (say 100 Continue): the real response follows
-        names = {name.lower() for name, _ in response.headers}
-        no_body = self.head_request or response.status in (204, 304)
-        response.body_ends_with_close = not no_body and not (
-            names & {b"content-length", b"transfer-encoding"}
+        response.body_ends_with_close = body_ends_with_close(
+            response.headers, response.status, self.head_request
         )
         if self.headers_ready is not None and not self.headers_ready.done():
             self.headers_ready.set_result(None)
@@ -460,13 +460,8 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
         Errors are httpx's.
         """
         netloc = host.encode("idna") if port == 80 else b"%s:%d" % (host.encode("idna"), port)
-        framing: list[tuple[bytes, bytes]] = [(b"host", netloc)]
-        if any(name.lower() == b"content-length" for name, _ in headers):
-            pass  # the client's own length, kept as httpx keeps it
-        elif not isinstance(content, bytes):
-            framing.append((b"transfer-encoding", b"chunked"))
-        elif content or method in ("POST", "PUT", "PATCH"):
-            framing.append((b"content-length", b"%d" % len(content)))
+        length = len(content) if isinstance(content, bytes) else None
+        framing = request_framing(netloc, method, headers, length)
         connection, body = await self.exchange(
             host, port, method, target, framing + headers, content, timeouts
         )
