@@ -100,7 +100,9 @@ def without_hop_by_hop(headers: Headers) -> Headers:
 
 def replaced(headers: Iterable[tuple[bytes, bytes]], name: bytes, value: bytes) -> Headers:
     """Every ``name`` header (lower-case) removed, then one ``name: value`` at the end."""
-    return [*((k, v) for k, v in headers if k.lower() != name), (name, value)]
+    kept = [(k, v) for k, v in headers if k.lower() != name]
+    kept.append((name, value))
+    return kept
 
 
 def upstream_request_headers(
@@ -152,7 +154,9 @@ def for_app(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
 
     A compressed NDJSON body cannot be re-framed line by line: the app is asked for identity.
     """
-    return replaced(headers, *IDENTITY_ENCODING)
+    kept = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+    kept.append(IDENTITY_ENCODING)
+    return kept
 
 
 def accepts_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
