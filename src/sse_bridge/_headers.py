@@ -65,9 +65,9 @@ RETRY_AFTER = (b"retry-after", b"1")
 # RFC 6750 section 3: a 401 names the scheme it wants.
 WWW_AUTHENTICATE = (b"www-authenticate", b'Bearer realm="sse-bridge"')
 
-# The CORS settings the sidecar gives Starlette's CORSMiddleware (when origins are configured):
-# every method the bridge and its resume endpoints answer, any request header (Authorization,
-# Last-Event-ID), and every response header readable by the page.
+# The CORS settings the sidecar gives Starlette's CORSMiddleware when origins are configured:
+# the methods a page calls the bridge with (DELETE stops a resumable stream), any request header
+# (Authorization, Last-Event-ID), and every response header readable by the page.
 CORS_ALLOW_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS")
 CORS_ALLOW_HEADERS = ("*",)
 # "*" does not cover requests with credentials; the stream id is named as well.
