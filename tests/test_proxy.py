@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from sse_bridge import create_proxy
 from sse_bridge._proxy import REPLAYABLE_BYTES
+from sse_bridge._types import Receive, Scope, Send
 from tests._servers import serve
 from tests._wire import fetch
 
@@ -514,17 +515,42 @@ async def test_after_a_commit_an_oversized_body_is_an_error_event(upstream: str)
     )
 
 
-async def test_a_client_that_leaves_while_uploading_is_not_forwarded(upstream: str) -> None:
-    app = create_proxy(upstream=upstream)
-    with serve(app) as url:
-        host, port = url.removeprefix("http://").split(":")
-        stream = await anyio.connect_tcp(host, int(port))
-        await stream.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
-        await anyio.sleep(0.2)
-        await stream.aclose()
-        # The bridge is still healthy and answers the next request.
-        response = await fetch(f"{url}/api/chat")
+async def test_a_client_that_leaves_while_uploading_is_not_forwarded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    arrived: list[str] = []
+
+    async def recorder(scope: Scope, receive: Receive, send: Send) -> None:
+        # Recorded on arrival, before the body is read: a request cut short still counts.
+        if scope["type"] == "http":
+            arrived.append(scope["path"])
+        await upstream_app(scope, receive, send)
+
+    with serve(recorder) as recording_upstream:
+        app = create_proxy(upstream=recording_upstream)
+        with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+            host, port = url.removeprefix("http://").split(":")
+            stream = await anyio.connect_tcp(host, int(port))
+            await stream.send(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+            )
+            await anyio.sleep(0.2)
+            await stream.aclose()
+            # The bridge logs the request once it is done with it; a forwarded one arrives first.
+            with anyio.fail_after(5):
+                while not (lines := access_lines(caplog, "path=/upload ")):
+                    assert "/upload" not in arrived, "the cut-short upload was forwarded"
+                    await anyio.sleep(0.01)
+            # The bridge is still healthy and answers the next request.
+            response = await fetch(f"{url}/api/chat")
     assert response.status == 200
+    assert arrived == ["/api/chat"]
+    assert lines[0].endswith("outcome=client_disconnected")
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, part: str) -> list[str]:
+    records = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
+    return [line for line in records if part in line]
 
 
 @respx.mock
