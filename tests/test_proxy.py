@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sse_bridge import create_proxy
+from sse_bridge._probe import Stream
 from sse_bridge._proxy import REPLAYABLE_BYTES
 from sse_bridge._types import Receive, Scope, Send
 from tests._servers import serve
@@ -314,15 +315,18 @@ async def test_a_large_streamed_body_arrives_whole(upstream: str) -> None:
 
 async def test_max_streams(upstream: str) -> None:
     with serve(create_proxy(upstream=upstream, max_streams=2)) as url:
-        results: list[int] = []
+        results: list[Stream] = []
 
         async def one() -> None:
-            results.append((await fetch(f"{url}/slow", method="GET", body=b"")).status)
+            results.append(await fetch(f"{url}/slow", method="GET", body=b""))
 
         async with anyio.create_task_group() as tasks:
             for _ in range(3):
                 tasks.start_soon(one)
-    assert sorted(results) == [200, 200, 503]
+    assert sorted(r.status for r in results) == [200, 200, 503]
+    [refused] = [r for r in results if r.status == 503]
+    assert refused.headers.get("retry-after") == "1"
+    assert json.loads(refused.body) == {"error": "too many concurrent streams (max 2); retry later"}
 
 
 async def test_health_and_readiness(upstream: str) -> None:
