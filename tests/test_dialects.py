@@ -7,8 +7,14 @@ from typing import Any
 import pytest
 
 from sse_bridge import LineDecoder, ServerSentEvent
-from sse_bridge._dialects import EMPTY, TRUNCATED, Translator, dumps, resolve_dialect
+from sse_bridge._dialects import Translator, dumps, resolve_dialect
 from tests._sse import FIXTURES, fixture, httpx_sse_data, httpx_sse_json
+
+# The texts the README quotes.
+TRUNCATED = (
+    "upstream closed the stream before its final chunk (done: true); the answer is incomplete"
+)
+EMPTY = "upstream closed the stream without sending anything"
 
 
 def run(dialect: str | Callable[[Any], Iterable[Any]], body: bytes) -> bytes:
