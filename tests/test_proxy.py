@@ -222,12 +222,12 @@ async def test_midstream_failure_of_ndjson_becomes_an_error_line(upstream: str) 
         events = await fetch(f"{url}/broken", headers={"accept": "text/event-stream"})
     lines = plain.body.split(b"\n")
     assert lines[1] == b'{"model":"m","resp'
-    assert json.loads(lines[2])["error"].startswith("upstream connection lost mid-stream")
+    assert json.loads(lines[2])["error"].startswith("upstream connection lost mid-stream: ")
     assert plain.complete
     data = [json.loads(e.data) for e in events.events]
     assert data[0] == {"token": "a"}
     assert data[1]["line"] == '{"model":"m","resp'
-    assert data[2]["error"].startswith("upstream connection lost mid-stream")
+    assert data[2]["error"].startswith("upstream connection lost mid-stream: ")
     assert data[2]["finished"] is True
 
 
