@@ -43,8 +43,9 @@ logger = logging.getLogger("sse_bridge")
 
 NDJSON = b"application/x-ndjson"
 # A body this small with a known length is read before forwarding, so that a request that failed
-# on a stale pooled connection can be sent once more (FIELD_NOTES: uvicorn and httpx both expire
-# idle connections at 5 s, and a reuse at that moment fails before any response).
+# on a stale pooled connection can be sent once more (uvicorn and httpx both expire idle
+# connections at 5 s, and a reuse at that moment fails before any response;
+# tests/test_proxy.py::test_a_stale_pooled_connection_is_retried_once_for_small_bodies).
 REPLAYABLE_BYTES = 64 * 1024
 # How much of an error body is read to find its message once the stream was committed.
 ERROR_BODY_BYTES = 64 * 1024
