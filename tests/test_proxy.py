@@ -313,8 +313,9 @@ async def test_a_large_streamed_body_arrives_whole(upstream: str) -> None:
     assert response.json()["body"] == b"".join(chunks).decode()
 
 
-async def test_max_streams(upstream: str) -> None:
-    with serve(create_proxy(upstream=upstream, max_streams=2)) as url:
+async def test_max_streams(upstream: str, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_proxy(upstream=upstream, max_streams=2)
+    with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
         results: list[Stream] = []
 
         async def one() -> None:
@@ -324,9 +325,41 @@ async def test_max_streams(upstream: str) -> None:
             for _ in range(3):
                 tasks.start_soon(one)
     assert sorted(r.status for r in results) == [200, 200, 503]
+    # The refused request gets no log line: only the two streams do.
+    lines = access_lines(caplog, "path=/slow ")
+    assert [line.split()[3] for line in lines] == ["status=200", "status=200"]
     [refused] = [r for r in results if r.status == 503]
     assert refused.headers.get("retry-after") == "1"
     assert json.loads(refused.body) == {"error": "too many concurrent streams (max 2); retry later"}
+
+
+async def test_requests_the_bridge_answers_itself_get_no_log_line(
+    upstream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the README says: health checks, a 401 for the API key, /metrics on the main port, CORS
+    # preflights and 503s at --max-streams are answered before the layer that logs.
+    app = create_proxy(
+        upstream=upstream,
+        api_key="k",
+        max_streams=1,
+        metrics=True,
+        cors_origins=["http://app.example"],
+    )
+    key = {"authorization": "Bearer k"}
+    preflight = {"origin": "http://app.example", "access-control-request-method": "POST"}
+    with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+        answered = [
+            await fetch(f"{url}/healthz", method="GET", body=b""),
+            await fetch(f"{url}/readyz", method="GET", body=b""),
+            await fetch(f"{url}/api/chat"),
+            await fetch(f"{url}/metrics", method="GET", body=b"", headers=key),
+            await fetch(f"{url}/api/chat", method="OPTIONS", body=b"", headers=preflight),
+        ]
+        assert [r.status for r in answered] == [200, 200, 401, 200, 200]
+        assert access_lines(caplog, "") == []
+        await fetch(f"{url}/api/chat", headers=key)
+    [line] = access_lines(caplog, "")
+    assert line.startswith("stream method=POST path=/api/chat status=200")
 
 
 async def test_health_and_readiness(upstream: str) -> None:
