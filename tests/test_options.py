@@ -214,3 +214,15 @@ def test_the_readme_table_lists_every_serve_option_with_its_default() -> None:
             assert shown.split() == list(default), name
         else:
             assert shown == f"{default:g}" if isinstance(default, float) else str(default), name
+
+
+def test_the_readme_table_lists_every_middleware_option_with_its_default() -> None:
+    section = README.read_text().split("### Options", 1)[1].split("\n\n", 3)[2]
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|", section, re.M))
+    defaults = fields_of(BridgeOptions)
+    assert set(rows) == set(defaults)
+    for name, default in defaults.items():
+        if isinstance(default, tuple):
+            assert re.findall(r"`([^`]+)`", rows[name]) == list(default), name
+        else:
+            assert rows[name].strip("`") == repr(default).replace("'", '"'), name
