@@ -128,7 +128,7 @@ def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
     assert "Traceback" not in stderr
     assert "outcome=upstream_error" in stderr
     # The upstream request was closed too: the fake stopped generating.
-    record = fake.wait_for_record(path="/api/generate", outcome="cancelled", timeout=5)
+    record = fake.records.wait_for_blocking(path="/api/generate", outcome="cancelled", timeout=5)
     assert record.tokens_sent < 100
 
 
@@ -191,7 +191,7 @@ def test_sigterm_while_waiting_for_the_upstream_is_a_503() -> None:
     ):
 
         def terminate_once_the_upstream_has_the_request() -> None:
-            fake.wait_for_record(path="/api/generate", timeout=DEADLINE)
+            fake.records.wait_for_blocking(path="/api/generate", timeout=DEADLINE)
             process.send_signal(signal.SIGTERM)
 
         thread = threading.Thread(target=terminate_once_the_upstream_has_the_request)

@@ -106,9 +106,7 @@ async def test_the_metrics_match_a_known_sequence(
             anonymous = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
             unauthorized_scrape = await fetch(f"{url}/metrics", method="GET", body=b"")
             # The disconnected stream is over when the fake has seen it go.
-            await anyio.to_thread.run_sync(
-                lambda: fake.wait_for_record(outcome="cancelled", timeout=5)
-            )
+            await fake.records.wait_for(outcome="cancelled", timeout=5)
             await until(lambda: len(caplog.records) >= 7)
             scrape = await fetch(f"{url}/metrics", method="GET", body=b"", headers=KEY)
     assert [r.status for r in completed] == [200] * 3
@@ -185,9 +183,7 @@ async def test_upstream_failures_and_the_stream_limit_are_counted() -> None:
                 group.start_soon(
                     lambda: fetch(f"{url}/api/chat", body=chat(), headers=SSE, deadline=5)
                 )
-                await anyio.to_thread.run_sync(
-                    lambda: fake.wait_for_record(predicate=lambda r: r.tokens_sent >= 1)
-                )
+                await fake.records.wait_for(predicate=lambda r: r.tokens_sent >= 1)
                 during = samples(
                     (await fetch(f"{url}/metrics", method="GET", body=b"")).body.decode()
                 )

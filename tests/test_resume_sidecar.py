@@ -99,10 +99,8 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
                     responses.append(await fetch(f"{url}/api/chat", body=chat(), headers=SSE))
 
                 group.start_soon(read)
-                record = await anyio.to_thread.run_sync(
-                    lambda: fake.wait_for_record(
-                        path="/api/chat", predicate=lambda r: r.tokens_sent >= 3, timeout=5
-                    )
+                record = await fake.records.wait_for(
+                    path="/api/chat", predicate=lambda r: r.tokens_sent >= 3, timeout=5
                 )
                 assert record is not None
                 # The page would read X-Stream-Id; this client is still reading, so ask the
@@ -111,8 +109,8 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
                 assert store is not None
                 (sid,) = store.streams  # type: ignore[attr-defined]
                 stop = await fetch(f"{url}/streams/{sid}", method="DELETE", body=b"")
-            cancelled = await anyio.to_thread.run_sync(
-                lambda: fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=3)
+            cancelled = await fake.records.wait_for(
+                path="/api/chat", outcome="cancelled", timeout=3
             )
     assert stop.status == 204
     assert cancelled.cancelled_phase == "streaming"
@@ -132,8 +130,8 @@ async def test_a_client_that_leaves_is_given_the_grace_period() -> None:
         with serve(app) as url:
             first = await fetch(f"{url}/api/chat", body=chat(), headers=SSE, stop_after_events=3)
             left = time.monotonic()
-            cancelled = await anyio.to_thread.run_sync(
-                lambda: fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=5)
+            cancelled = await fake.records.wait_for(
+                path="/api/chat", outcome="cancelled", timeout=5
             )
             sid = first.headers["x-stream-id"]
             late = await fetch(f"{url}/streams/{sid}", method="GET", body=b"", headers=SSE)
@@ -231,10 +229,8 @@ async def test_redis_lost_while_running(caplog: pytest.LogCaptureFixture) -> Non
 
             async with anyio.create_task_group() as group:
                 group.start_soon(read)
-                await anyio.to_thread.run_sync(
-                    lambda: fake.wait_for_record(
-                        predicate=lambda r: r.outcome is None and r.tokens_sent >= 3, timeout=5
-                    )
+                await fake.records.wait_for(
+                    predicate=lambda r: r.outcome is None and r.tokens_sent >= 3, timeout=5
                 )
                 await anyio.to_thread.run_sync(redis.stop)
                 # The live stream goes on; a resume is refused until Redis returns.

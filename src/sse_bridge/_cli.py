@@ -137,7 +137,7 @@ def fake_ollama(**options: Any) -> None:
     """
     import uvicorn
 
-    from ._fake_ollama import FakeOllama, FakeOllamaConfig
+    from ._fake import FakeOllama, FakeOllamaConfig
 
     server = {key: options.pop(key) for key in ("host", "port", "log_level")}
     try:
