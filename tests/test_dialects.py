@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from sse_bridge import LineDecoder, ServerSentEvent
-from sse_bridge._dialects import EMPTY, TRUNCATED, Translator, dumps, resolve_dialect
+from sse_bridge._dialects import resolve_dialect
+from sse_bridge._translator import EMPTY, TRUNCATED, Translator, dumps
 from tests._sse import FIXTURES, fixture, httpx_sse_data, httpx_sse_json
 
 
@@ -17,7 +18,7 @@ def run(dialect: str | Callable[[Any], Iterable[Any]], body: bytes) -> bytes:
     decoder = LineDecoder()
     events: list[bytes] = []
     for line in decoder.decode(body) + decoder.flush():
-        events += translator.line(line)
+        events += translator.translate(line)
         if translator.finished:
             break
     else:

@@ -19,7 +19,7 @@ from ._codec import (
     encode_comment,
     encode_retry,
 )
-from ._dialects import DialectFunc, Translator, resolve_dialect
+from ._dialects import DialectFunc, resolve_dialect
 from ._http import (
     EVENT_STREAM_KEY,
     NDJSON_TYPES,
@@ -34,6 +34,7 @@ from ._http import (
 from ._receive import SharedReceive
 from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
+from ._translator import Translator
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from ._validate import check_count, check_seconds
 
@@ -430,11 +431,11 @@ class _Responder:
 
     def translate(self, lines: list[str]) -> list[bytes]:
         translator = self.translator
-        line_events = translator.line
+        translate_line = translator.translate
         events: list[bytes] = []
         for line in lines:
             try:
-                events += line_events(line)
+                events += translate_line(line)
             except Exception as exc:
                 # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
                 # stream: report that line and go on.
