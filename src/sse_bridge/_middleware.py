@@ -117,7 +117,7 @@ class SSEBridgeMiddleware:
         if isinstance(ndjson_types, str):
             raise ValueError("ndjson_types must be a sequence of media types, not one string")
         self.app = app
-        self.translator = resolve_dialect(dialect)
+        self.new_translator = resolve_dialect(dialect)
         self.dialect_name = (
             dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
         )
@@ -259,7 +259,7 @@ class _Responder:
         self.background = anyio.CancelScope()
         self.pinging: anyio.CancelScope | None = None
         self.decoder = LineDecoder(options.max_line_bytes)
-        self.translator: Translator = options.translator()
+        self.translator: Translator = options.new_translator()
         self.stats = context
         self.recording: Recording | None = None
         self.watching = False
