@@ -1,16 +1,17 @@
 """How NDJSON lines become events: the ``raw``, ``ollama`` and ``openai`` dialects, or your own.
 
-A dialect is a name or a callable applied to each decoded JSON value (:data:`DialectFunc`);
-:func:`resolve_dialect` turns either into a factory of per-stream translators. The JSON dialects
-are hooks of one template, :class:`JSONTranslator` (in ``_translator.py``, with the event
-writers they share); ``openai`` lives in ``_openai.py``.
+A dialect is a name, a callable applied to each decoded JSON value (:data:`DialectFunc`), or a
+:class:`Translator` subclass; :func:`resolve_dialect` turns each into a factory of per-stream
+translators. The JSON dialects are hooks of one template, :class:`JSONTranslator` (in
+``_translator.py``, with the event writers they share); ``openai`` lives in ``_openai.py``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from ._codec import ServerSentEvent, encode_data, encode_json_data
 from ._openai import OpenAITranslator
@@ -127,15 +128,24 @@ DIALECTS: dict[str, Callable[[], Translator]] = {
 }
 
 
-def resolve_dialect(dialect: str | DialectFunc) -> Callable[[], Translator]:
-    """The translator factory for a dialect name or a custom callable."""
+def resolve_dialect(dialect: str | DialectFunc | type[Translator]) -> Callable[[], Translator]:
+    """The translator factory for a dialect name, a :class:`Translator` subclass or a callable."""
+    if isinstance(dialect, type) and issubclass(dialect, Translator):
+        if inspect.isabstract(dialect):
+            raise ValueError(
+                f"dialect {dialect.__name__} is abstract: a Translator subclass must define"
+                " translate(line)"
+            )
+        return dialect
     if callable(dialect):
-        func = dialect
+        # Any other callable, a class included, is a function of one decoded value.
+        func = cast(DialectFunc, dialect)
         return lambda: CallableTranslator(func)
     try:
         return DIALECTS[dialect]
     except (KeyError, TypeError):
         names = ", ".join(repr(name) for name in DIALECTS)
         raise ValueError(
-            f"unknown dialect {dialect!r}: use one of {names} or a callable (obj) -> events"
+            f"unknown dialect {dialect!r}: use one of {names}, a Translator subclass or a"
+            " callable (obj) -> events"
         ) from None

@@ -68,8 +68,9 @@ class SSEBridgeMiddleware:
 
     Args:
         app: the ASGI app to wrap.
-        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, or a
-            callable that takes one decoded JSON value and returns the events to send.
+        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, a
+            callable that takes one decoded JSON value and returns the events to send, or a
+            :class:`sse_bridge.Translator` subclass, made once per stream for a stateful dialect.
         convert: ``"negotiate"`` converts only for requests whose ``Accept`` names
             ``text/event-stream``; ``"always"`` converts every 200 NDJSON response.
         keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` or
@@ -96,7 +97,7 @@ class SSEBridgeMiddleware:
         self,
         app: ASGIApp,
         *,
-        dialect: str | DialectFunc = "raw",
+        dialect: str | DialectFunc | type[Translator] = "raw",
         convert: Literal["negotiate", "always"] = "negotiate",
         keepalive: float | None = 15.0,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,

@@ -82,7 +82,11 @@ def error_text(value: Any) -> str:
 
 
 class Translator(ABC):
-    """One stream's translation from NDJSON lines to events; every dialect is a subclass.
+    """One stream's translation from NDJSON lines to events: subclass it for a stateful dialect.
+
+    Pass the subclass itself as ``dialect=``: the middleware calls it with no arguments once
+    per converted stream, so every stream starts from fresh state. A subclass that defines
+    ``__init__`` calls ``super().__init__()`` first.
 
     Every method returns the events to send, in order, already encoded: ``bytes`` ending in the
     blank line that ends an event, such as ``ServerSentEvent(data=...).encode()``. An empty
@@ -148,7 +152,7 @@ class JSONTranslator(Translator):
     ``done``) to :meth:`on_final` if ``done`` is ``true``, else to :meth:`on_chunk`; any other
     JSON value (say ``/api/pull`` progress) to :meth:`on_other`. A line that is not JSON, or
     any line after the final chunk, is a :meth:`bad_line`. Each hook gets the decoded value
-    and its line.
+    and its line, positionally (so that one function can serve as several hooks).
     """
 
     def __init__(self) -> None:
