@@ -90,6 +90,18 @@ def test_ollama_tool_calls() -> None:
     assert events[1]["finished"] is True
 
 
+def test_ollama_tool_calls_keep_their_thinking() -> None:
+    body = (
+        b'{"model":"m","message":{"content":"","thinking":"why","tool_calls":[{"function":'
+        b'{"name":"f","arguments":{}}}]},"done":false}\n'
+    )
+    assert httpx_sse_json(run("ollama", body))[0] == {
+        "token": "",
+        "thinking": "why",
+        "tool_calls": [{"function": {"name": "f", "arguments": {}}}],
+    }
+
+
 def test_ollama_midstream_error_ends_the_stream() -> None:
     events = httpx_sse_json(run("ollama", fixture("generate_midstream_error.ndjson")))
     assert [e.get("token") for e in events[:4]] == [" Yes", ".", "I", "can"]
