@@ -40,7 +40,9 @@ def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:
 
 def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(_server, "serve", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(
+        _server, "serve", lambda server, options: seen.update(server=server, options=options)
+    )
     env = {
         "SSE_BRIDGE_UPSTREAM": "http://127.0.0.1:11434",
         "SSE_BRIDGE_DIALECT": "ollama",
@@ -49,17 +51,16 @@ def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.Mo
     }
     result = CliRunner().invoke(main, ["serve", "--port", "9000", "--workers", "2"], env=env)
     assert result.exit_code == 0, result.output
-    assert seen["port"] == 9000
-    assert seen["workers"] == 2
-    assert seen["host"] == "127.0.0.1"
-    options = seen["proxy_options"]
-    assert options["upstream"] == "http://127.0.0.1:11434"
-    assert options["dialect"] == "ollama"
-    assert options["cors_origins"] == ["http://a.example", "http://b.example"]
-    assert options["event_ids"] is True
-    assert options["read_timeout"] is None
-    assert options["commit_after"] == 1.0
-    assert options["grace"] == 10.0
+    server = seen["server"]
+    assert (server.port, server.workers, server.host) == (9000, 2, "127.0.0.1")
+    options = seen["options"]
+    assert options.upstream == "http://127.0.0.1:11434"
+    assert options.dialect == "ollama"
+    assert options.cors_origins == ("http://a.example", "http://b.example")
+    assert options.event_ids is True
+    assert options.read_timeout == 0  # off: wait forever
+    assert options.commit_after == 1.0
+    assert options.grace == 10.0
 
 
 @pytest.mark.parametrize(

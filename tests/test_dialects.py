@@ -12,9 +12,16 @@ from starlette.testclient import TestClient
 import sse_bridge
 from sse_bridge import LineDecoder, ServerSentEvent, SSEBridgeMiddleware, Translator
 from sse_bridge._dialects import CallableTranslator, resolve_dialect
-from sse_bridge._translator import AFTER_DONE, EMPTY, TRUNCATED, JSONTranslator, dumps
+from sse_bridge._translator import JSONTranslator, dumps
 from sse_bridge._types import Receive, Scope, Send
 from tests._sse import FIXTURES, fixture, httpx_sse_data, httpx_sse_json
+
+# The texts the README quotes.
+TRUNCATED = (
+    "upstream closed the stream before its final chunk (done: true); the answer is incomplete"
+)
+EMPTY = "upstream closed the stream without sending anything"
+AFTER_DONE = "upstream sent a line after its final chunk (done: true)"
 
 
 def run(dialect: str | Callable[[Any], Iterable[Any]], body: bytes) -> bytes:

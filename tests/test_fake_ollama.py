@@ -25,7 +25,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_bridge._fake_ollama import (
-    ERROR_MESSAGE,
     SAMPLE_ANSWER,
     SAMPLE_THINKING,
     FakeOllama,
@@ -49,6 +48,8 @@ METRICS = (
     "eval_duration",
 )
 FAST = {"tokens_per_second": 0}
+# Ollama's own text when a model fails mid-generation, which the fake sends.
+ERROR_MESSAGE = "an error was encountered while running the model"
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
 WEATHER_TOOL = {
     "type": "function",

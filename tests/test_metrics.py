@@ -246,7 +246,7 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
     [
         ({"metrics_port": 9100}, "needs metrics on"),
         ({"metrics": True, "metrics_port": 70000}, "metrics_port must be a TCP port"),
-        ({"metrics": True, "metrics_port": 0}, "metrics_port must be None or an integer >= 1"),
+        ({"metrics": True, "metrics_port": -1}, "metrics_port must be an integer >= 0"),
         ({"log_format": "xml"}, "log_format must be 'text' or 'json'"),
     ],
 )

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from loadtests.stack import free_port
 from sse_bridge import _server, create_proxy
 from sse_bridge._cli import main
+from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._redis import redis_server, running_redis
 from tests._servers import serve
@@ -148,26 +149,23 @@ async def test_a_client_that_leaves_is_given_the_grace_period() -> None:
 def test_memory_resume_refuses_several_workers() -> None:
     with pytest.raises(ValueError, match="use --resume redis://host:port/db with --workers"):
         _server.serve(
-            host="127.0.0.1",
-            port=0,
-            workers=2,
-            log_level="warning",
-            proxy_options={"upstream": "http://127.0.0.1:9", "resume": "memory"},
+            ServerOptions(port=0, workers=2, log_level="warning"),
+            SidecarOptions(upstream="http://127.0.0.1:9", resume="memory"),
         )
 
 
 def test_serve_reads_the_resume_options(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(_server, "serve", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(_server, "serve", lambda server, options: seen.update(options=options))
     env = {"SSE_BRIDGE_UPSTREAM": "http://127.0.0.1:11434", "SSE_BRIDGE_RESUME": "memory"}
     result = CliRunner().invoke(
         main, ["serve", "--resume-grace", "5", "--resume-ttl", "60"], env=env
     )
     assert result.exit_code == 0, result.output
-    options = seen["proxy_options"]
-    assert (options["resume"], options["resume_grace"], options["resume_ttl"]) == ("memory", 5, 60)
+    options = seen["options"]
+    assert (options.resume, options.resume_grace, options.resume_ttl) == ("memory", 5, 60)
     result = CliRunner().invoke(main, ["serve"], env={"SSE_BRIDGE_UPSTREAM": "http://h"})
-    assert seen["proxy_options"]["resume"] is None
+    assert seen["options"].resume is None
 
 
 def test_serve_refuses_an_unknown_store() -> None:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from ._codec import (
-    DEFAULT_MAX_LINE_BYTES,
     LineDecoder,
     LineTooLongError,
     encode_comment,
@@ -22,7 +21,6 @@ from ._codec import (
 from ._dialects import DialectFunc, resolve_dialect
 from ._http import (
     EVENT_STREAM_KEY,
-    NDJSON_TYPES,
     STREAM_KEY,
     Outcome,
     StreamContext,
@@ -31,12 +29,12 @@ from ._http import (
     media_type,
     on_asyncio,
 )
+from ._options import BridgeOptions, off_as_zero
 from ._receive import SharedReceive
-from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
+from ._resume import Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
 from ._translator import Translator
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from ._validate import check_count, check_seconds
 
 if TYPE_CHECKING:
     from ._metrics import BridgeMetrics
@@ -55,6 +53,7 @@ _BODY_HEADERS = frozenset(
     {b"content-length", b"content-type", b"content-encoding", b"transfer-encoding", b"etag"}
     | {b"content-md5", b"accept-ranges", b"x-accel-buffering", b"connection"}
 )
+_DEFAULT = BridgeOptions()
 # Server extensions that would let the app bypass http.response.body, which is what we rewrite.
 _BYPASS_EXTENSIONS = (
     "http.response.pathsend",
@@ -73,8 +72,8 @@ class SSEBridgeMiddleware:
             :class:`sse_bridge.Translator` subclass, made once per stream for a stateful dialect.
         convert: ``"negotiate"`` converts only for requests whose ``Accept`` names
             ``text/event-stream``; ``"always"`` converts every 200 NDJSON response.
-        keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` or
-            ``None`` sends none.
+        keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` sends
+            none (``None`` is accepted as ``0``).
         max_line_bytes: the longest NDJSON line accepted; a longer one ends the stream with an
             error event. This bounds the memory one stream holds.
         event_ids: add increasing ``id:`` fields (1, 2, ...) for EventSource clients. Off by
@@ -97,43 +96,65 @@ class SSEBridgeMiddleware:
         self,
         app: ASGIApp,
         *,
-        dialect: str | DialectFunc | type[Translator] = "raw",
-        convert: Literal["negotiate", "always"] = "negotiate",
-        keepalive: float | None = 15.0,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        event_ids: bool = False,
-        retry: int | None = None,
-        ndjson_types: Sequence[str] = NDJSON_TYPES,
-        resume: str | ResumeStore | None = None,
-        resume_path: str = "/streams",
-        resume_grace: float = 30.0,
-        resume_ttl: float = DEFAULT_TTL,
+        dialect: str | DialectFunc | type[Translator] = _DEFAULT.dialect,
+        convert: Literal["negotiate", "always"] = _DEFAULT.convert,
+        keepalive: float | None = _DEFAULT.keepalive,
+        max_line_bytes: int = _DEFAULT.max_line_bytes,
+        event_ids: bool = _DEFAULT.event_ids,
+        retry: int | None = _DEFAULT.retry,
+        ndjson_types: Sequence[str] = _DEFAULT.ndjson_types,
+        resume: str | ResumeStore | None = _DEFAULT.resume,
+        resume_path: str = _DEFAULT.resume_path,
+        resume_grace: float = _DEFAULT.resume_grace,
+        resume_ttl: float = _DEFAULT.resume_ttl,
         metrics: BridgeMetrics | None = None,
     ) -> None:
-        if convert not in ("negotiate", "always"):
-            raise ValueError(f"convert must be 'negotiate' or 'always', not {convert!r}")
-        if keepalive is not None:
-            check_seconds("keepalive", keepalive, "0 or None sends no keepalives")
-        check_count("max_line_bytes", max_line_bytes, 1, "the longest NDJSON line")
-        if isinstance(ndjson_types, str):
-            raise ValueError("ndjson_types must be a sequence of media types, not one string")
+        options = BridgeOptions(
+            dialect=dialect,
+            convert=convert,
+            keepalive=off_as_zero(keepalive),
+            max_line_bytes=max_line_bytes,
+            event_ids=event_ids,
+            retry=retry,
+            ndjson_types=ndjson_types,  # type: ignore[arg-type]  # any sequence; a tuple is kept
+            resume=resume,
+            resume_path=resume_path,
+            resume_grace=resume_grace,
+            resume_ttl=resume_ttl,
+        )
+        self._configure(app, options, metrics)
+
+    @classmethod
+    def with_options(
+        cls, app: ASGIApp, options: BridgeOptions, *, metrics: BridgeMetrics | None = None
+    ) -> SSEBridgeMiddleware:
+        """The middleware for options already made (and so already checked)."""
+        middleware = cls.__new__(cls)
+        middleware._configure(app, options, metrics)
+        return middleware
+
+    def _configure(
+        self, app: ASGIApp, options: BridgeOptions, metrics: BridgeMetrics | None
+    ) -> None:
         self.app = app
+        self.options = options
+        self.metrics = metrics
+        dialect = options.dialect
         self.new_translator = resolve_dialect(dialect)
         self.dialect_name = (
             dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
         )
-        self.metrics = metrics
-        self.convert = convert
-        self.keepalive = float(keepalive or 0)
-        self.max_line_bytes = max_line_bytes
-        self.event_ids = event_ids
-        self.retry = None if retry is None else encode_retry(retry)
-        self.ndjson_types = frozenset(t.lower() for t in ndjson_types)
-        check_seconds("resume_grace", resume_grace, "for a resume after the client left")
-        self.resume_grace = float(resume_grace)
-        self.store = open_store(resume, ttl=resume_ttl)
+        # Read on every request: kept as attributes of their own.
+        self.convert = options.convert
+        self.keepalive = options.keepalive
+        self.max_line_bytes = options.max_line_bytes
+        self.event_ids = options.event_ids
+        self.retry = None if options.retry is None else encode_retry(options.retry)
+        self.ndjson_types = frozenset(options.ndjson_types)
+        self.resume_grace = options.resume_grace
+        self.store = open_store(options.resume, ttl=options.resume_ttl)
         self.endpoints = (
-            None if self.store is None else ResumeEndpoints(self, self.store, resume_path)
+            None if self.store is None else ResumeEndpoints(self, self.store, options.resume_path)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -64,8 +64,6 @@ class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
     def __init__(self, options: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
-        if not isinstance(path, str) or not path.startswith("/") or "?" in path:
-            raise ValueError(f"resume_path must be a path such as '/streams', not {path!r}")
         self.options = options
         self.store = store
         self.prefix = path.rstrip("/") + "/"
