@@ -31,7 +31,7 @@ def test_every_other_example_runs() -> None:
     from sse_bridge import SidecarApp, SSEBridgeMiddleware
 
     blocks = python_blocks()[1:]
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     for block in blocks:
         namespace: dict[str, Any] = {}
         exec(block, namespace)

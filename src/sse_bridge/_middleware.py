@@ -18,7 +18,7 @@ from ._codec import (
     encode_comment,
     encode_retry,
 )
-from ._dialects import DialectFunc, Translator, resolve_dialect
+from ._dialects import DialectFunc, resolve_dialect
 from ._http import (
     EVENT_STREAM_KEY,
     STREAM_KEY,
@@ -33,6 +33,7 @@ from ._options import BridgeOptions, off_as_zero
 from ._receive import SharedReceive
 from ._resume import Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
+from ._translator import Translator
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -66,8 +67,9 @@ class SSEBridgeMiddleware:
 
     Args:
         app: the ASGI app to wrap.
-        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, or a
-            callable that takes one decoded JSON value and returns the events to send.
+        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, a
+            callable that takes one decoded JSON value and returns the events to send, or a
+            :class:`sse_bridge.Translator` subclass, made once per stream for a stateful dialect.
         convert: ``"negotiate"`` converts only for requests whose ``Accept`` names
             ``text/event-stream``; ``"always"`` converts every 200 NDJSON response.
         keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` sends
@@ -94,7 +96,7 @@ class SSEBridgeMiddleware:
         self,
         app: ASGIApp,
         *,
-        dialect: str | DialectFunc = _DEFAULT.dialect,
+        dialect: str | DialectFunc | type[Translator] = _DEFAULT.dialect,
         convert: Literal["negotiate", "always"] = _DEFAULT.convert,
         keepalive: float | None = _DEFAULT.keepalive,
         max_line_bytes: int = _DEFAULT.max_line_bytes,
@@ -138,7 +140,7 @@ class SSEBridgeMiddleware:
         self.options = options
         self.metrics = metrics
         dialect = options.dialect
-        self.translator = resolve_dialect(dialect)
+        self.new_translator = resolve_dialect(dialect)
         self.dialect_name = (
             dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
         )
@@ -279,7 +281,7 @@ class _Responder:
         self.background = anyio.CancelScope()
         self.pinging: anyio.CancelScope | None = None
         self.decoder = LineDecoder(options.max_line_bytes)
-        self.translator: Translator = options.translator()
+        self.translator: Translator = options.new_translator()
         self.stats = context
         self.recording: Recording | None = None
         self.watching = False
@@ -451,11 +453,11 @@ class _Responder:
 
     def translate(self, lines: list[str]) -> list[bytes]:
         translator = self.translator
-        line_events = translator.line
+        translate_line = translator.translate
         events: list[bytes] = []
         for line in lines:
             try:
-                events += line_events(line)
+                events += translate_line(line)
             except Exception as exc:
                 # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
                 # stream: report that line and go on.
