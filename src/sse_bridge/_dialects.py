@@ -33,6 +33,9 @@ DialectFunc = Callable[[Any], Iterable[Any]]
 Each item may be a :class:`ServerSentEvent`, a ``str`` (sent as the data field verbatim), or any
 other JSON-serialisable value (sent as compact JSON)."""
 
+# What ``dialect=`` takes: a name, a function of one JSON value, or a Translator class.
+Dialect = str | DialectFunc | type[Translator]
+
 
 class RawTranslator(Translator):
     """``raw``: every line verbatim as one event (no parsing); errors as ``{"error": "..."}``."""

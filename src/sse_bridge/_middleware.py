@@ -18,7 +18,7 @@ from ._codec import (
     encode_comment,
     encode_retry,
 )
-from ._dialects import DialectFunc, resolve_dialect
+from ._dialects import Dialect, resolve_dialect
 from ._http import (
     EVENT_STREAM_KEY,
     STREAM_KEY,
@@ -96,7 +96,7 @@ class SSEBridgeMiddleware:
         self,
         app: ASGIApp,
         *,
-        dialect: str | DialectFunc | type[Translator] = _DEFAULT.dialect,
+        dialect: Dialect = _DEFAULT.dialect,
         convert: Literal["negotiate", "always"] = _DEFAULT.convert,
         keepalive: float | None = _DEFAULT.keepalive,
         max_line_bytes: int = _DEFAULT.max_line_bytes,

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._codec import DEFAULT_MAX_LINE_BYTES
-from ._dialects import DIALECTS, DialectFunc, resolve_dialect
+from ._dialects import DIALECTS, Dialect, resolve_dialect
 from ._http import NDJSON_TYPES
 from ._resume import DEFAULT_TTL, ResumeStore, check_resume
-from ._translator import Translator
 from ._validate import check_count, check_seconds
 
 Kind = Literal["seconds", "count", "port", "flag", "choice", "text", "texts", "object"]
@@ -138,7 +137,7 @@ def _check_dialect(value: object) -> None:
 class BridgeOptions(Options):
     """The options of :class:`sse_bridge.SSEBridgeMiddleware`; see its docstring for each."""
 
-    dialect: str | DialectFunc | type[Translator] = option(
+    dialect: Dialect = option(
         "raw",
         Spec(
             "How NDJSON lines become events.",

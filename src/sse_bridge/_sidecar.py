@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
-from ._dialects import DialectFunc
+from ._dialects import Dialect
 from ._http import STREAM_KEY, StreamContext, header, send_json
 from ._middleware import SSEBridgeMiddleware
 from ._options import off_as_zero
@@ -227,7 +227,7 @@ class _Front:
 def create_proxy(
     *,
     upstream: str,
-    dialect: str | DialectFunc = _DEFAULT["dialect"],
+    dialect: Dialect = _DEFAULT["dialect"],
     convert: Literal["negotiate", "always"] = _DEFAULT["convert"],
     keepalive: float | None = _DEFAULT["keepalive"],
     max_line_bytes: int = _DEFAULT["max_line_bytes"],
