@@ -4,6 +4,7 @@ from ._codec import LineDecoder, LineTooLongError, ServerSentEvent
 from ._dialects import DialectFunc
 from ._middleware import SSEBridgeMiddleware
 from ._sidecar import SidecarApp, create_proxy
+from ._translator import Translator
 
 __all__ = [
     "DialectFunc",
@@ -12,6 +13,7 @@ __all__ = [
     "SSEBridgeMiddleware",
     "ServerSentEvent",
     "SidecarApp",
+    "Translator",
     "create_proxy",
 ]
 __version__ = "0.1.0"

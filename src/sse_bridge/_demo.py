@@ -20,7 +20,7 @@ import anyio
 import httpx
 import uvicorn
 
-from ._fake_ollama import FakeOllama, FakeOllamaConfig
+from ._fake import FakeOllama, FakeOllamaConfig
 from ._headers import header
 from ._http import send_json
 from ._sidecar import SidecarApp, create_proxy

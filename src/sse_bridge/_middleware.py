@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from ._codec import (
-    DEFAULT_MAX_LINE_BYTES,
     LineDecoder,
     LineTooLongError,
     encode_comment,
     encode_retry,
 )
-from ._dialects import DialectFunc, Translator, resolve_dialect
+from ._dialects import Dialect, resolve_dialect
 from ._headers import (
     STREAM_ID_HEADER,
     VARY_ACCEPT,
@@ -31,12 +30,13 @@ from ._headers import (
     media_type,
     replaced,
 )
-from ._http import EVENT_STREAM_KEY, NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, on_asyncio
+from ._http import EVENT_STREAM_KEY, STREAM_KEY, Outcome, StreamContext, on_asyncio
+from ._options import BridgeOptions, off_as_zero
 from ._receive import SharedReceive
-from ._resume import DEFAULT_TTL, Recording, ResumeError, ResumeStore, open_store
+from ._resume import Recording, ResumeError, ResumeStore, open_store
 from ._resume_http import ResumeEndpoints, with_stream_id
+from ._translator import Translator
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from ._validate import check_count, check_seconds
 
 if TYPE_CHECKING:
     from ._metrics import BridgeMetrics
@@ -49,6 +49,7 @@ APP_ENDED = "the stream ended before the server finished it; the answer may be i
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
 
+_DEFAULT = BridgeOptions()
 # Server extensions that would let the app bypass http.response.body, which is what we rewrite.
 _BYPASS_EXTENSIONS = (
     "http.response.pathsend",
@@ -62,12 +63,13 @@ class SSEBridgeMiddleware:
 
     Args:
         app: the ASGI app to wrap.
-        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, or a
-            callable that takes one decoded JSON value and returns the events to send.
+        dialect: ``"raw"`` (each line verbatim as one event), ``"ollama"``, ``"openai"``, a
+            callable that takes one decoded JSON value and returns the events to send, or a
+            :class:`sse_bridge.Translator` subclass, made once per stream for a stateful dialect.
         convert: ``"negotiate"`` converts only for requests whose ``Accept`` names
             ``text/event-stream``; ``"always"`` converts every 200 NDJSON response.
-        keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` or
-            ``None`` sends none.
+        keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` sends
+            none (``None`` is accepted as ``0``).
         max_line_bytes: the longest NDJSON line accepted; a longer one ends the stream with an
             error event. This bounds the memory one stream holds.
         event_ids: add increasing ``id:`` fields (1, 2, ...) for EventSource clients. Off by
@@ -90,43 +92,65 @@ class SSEBridgeMiddleware:
         self,
         app: ASGIApp,
         *,
-        dialect: str | DialectFunc = "raw",
-        convert: Literal["negotiate", "always"] = "negotiate",
-        keepalive: float | None = 15.0,
-        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-        event_ids: bool = False,
-        retry: int | None = None,
-        ndjson_types: Sequence[str] = NDJSON_TYPES,
-        resume: str | ResumeStore | None = None,
-        resume_path: str = "/streams",
-        resume_grace: float = 30.0,
-        resume_ttl: float = DEFAULT_TTL,
+        dialect: Dialect = _DEFAULT.dialect,
+        convert: Literal["negotiate", "always"] = _DEFAULT.convert,
+        keepalive: float | None = _DEFAULT.keepalive,
+        max_line_bytes: int = _DEFAULT.max_line_bytes,
+        event_ids: bool = _DEFAULT.event_ids,
+        retry: int | None = _DEFAULT.retry,
+        ndjson_types: Sequence[str] = _DEFAULT.ndjson_types,
+        resume: str | ResumeStore | None = _DEFAULT.resume,
+        resume_path: str = _DEFAULT.resume_path,
+        resume_grace: float = _DEFAULT.resume_grace,
+        resume_ttl: float = _DEFAULT.resume_ttl,
         metrics: BridgeMetrics | None = None,
     ) -> None:
-        if convert not in ("negotiate", "always"):
-            raise ValueError(f"convert must be 'negotiate' or 'always', not {convert!r}")
-        if keepalive is not None:
-            check_seconds("keepalive", keepalive, "0 or None sends no keepalives")
-        check_count("max_line_bytes", max_line_bytes, 1, "the longest NDJSON line")
-        if isinstance(ndjson_types, str):
-            raise ValueError("ndjson_types must be a sequence of media types, not one string")
+        options = BridgeOptions(
+            dialect=dialect,
+            convert=convert,
+            keepalive=off_as_zero(keepalive),
+            max_line_bytes=max_line_bytes,
+            event_ids=event_ids,
+            retry=retry,
+            ndjson_types=ndjson_types,  # type: ignore[arg-type]  # any sequence; a tuple is kept
+            resume=resume,
+            resume_path=resume_path,
+            resume_grace=resume_grace,
+            resume_ttl=resume_ttl,
+        )
+        self._configure(app, options, metrics)
+
+    @classmethod
+    def with_options(
+        cls, app: ASGIApp, options: BridgeOptions, *, metrics: BridgeMetrics | None = None
+    ) -> SSEBridgeMiddleware:
+        """The middleware for options already made (and so already checked)."""
+        middleware = cls.__new__(cls)
+        middleware._configure(app, options, metrics)
+        return middleware
+
+    def _configure(
+        self, app: ASGIApp, options: BridgeOptions, metrics: BridgeMetrics | None
+    ) -> None:
         self.app = app
-        self.translator = resolve_dialect(dialect)
+        self.options = options
+        self.metrics = metrics
+        dialect = options.dialect
+        self.new_translator = resolve_dialect(dialect)
         self.dialect_name = (
             dialect if isinstance(dialect, str) else getattr(dialect, "__name__", "custom")
         )
-        self.metrics = metrics
-        self.convert = convert
-        self.keepalive = float(keepalive or 0)
-        self.max_line_bytes = max_line_bytes
-        self.event_ids = event_ids
-        self.retry = None if retry is None else encode_retry(retry)
-        self.ndjson_types = frozenset(t.lower() for t in ndjson_types)
-        check_seconds("resume_grace", resume_grace, "for a resume after the client left")
-        self.resume_grace = float(resume_grace)
-        self.store = open_store(resume, ttl=resume_ttl)
+        # Read on every request: kept as attributes of their own.
+        self.convert = options.convert
+        self.keepalive = options.keepalive
+        self.max_line_bytes = options.max_line_bytes
+        self.event_ids = options.event_ids
+        self.retry = None if options.retry is None else encode_retry(options.retry)
+        self.ndjson_types = frozenset(options.ndjson_types)
+        self.resume_grace = options.resume_grace
+        self.store = open_store(options.resume, ttl=options.resume_ttl)
         self.endpoints = (
-            None if self.store is None else ResumeEndpoints(self, self.store, resume_path)
+            None if self.store is None else ResumeEndpoints(self, self.store, options.resume_path)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -232,7 +256,7 @@ class _Responder:
         self.background = anyio.CancelScope()
         self.pinging: anyio.CancelScope | None = None
         self.decoder = LineDecoder(options.max_line_bytes)
-        self.translator: Translator = options.translator()
+        self.translator: Translator = options.new_translator()
         self.stats = context
         self.recording: Recording | None = None
         self.watching = False
@@ -403,11 +427,11 @@ class _Responder:
 
     def translate(self, lines: list[str]) -> list[bytes]:
         translator = self.translator
-        line_events = translator.line
+        translate_line = translator.translate
         events: list[bytes] = []
         for line in lines:
             try:
-                events += line_events(line)
+                events += translate_line(line)
             except Exception as exc:
                 # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
                 # stream: report that line and go on.

@@ -65,8 +65,6 @@ class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
     def __init__(self, options: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
-        if not isinstance(path, str) or not path.startswith("/") or "?" in path:
-            raise ValueError(f"resume_path must be a path such as '/streams', not {path!r}")
         self.options = options
         self.store = store
         self.prefix = path.rstrip("/") + "/"
@@ -261,7 +259,7 @@ class _Reader:
                     # End the stream for every reader, the same way, with what was kept (again,
                     # if this reader was behind the top of the stream the first time).
                     orphaned = self.position
-                    events = options.translator().fail(OWNER_LOST)
+                    events = options.new_translator().fail(OWNER_LOST)
                     try:
                         await self.endpoints.store.finish_orphan(
                             self.stream_id, self.position, events
@@ -295,7 +293,7 @@ class _Reader:
         """A terminal error event that is not part of the stream (so it carries no id)."""
         self.context.settle(Outcome.UPSTREAM_ERROR)
         logger.warning("sse_bridge: resumed stream %s ended: %s", self.stream_id, message)
-        events = self.endpoints.options.translator().fail(message)
+        events = self.endpoints.options.new_translator().fail(message)
         await self.write(b"".join(events), more=False)
 
     async def write(self, payload: bytes, *, more: bool) -> None:

@@ -7,7 +7,7 @@
 chain of servers delivers events one by one.
 """
 
-from ._fake_ollama import (
+from ._fake import (
     FakeOllama,
     FakeOllamaAbort,
     FakeOllamaConfig,
