@@ -64,8 +64,8 @@ def with_stream_id(prefix: bytes, seq: int, event: bytes) -> bytes:
 class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
-    def __init__(self, options: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
-        self.options = options
+    def __init__(self, bridge: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
+        self.bridge = bridge
         self.store = store
         self.prefix = path.rstrip("/") + "/"
         self.opened = False
@@ -126,7 +126,7 @@ class ResumeEndpoints:
         if path.startswith(self.prefix):
             await self.endpoint(scope, receive, send, path[len(self.prefix) :])
             return True
-        if not (wanted and self.options.event_ids):
+        if not (wanted and self.bridge.event_ids):
             return False
         value = header(scope["headers"], b"last-event-id")
         if ":" not in value:
@@ -244,10 +244,10 @@ class _Reader:
         self.last_write = time.monotonic()
 
     async def run(self) -> None:
-        options = self.endpoints.options
-        keepalive = options.keepalive
-        if options.retry is not None:
-            await self.write(options.retry, more=True)
+        bridge = self.endpoints.bridge
+        keepalive = bridge.keepalive
+        if bridge.retry is not None:
+            await self.write(bridge.retry, more=True)
         # The position at which this reader last ended the stream for its dead owner.
         orphaned: int | None = None
         while True:
@@ -259,7 +259,7 @@ class _Reader:
                     # End the stream for every reader, the same way, with what was kept (again,
                     # if this reader was behind the top of the stream the first time).
                     orphaned = self.position
-                    events = options.new_translator().fail(OWNER_LOST)
+                    events = bridge.new_translator().fail(OWNER_LOST)
                     try:
                         await self.endpoints.store.finish_orphan(
                             self.stream_id, self.position, events
@@ -293,7 +293,7 @@ class _Reader:
         """A terminal error event that is not part of the stream (so it carries no id)."""
         self.context.settle(Outcome.UPSTREAM_ERROR)
         logger.warning("sse_bridge: resumed stream %s ended: %s", self.stream_id, message)
-        events = self.endpoints.options.new_translator().fail(message)
+        events = self.endpoints.bridge.new_translator().fail(message)
         await self.write(b"".join(events), more=False)
 
     async def write(self, payload: bytes, *, more: bool) -> None:
