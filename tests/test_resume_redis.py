@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from loadtests.stack import free_port
 from sse_bridge import _redis_writer
+from sse_bridge._redis_keys import Keys, entries, parse_id, text
 from sse_bridge._resume import (
     BadPositionError,
     Batch,
@@ -711,3 +712,44 @@ async def test_one_round_trip_carries_many_streams_within_its_bound(
 def test_the_flush_window_is_checked(url: str) -> None:
     with pytest.raises(ValueError, match="flush_window must be a finite number of seconds"):
         RedisStore(url, flush_window=-1)
+
+
+ENTRY = (b"1-0", {b"e": b"x"})
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param([[b"k", [ENTRY]]], id="RESP2"),
+        pytest.param({b"k": [[ENTRY]]}, id="RESP3"),
+    ],
+)
+def test_an_xread_reply_gives_the_entries_of_its_one_stream(response: object) -> None:
+    assert entries(response) == [ENTRY]
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "expected"),
+    [(b"3-0", (3, True)), ("3-1", (3, False)), (b"0-1", (0, False)), (b"12-0", (12, True))],
+)
+def test_an_entry_id_is_an_event_or_the_end(entry_id: object, expected: tuple[int, bool]) -> None:
+    assert parse_id(entry_id) == expected
+
+
+def test_a_reply_of_an_unexpected_type_is_refused() -> None:
+    assert text("s") == text(b"s") == "s"
+    with pytest.raises(TypeError, match="unexpected reply from Redis: 1"):
+        text(1)
+    with pytest.raises(TypeError, match="to XREAD"):
+        entries(None)
+
+
+def test_every_key_and_channel_is_under_the_prefix() -> None:
+    keys = Keys("p:")
+    assert [
+        keys.events("s"),
+        keys.meta("s"),
+        keys.attended("s"),
+        keys.instance("i"),
+        keys.stop_channel("i"),
+    ] == ["p:s:events", "p:s:meta", "p:s:attended", "p:instance:i", "p:stop:i"]
