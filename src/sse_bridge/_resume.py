@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import anyio
 
@@ -376,7 +376,7 @@ def check_resume(resume: object) -> None:
     raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")
 
 
-def _is_redis_url(resume: object) -> bool:
+def _is_redis_url(resume: object) -> TypeGuard[str]:
     return isinstance(resume, str) and resume.startswith(("redis://", "rediss://", "unix://"))
 
 
@@ -390,5 +390,5 @@ def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | Non
     if _is_redis_url(resume):
         from ._resume_redis import RedisStore
 
-        return RedisStore(resume, ttl=ttl)  # type: ignore[arg-type]
+        return RedisStore(resume, ttl=ttl)
     return resume  # type: ignore[return-value]
