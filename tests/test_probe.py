@@ -78,6 +78,14 @@ def test_too_few_events_is_inconclusive() -> None:
     assert analyse([], T).verdict == "inconclusive"
 
 
+def test_a_mixed_verdict_names_the_library_option() -> None:
+    analysis = analyse([paced(50, T / 2)], T)
+    assert analysis.verdict == "inconclusive"
+    assert analysis.reason == (
+        "some events arrived together; run again, or give the upstream's pace as interval"
+    )
+
+
 async def test_read_stream_reports_errors_instead_of_raising() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -248,7 +256,7 @@ async def test_http2_over_tls_reads_every_event_and_says_so(cert: tuple[Path, Pa
     assert untrusted.protocol is None
     assert untrusted.error is not None
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error
-    assert "--cacert FILE, or --insecure" in untrusted.error
+    assert "(trust its issuer with cacert, or skip the check with insecure)" in untrusted.error
 
 
 async def test_http2_sees_a_buffered_stream_and_sends_a_large_body(

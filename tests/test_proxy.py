@@ -289,7 +289,7 @@ async def test_request_bodies_over_max_body_get_413(upstream: str) -> None:
         fits = await fetch(f"{url}/api/chat", body=b"x" * 100)
         chunked = await fetch_chunked(f"{url}/api/chat", [b"x" * 60, b"x" * 60])
     assert declared.status == 413
-    assert "larger than 100 bytes" in json.loads(declared.body)["error"]
+    assert json.loads(declared.body)["error"] == "request body larger than 100 bytes (max_body)"
     assert fits.status == 200
     assert chunked.status_code == 413
 

@@ -119,7 +119,10 @@ async def read_stream(
     except TimeoutError:
         stream.error = f"timed out after {deadline:g} s"
     except ssl.SSLCertVerificationError as exc:
-        stream.error = f"{type(exc).__name__}: {exc} (trust it with --cacert FILE, or --insecure)"
+        stream.error = (
+            f"{type(exc).__name__}: {exc} "
+            "(trust its issuer with cacert, or skip the check with insecure)"
+        )
     except (OSError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
         stream.error = f"{type(exc).__name__}: {exc}"
     return stream
@@ -433,7 +436,7 @@ def analyse(streams: Sequence[Sequence[float]], interval: float | None = None) -
         reason = "events arrived together: something on the way holds them back"
     else:
         verdict = "inconclusive"
-        reason = "some events arrived together; run again, or give the pace with --interval-ms"
+        reason = "some events arrived together; run again, or give the upstream's pace as interval"
     return Analysis(sum(counts), interval, coalesced, span, burst, verdict, reason)
 
 
