@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -11,15 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from sse_bridge._cli import main
-from sse_bridge._probe import format_report
-from sse_bridge.testing import (
-    FakeOllama,
-    FakeOllamaConfig,
-    Stream,
-    analyse,
-    probe,
-    read_stream,
-)
+from sse_bridge.probe import Stream, analyse, format_report, probe, read_stream
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._h2 import misbehaving_h2c, paced_sse, self_signed_cert, serve_hypercorn
 from tests._servers import serve
 
@@ -384,3 +378,32 @@ def test_probe_command_tls_and_http2_errors(
     assert missing.exit_code == 2
     assert "pip install 'sse-bridge[http2]'" in missing.output
     assert "HTTP/2 needs the h2 package" in missing.output
+
+
+@pytest.mark.parametrize(
+    "name", ["Analysis", "ProbeResult", "Stream", "analyse", "probe", "read_stream"]
+)
+def test_the_old_testing_names_still_import_with_a_warning(name: str) -> None:
+    import sse_bridge.probe
+    import sse_bridge.testing
+
+    message = f"sse_bridge.testing.{name} has moved: use 'from sse_bridge.probe import {name}'"
+    with pytest.warns(DeprecationWarning, match=re.escape(message)) as caught:
+        found = getattr(sse_bridge.testing, name)
+    assert found is getattr(sse_bridge.probe, name)
+    assert caught[0].filename == __file__  # the warning points at the import, not at sse_bridge
+    assert name not in sse_bridge.testing.__all__
+
+
+def test_the_old_testing_module_has_only_its_names() -> None:
+    import sse_bridge.testing
+
+    message = "module 'sse_bridge.testing' has no attribute 'nope'"
+    with pytest.raises(AttributeError, match=re.escape(message)):
+        sse_bridge.testing.nope  # noqa: B018
+
+
+def test_from_import_of_an_old_name_warns() -> None:
+    with pytest.warns(DeprecationWarning, match="from sse_bridge.probe import probe"):
+        from sse_bridge.testing import probe as old_probe
+    assert old_probe is probe
