@@ -3,6 +3,7 @@
 ``FakeOllama`` is an Ollama-compatible ASGI app with paced tokens and injectable faults (see
 :class:`FakeOllamaConfig`); run it with ``sse-bridge fake-ollama`` or mount it in your own server.
 ``SSEParser`` and ``parse_sse`` read an event stream exactly as a browser's EventSource does.
+``serve_in_thread`` runs an ASGI app (the fake, the bridge) on uvicorn on a free loopback port.
 The probe (``probe``, ``read_stream``, ``analyse``...) lives in :mod:`sse_bridge.probe`; importing
 it from here still works for one release, with a DeprecationWarning.
 """
@@ -14,6 +15,7 @@ from ._fake_ollama import (
     RequestRecord,
     answer_tokens,
 )
+from ._loopback import serve_in_thread
 from ._moved import moved
 from ._sse_parser import ParsedEvent, SSEParser, parse_sse
 
@@ -26,6 +28,7 @@ __all__ = [
     "SSEParser",
     "answer_tokens",
     "parse_sse",
+    "serve_in_thread",
 ]
 
 __getattr__ = moved(
