@@ -301,8 +301,7 @@ async def test_http2_by_prior_knowledge_on_plain_http() -> None:
 async def test_http2_offered_over_tls_to_an_http1_server(cert: tuple[Path, Path]) -> None:
     # uvicorn's TLS offers no ALPN: the probe falls back to HTTP/1.1 and says so.
     app = paced_sse(4, 0.01)
-    tls = {"ssl_certfile": str(cert[0]), "ssl_keyfile": str(cert[1])}
-    with serve(app, **tls) as url:
+    with serve(app, ssl_certfile=str(cert[0]), ssl_keyfile=str(cert[1])) as url:
         result = await probe(url.replace("http://", "https://") + "/", http2=True, insecure=True)
     assert result.protocol == "HTTP/1.1"
     assert served_as(result.streams[0]) == ["HTTP/1.1"] * 4
