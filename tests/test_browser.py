@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from loadtests.stack import BIN, DEPLOY_CONF, free_port, nginx, running
 from sse_bridge.testing import answer_tokens
@@ -50,6 +50,14 @@ new MutationObserver((records) => {
 document.getElementById("stop").addEventListener("click", () => {
     window.__stoppedAt = Date.now();
 });
+"""
+# A `retry:` block that sets an EventSource's reconnection delay to 100 ms.
+RETRY_FIRST = b"retry: 100\n\n"
+# An EventSource that is never closed, counting its (re)connections.
+CONTROL_STREAM = """
+window.__controlOpens = 0;
+window.__control = new EventSource("/control-stream");
+window.__control.onopen = () => { window.__controlOpens += 1; };
 """
 # Bounds for polling the fake's records; the assertions carry the real limits.
 RECORD_DEADLINE = 10.0
@@ -148,7 +156,6 @@ def fake_records(site: str) -> list[dict[str, Any]]:
     return [r for r in records if r["path"] == "/api/chat"]
 
 
-@pytest.mark.timing
 def wait_for_end(site: str, before: int) -> dict[str, Any]:
     """The fake's record of the first chat after the first `before`, once it has an outcome."""
     deadline = time.monotonic() + RECORD_DEADLINE
@@ -160,6 +167,7 @@ def wait_for_end(site: str, before: int) -> dict[str, Any]:
         time.sleep(0.02)
 
 
+@pytest.mark.timing
 def test_tokens_enter_the_page_one_by_one(page: Page, site: str) -> None:
     tokens = 30
     open_demo(page, site, num_tokens=tokens)
@@ -377,6 +385,16 @@ def test_eventsource_shows_the_same_stream(page: Page, site: str) -> None:
     tokens = 12
     open_demo(page, site, num_tokens=tokens)
     before = len(fake_records(site))
+    # Each stream starts with a short reconnection delay of its own, so that an EventSource left
+    # open would ask again within 100 ms, whatever the browser's default delay.
+    opened: list[str] = []
+
+    def with_short_retry(route: Route) -> None:
+        opened.append(route.request.url)
+        response = route.fetch()
+        route.fulfill(response=response, body=RETRY_FIRST + response.body())
+
+    page.route("**/api/chat/events?*", with_short_retry)
     page.select_option("#reader", "eventsource")
     page.click("#send")
     wait_idle(page)
@@ -384,12 +402,19 @@ def test_eventsource_shows_the_same_stream(page: Page, site: str) -> None:
     assert page.is_hidden("#error")
     assert len(page.evaluate("window.__changes")) == tokens
     # The page closed the EventSource on the final event, so it does not reconnect and ask
-    # again. Chromium would retry after about 3 s: watch a little longer than that, and fail as
-    # soon as a second request arrives.
-    watch_until = time.monotonic() + 3.5
-    while time.monotonic() < watch_until:
-        assert len(fake_records(site)) == before + 1
-        time.sleep(0.1)
+    # again. A control EventSource, opened now with the same delay and never closed, must
+    # reconnect twice: by then the reader would have reconnected too.
+    page.route(
+        "**/control-stream",
+        lambda route: route.fulfill(
+            status=200, content_type="text/event-stream", body=RETRY_FIRST + b"data: x\n\n"
+        ),
+    )
+    page.evaluate(CONTROL_STREAM)
+    page.wait_for_function("window.__controlOpens >= 3", timeout=10_000)
+    page.evaluate("window.__control.close()")
+    assert len(opened) == 1, opened
+    assert len(fake_records(site)) == before + 1
 
 
 def test_the_probe_timeline_renders_in_chromium(page: Page, site: str, tmp_path: Path) -> None:

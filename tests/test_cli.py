@@ -40,7 +40,9 @@ def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:
 
 def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(_server, "serve", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(
+        _server, "serve", lambda server, options: seen.update(server=server, options=options)
+    )
     env = {
         "SSE_BRIDGE_UPSTREAM": "http://127.0.0.1:11434",
         "SSE_BRIDGE_DIALECT": "ollama",
@@ -49,17 +51,16 @@ def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.Mo
     }
     result = CliRunner().invoke(main, ["serve", "--port", "9000", "--workers", "2"], env=env)
     assert result.exit_code == 0, result.output
-    assert seen["port"] == 9000
-    assert seen["workers"] == 2
-    assert seen["host"] == "127.0.0.1"
-    options = seen["proxy_options"]
-    assert options["upstream"] == "http://127.0.0.1:11434"
-    assert options["dialect"] == "ollama"
-    assert options["cors_origins"] == ["http://a.example", "http://b.example"]
-    assert options["event_ids"] is True
-    assert options["read_timeout"] is None
-    assert options["commit_after"] == 1.0
-    assert options["grace"] == 10.0
+    server = seen["server"]
+    assert (server.port, server.workers, server.host) == (9000, 2, "127.0.0.1")
+    options = seen["options"]
+    assert options.upstream == "http://127.0.0.1:11434"
+    assert options.dialect == "ollama"
+    assert options.cors_origins == ("http://a.example", "http://b.example")
+    assert options.event_ids is True
+    assert options.read_timeout == 0  # off: wait forever
+    assert options.commit_after == 1.0
+    assert options.grace == 10.0
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,7 @@ def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
     assert "Traceback" not in stderr
     assert "outcome=upstream_error" in stderr
     # The upstream request was closed too: the fake stopped generating.
-    record = fake.wait_for_record(path="/api/generate", outcome="cancelled", timeout=5)
+    record = fake.records.wait_for_blocking(path="/api/generate", outcome="cancelled", timeout=5)
     assert record.tokens_sent < 100
 
 
@@ -190,7 +191,7 @@ def test_sigterm_while_waiting_for_the_upstream_is_a_503() -> None:
     ):
 
         def terminate_once_the_upstream_has_the_request() -> None:
-            fake.wait_for_record(path="/api/generate", timeout=DEADLINE)
+            fake.records.wait_for_blocking(path="/api/generate", timeout=DEADLINE)
             process.send_signal(signal.SIGTERM)
 
         thread = threading.Thread(target=terminate_once_the_upstream_has_the_request)

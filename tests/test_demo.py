@@ -118,7 +118,7 @@ def test_the_eventsource_twin_stops_the_generation_its_client_leaves(
         for line in response.iter_lines():
             if line.startswith("data:"):
                 break
-    record = ollama.wait_for_record(path="/api/chat", outcome="cancelled", timeout=10)
+    record = ollama.records.wait_for_blocking(path="/api/chat", outcome="cancelled", timeout=10)
     assert record.cancelled_phase == "streaming"
     assert record.tokens_sent < 200
 
@@ -138,5 +138,5 @@ def test_a_fetch_stream_outlives_its_client_for_a_resume(demo: str, ollama: Fake
     tokens = [json.loads(event.data).get("token") for event in events]
     assert tokens[:-1] == answer_tokens(20)[1:]
     assert json.loads(events[-1].data)["finished"] is True
-    ollama.wait_for_record(path="/api/chat", outcome="completed")
+    ollama.records.wait_for_blocking(path="/api/chat", outcome="completed")
     assert len(ollama.records) == 1

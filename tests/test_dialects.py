@@ -1,14 +1,27 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.testclient import TestClient
 
-from sse_bridge import LineDecoder, ServerSentEvent
-from sse_bridge._dialects import EMPTY, TRUNCATED, Translator, dumps, resolve_dialect
+import sse_bridge
+from sse_bridge import LineDecoder, ServerSentEvent, SSEBridgeMiddleware, Translator
+from sse_bridge._dialects import CallableTranslator, resolve_dialect
+from sse_bridge._translator import JSONTranslator, dumps
+from sse_bridge._types import Receive, Scope, Send
 from tests._sse import FIXTURES, fixture, httpx_sse_data, httpx_sse_json
+
+# The texts the README quotes.
+TRUNCATED = (
+    "upstream closed the stream before its final chunk (done: true); the answer is incomplete"
+)
+EMPTY = "upstream closed the stream without sending anything"
+AFTER_DONE = "upstream sent a line after its final chunk (done: true)"
 
 
 def run(dialect: str | Callable[[Any], Iterable[Any]], body: bytes) -> bytes:
@@ -17,7 +30,7 @@ def run(dialect: str | Callable[[Any], Iterable[Any]], body: bytes) -> bytes:
     decoder = LineDecoder()
     events: list[bytes] = []
     for line in decoder.decode(body) + decoder.flush():
-        events += translator.line(line)
+        events += translator.translate(line)
         if translator.finished:
             break
     else:
@@ -82,6 +95,18 @@ def test_ollama_tool_calls() -> None:
         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}],
     }
     assert events[1]["finished"] is True
+
+
+def test_ollama_tool_calls_keep_their_thinking() -> None:
+    body = (
+        b'{"model":"m","message":{"content":"","thinking":"why","tool_calls":[{"function":'
+        b'{"name":"f","arguments":{}}}]},"done":false}\n'
+    )
+    assert httpx_sse_json(run("ollama", body))[0] == {
+        "token": "",
+        "thinking": "why",
+        "tool_calls": [{"function": {"name": "f", "arguments": {}}}],
+    }
 
 
 def test_ollama_midstream_error_ends_the_stream() -> None:
@@ -293,3 +318,223 @@ def test_ollama_reports_lines_after_the_done_chunk() -> None:
         "error": "upstream sent a line after its final chunk (done: true)",
         "line": '{"model":"m","response":"late","done":false}',
     }
+
+
+class Hooks(JSONTranslator):
+    """The template with every hook recording what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+
+    def hook(self, name: str, value: Any) -> list[bytes]:
+        self.calls.append((name, value))
+        return [name.encode()]
+
+    def on_chunk(self, chunk: dict[str, Any], line: str) -> list[bytes]:
+        return self.hook("chunk", chunk)
+
+    def on_final(self, chunk: dict[str, Any], line: str) -> list[bytes]:
+        self.completed = True
+        return self.hook("final", chunk)
+
+    def on_error(self, value: dict[str, Any], line: str) -> list[bytes]:
+        return self.hook("error", value)
+
+    def on_other(self, value: Any, line: str) -> list[bytes]:
+        return self.hook("other", value)
+
+
+@pytest.mark.parametrize(
+    ("line", "hook"),
+    [
+        ('{"response":"a","done":false}', "chunk"),
+        ('{"done":null}', "chunk"),
+        # Only true is final: Ollama writes a boolean, and 1 or "true" is not one.
+        ('{"done":1}', "chunk"),
+        ('{"done":"true"}', "chunk"),
+        ('{"done":true}', "final"),
+        ('{"response":"","done":true,"done_reason":"stop"}', "final"),
+        # An error object is an error whatever else it holds.
+        ('{"error":"boom"}', "error"),
+        ('{"error":null,"done":true}', "error"),
+        ('{"status":"pulling"}', "other"),
+        ("{}", "other"),
+        ('[{"done":true}]', "other"),
+        ('"done"', "other"),
+        ("3", "other"),
+        ("null", "other"),
+        # json accepts NaN where orjson does not: the template still parses it.
+        ("NaN", "other"),
+    ],
+)
+def test_the_template_parses_once_and_calls_one_hook(line: str, hook: str) -> None:
+    translator = Hooks()
+    assert translator.translate(line) == [hook.encode()]
+    value = json.loads(line)
+    if isinstance(value, float):
+        assert translator.calls[0][0] == hook
+    else:
+        assert translator.calls == [(hook, value)]
+    assert translator.seen_line
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("not json", "upstream sent a line that is not JSON (Expecting value at column 1)"),
+        ('{"a":1', "upstream sent a line that is not JSON (Expecting ',' delimiter at column 7)"),
+        ('{"a":1} x', "upstream sent a line that is not JSON (Extra data at column 9)"),
+    ],
+)
+def test_the_template_reports_a_line_that_is_not_json(line: str, reason: str) -> None:
+    translator = Hooks()
+    (event,) = translator.translate(line)
+    assert json.loads(httpx_sse_data(event)[0]) == {"error": reason, "line": line}
+    assert translator.calls == []
+    assert not translator.finished
+
+
+def test_the_template_reports_every_line_after_the_final_chunk() -> None:
+    translator = Hooks()
+    translator.translate('{"done":true}')
+    for line in ['{"done":false}', '{"error":"late"}', "not json"]:
+        (event,) = translator.translate(line)
+        assert json.loads(httpx_sse_data(event)[0]) == {"error": AFTER_DONE, "line": line}
+    assert [name for name, _ in translator.calls] == ["final"]
+
+
+def test_the_callable_sees_every_value_through_one_hook() -> None:
+    seen: list[Any] = []
+
+    def dialect(value: Any) -> list[Any]:
+        seen.append(value)
+        return []
+
+    translator = CallableTranslator(dialect)
+    lines = ['{"done":false}', '{"done":true}', '{"error":"x"}', '{"status":"s"}', "[1]", "bad"]
+    for line in lines:
+        translator.translate(line)
+    assert seen == [json.loads(line) for line in lines[:-1]]
+    # Only the function knows what a value means: the stream is never completed for it.
+    assert not translator.completed
+    assert not translator.finished
+
+
+class Counting(Translator):
+    """A stateful dialect: numbers its lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def translate(self, line: str) -> list[bytes]:
+        self.count += 1
+        return [ServerSentEvent(data=f"{self.count} {line}").encode()]
+
+
+class Incomplete(Translator):
+    """A Translator subclass without translate()."""
+
+
+class OneValue:
+    """Not a Translator: a class called with one decoded value, i.e. a DialectFunc."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __iter__(self) -> Any:
+        return iter([f"n={self.value['n']}"])
+
+
+def test_a_translator_subclass_is_its_own_factory() -> None:
+    new_translator = resolve_dialect(Counting)
+    first, second = new_translator(), new_translator()
+    assert type(first) is Counting
+    assert first is not second
+    assert first.translate("a") + first.translate("b") == [b"data: 1 a\n\n", b"data: 2 b\n\n"]
+    assert second.translate("c") == [b"data: 1 c\n\n"]
+
+
+def test_any_other_class_is_still_a_function_of_one_value() -> None:
+    translator = resolve_dialect(OneValue)()
+    assert isinstance(translator, CallableTranslator)
+    assert translator.translate('{"n":4}') == [b"data: n=4\n\n"]
+
+
+@pytest.mark.parametrize("abstract", [Translator, Incomplete, JSONTranslator])
+def test_an_abstract_translator_is_refused(abstract: type[Translator]) -> None:
+    with pytest.raises(ValueError, match=r"is abstract: a Translator subclass must define"):
+        resolve_dialect(abstract)
+    with pytest.raises(ValueError, match=r"is abstract"):
+        SSEBridgeMiddleware(ndjson_app([]), dialect=abstract)
+
+
+@pytest.mark.parametrize(
+    ("call", "events", "finished"),
+    [
+        (lambda t: t.end(), [], False),
+        (lambda t: t.fail("gone"), [{"error": "gone"}], True),
+        (lambda t: t.bad_line("x", "why"), [{"error": "why", "line": "x"}], False),
+        (lambda t: t.stop(), [{"finished": True, "done_reason": "stopped"}], True),
+    ],
+)
+def test_the_translator_defaults(
+    call: Callable[[Translator], list[bytes]], events: list[Any], finished: bool
+) -> None:
+    translator = Counting()
+    assert httpx_sse_json(b"".join(call(translator))) == events
+    assert translator.finished is finished
+    assert not translator.completed
+
+
+def test_translator_is_public() -> None:
+    assert sse_bridge.Translator is Translator
+    assert "Translator" in sse_bridge.__all__
+
+
+def ndjson_app(lines: list[bytes]) -> Callable[[Scope, Receive, Send], Any]:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/x-ndjson")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for line in lines:
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+def readme_example(heading: str) -> dict[str, Any]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split(f"### {heading}\n", 1)[1]
+    (block,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)
+    return namespace
+
+
+def stream(app: SSEBridgeMiddleware) -> bytes:
+    # Not as a context manager: the app has no lifespan to run.
+    response = TestClient(app).post("/", headers={"accept": "text/event-stream"})
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    return response.content
+
+
+def test_the_readme_stateful_dialect_runs_through_the_middleware() -> None:
+    transcript = readme_example("A stateful custom dialect")["Transcript"]
+    answer = [b'{"response":"Hel","done":false}\n', b'{"response":"lo","done":true}\n']
+    bridged = SSEBridgeMiddleware(ndjson_app(answer), dialect=transcript)
+    expected = (
+        b'data: {"token": "Hel"}\n\n'
+        b'data: {"token": "lo"}\n\n'
+        b'event: answer\ndata: {"answer": "Hello"}\n\n'
+    )
+    # Twice: each stream gets a fresh translator, so the second answer is not "HelloHello".
+    assert stream(bridged) == expected
+    assert stream(bridged) == expected
+    broken = [b'{"response":"Hel","done":false}\n', b"nope\n"]
+    assert httpx_sse_json(stream(SSEBridgeMiddleware(ndjson_app(broken), dialect=transcript))) == [
+        {"token": "Hel"},
+        {"error": "the bridge could not translate this line (JSONDecodeError)", "line": "nope"},
+        {"error": "the answer is incomplete"},
+    ]

@@ -212,15 +212,40 @@ def test_the_openai_sdk_streams_to_the_end_and_raises_on_errors() -> None:
 
 
 def test_httpx_reads_the_stream_incrementally() -> None:
-    generation = Generation()
-    with serve(starlette_app(generation, dialect="raw")) as url, httpx.Client() as client:
-        body = {"count": 3, "interval": 0.0}
-        with client.stream(
-            "POST", f"{url}/api/generate", json=body, headers={"accept": "text/event-stream"}
-        ) as r:
-            text = "".join(r.iter_text())
-    assert text.count("data: ") == 4
-    assert text.endswith("\n\n")
+    # The upstream sends its second line only once the client has read the first event, so a
+    # bridge that held events back until the end could not deliver the first one in time.
+    first_read = threading.Event()
+    waited: list[bool] = []
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield b'{"model":"m","response":" t0","done":false}\n'
+        waited.append(await anyio.to_thread.run_sync(first_read.wait, 5.0))
+        yield b'{"model":"m","response":" t1","done":false}\n'
+        yield b'{"model":"m","response":" t2","done":false}\n'
+        yield b'{"model":"m","response":"","done":true,"done_reason":"stop"}\n'
+
+    async def generate(request: Request) -> StreamingResponse:
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    app = Starlette(
+        routes=[Route("/api/generate", generate, methods=["POST"])],
+        middleware=[Middleware(SSEBridgeMiddleware, dialect="raw")],
+    )
+    data: list[str] = []
+    with (
+        serve(app) as url,
+        httpx.Client(timeout=10) as client,  # longer than the upstream waits
+        client.stream(
+            "POST", f"{url}/api/generate", json={}, headers={"accept": "text/event-stream"}
+        ) as r,
+    ):
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data.append(line)
+                first_read.set()
+    assert waited == [True], "the first event reached the client only after the upstream went on"
+    assert len(data) == 4
+    assert data[0] == 'data: {"model":"m","response":" t0","done":false}'
 
 
 ARTICLE_HOOK = Path(__file__).parent / "js" / "article_hook.mjs"

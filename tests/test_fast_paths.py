@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_bridge import _dialects
+from sse_bridge import _translator
 from sse_bridge._codec import ServerSentEvent
-from sse_bridge._dialects import _data, _string, dumps, resolve_dialect
+from sse_bridge._dialects import resolve_dialect
+from sse_bridge._translator import dumps, json_event, json_string
 
 # Text with what JSON and SSE find awkward: quotes, controls, line separators, lone surrogates.
 awkward = st.text(
@@ -31,20 +32,20 @@ json_values = st.recursive(
 
 @pytest.fixture
 def without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_dialects, "orjson", None)
+    monkeypatch.setattr(_translator, "orjson", None)
 
 
 def test_orjson_is_installed_with_the_speed_extra() -> None:
     # CI installs the speed extra: the fast path is the one tested by everything else.
-    assert vars(_dialects)["orjson"] is not None
+    assert vars(_translator)["orjson"] is not None
 
 
 @settings(deadline=None, max_examples=300)
 @given(awkward)
 def test_the_string_template_is_what_dumps_writes(text: str) -> None:
-    assert _string(text) == dumps(text).encode("utf-8", "backslashreplace")
-    assert b'data: {"token":%b}\n\n' % _string(text) == _data({"token": text})
-    assert _data({"token": text}) == ServerSentEvent(data=dumps({"token": text})).encode()
+    assert json_string(text) == dumps(text).encode("utf-8", "backslashreplace")
+    assert b'data: {"token":%b}\n\n' % json_string(text) == json_event({"token": text})
+    assert json_event({"token": text}) == ServerSentEvent(data=dumps({"token": text})).encode()
 
 
 def translate(dialect: str, lines: list[str]) -> bytes:
@@ -59,7 +60,7 @@ def translate(dialect: str, lines: list[str]) -> bytes:
     out: list[bytes] = []
     for line in lines:
         try:
-            out += translator.line(line)
+            out += translator.translate(line)
         except Exception as exc:  # what the middleware reports as an untranslatable line
             out.append(type(exc).__name__.encode())
         if translator.finished:
@@ -90,7 +91,7 @@ def test_orjson_and_json_give_the_same_events(
     lines.append(json.dumps({"model": "m", "response": "", "done": True, "eval_count": 2}))
     fast = translate(dialect, lines)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_dialects, "orjson", None)
+        patch.setattr(_translator, "orjson", None)
         slow = translate(dialect, lines)
     assert fast == slow
 

@@ -106,9 +106,7 @@ async def test_the_metrics_match_a_known_sequence(
             anonymous = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
             unauthorized_scrape = await fetch(f"{url}/metrics", method="GET", body=b"")
             # The disconnected stream is over when the fake has seen it go.
-            await anyio.to_thread.run_sync(
-                lambda: fake.wait_for_record(outcome="cancelled", timeout=5)
-            )
+            await fake.records.wait_for(outcome="cancelled", timeout=5)
             await until(lambda: len(caplog.records) >= 7)
             scrape = await fetch(f"{url}/metrics", method="GET", body=b"", headers=KEY)
     assert [r.status for r in completed] == [200] * 3
@@ -185,9 +183,7 @@ async def test_upstream_failures_and_the_stream_limit_are_counted() -> None:
                 group.start_soon(
                     lambda: fetch(f"{url}/api/chat", body=chat(), headers=SSE, deadline=5)
                 )
-                await anyio.to_thread.run_sync(
-                    lambda: fake.wait_for_record(predicate=lambda r: r.tokens_sent >= 1)
-                )
+                await fake.records.wait_for(predicate=lambda r: r.tokens_sent >= 1)
                 during = samples(
                     (await fetch(f"{url}/metrics", method="GET", body=b"")).body.decode()
                 )
@@ -246,7 +242,7 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
     [
         ({"metrics_port": 9100}, "needs metrics on"),
         ({"metrics": True, "metrics_port": 70000}, "metrics_port must be a TCP port"),
-        ({"metrics": True, "metrics_port": 0}, "metrics_port must be None or an integer >= 1"),
+        ({"metrics": True, "metrics_port": -1}, "metrics_port must be an integer >= 0"),
         ({"log_format": "xml"}, "log_format must be 'text' or 'json'"),
     ],
 )

@@ -18,11 +18,14 @@ import pytest
 
 from sse_bridge import SSEBridgeMiddleware
 from sse_bridge._http import EVENT_STREAM_KEY as SCOPE_KEY
-from sse_bridge._middleware import APP_ENDED, APP_FAILED
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data, httpx_sse_json
 
 pytestmark = pytest.mark.anyio
+
+# The README quotes the first.
+APP_FAILED = "the stream failed inside the server; the answer is incomplete"
+APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
 
 NDJSON = [(b"content-type", b"application/x-ndjson")]
 SSE_ACCEPT = [(b"accept", b"text/event-stream")]

@@ -19,6 +19,8 @@ from starlette.routing import Route
 
 from sse_bridge import create_proxy
 from sse_bridge._proxy import REPLAYABLE_BYTES
+from sse_bridge._types import Receive, Scope, Send
+from sse_bridge.probe import Stream
 from tests._servers import serve
 from tests._wire import fetch
 
@@ -220,12 +222,12 @@ async def test_midstream_failure_of_ndjson_becomes_an_error_line(upstream: str) 
         events = await fetch(f"{url}/broken", headers={"accept": "text/event-stream"})
     lines = plain.body.split(b"\n")
     assert lines[1] == b'{"model":"m","resp'
-    assert json.loads(lines[2])["error"].startswith("upstream connection lost mid-stream")
+    assert json.loads(lines[2])["error"].startswith("upstream connection lost mid-stream: ")
     assert plain.complete
     data = [json.loads(e.data) for e in events.events]
     assert data[0] == {"token": "a"}
     assert data[1]["line"] == '{"model":"m","resp'
-    assert data[2]["error"].startswith("upstream connection lost mid-stream")
+    assert data[2]["error"].startswith("upstream connection lost mid-stream: ")
     assert data[2]["finished"] is True
 
 
@@ -311,17 +313,53 @@ async def test_a_large_streamed_body_arrives_whole(upstream: str) -> None:
     assert response.json()["body"] == b"".join(chunks).decode()
 
 
-async def test_max_streams(upstream: str) -> None:
-    with serve(create_proxy(upstream=upstream, max_streams=2)) as url:
-        results: list[int] = []
+async def test_max_streams(upstream: str, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_proxy(upstream=upstream, max_streams=2)
+    with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+        results: list[Stream] = []
 
         async def one() -> None:
-            results.append((await fetch(f"{url}/slow", method="GET", body=b"")).status)
+            results.append(await fetch(f"{url}/slow", method="GET", body=b""))
 
         async with anyio.create_task_group() as tasks:
             for _ in range(3):
                 tasks.start_soon(one)
-    assert sorted(results) == [200, 200, 503]
+    assert sorted(r.status for r in results) == [200, 200, 503]
+    # The refused request gets no log line: only the two streams do.
+    lines = access_lines(caplog, "path=/slow ")
+    assert [line.split()[3] for line in lines] == ["status=200", "status=200"]
+    [refused] = [r for r in results if r.status == 503]
+    assert refused.headers.get("retry-after") == "1"
+    assert json.loads(refused.body) == {"error": "too many concurrent streams (max 2); retry later"}
+
+
+async def test_requests_the_bridge_answers_itself_get_no_log_line(
+    upstream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the README says: health checks, a 401 for the API key, /metrics on the main port, CORS
+    # preflights and 503s at --max-streams are answered before the layer that logs.
+    app = create_proxy(
+        upstream=upstream,
+        api_key="k",
+        max_streams=1,
+        metrics=True,
+        cors_origins=["http://app.example"],
+    )
+    key = {"authorization": "Bearer k"}
+    preflight = {"origin": "http://app.example", "access-control-request-method": "POST"}
+    with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+        answered = [
+            await fetch(f"{url}/healthz", method="GET", body=b""),
+            await fetch(f"{url}/readyz", method="GET", body=b""),
+            await fetch(f"{url}/api/chat"),
+            await fetch(f"{url}/metrics", method="GET", body=b"", headers=key),
+            await fetch(f"{url}/api/chat", method="OPTIONS", body=b"", headers=preflight),
+        ]
+        assert [r.status for r in answered] == [200, 200, 401, 200, 200]
+        assert access_lines(caplog, "") == []
+        await fetch(f"{url}/api/chat", headers=key)
+    [line] = access_lines(caplog, "")
+    assert line.startswith("stream method=POST path=/api/chat status=200")
 
 
 async def test_health_and_readiness(upstream: str) -> None:
@@ -514,17 +552,42 @@ async def test_after_a_commit_an_oversized_body_is_an_error_event(upstream: str)
     )
 
 
-async def test_a_client_that_leaves_while_uploading_is_not_forwarded(upstream: str) -> None:
-    app = create_proxy(upstream=upstream)
-    with serve(app) as url:
-        host, port = url.removeprefix("http://").split(":")
-        stream = await anyio.connect_tcp(host, int(port))
-        await stream.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
-        await anyio.sleep(0.2)
-        await stream.aclose()
-        # The bridge is still healthy and answers the next request.
-        response = await fetch(f"{url}/api/chat")
+async def test_a_client_that_leaves_while_uploading_is_not_forwarded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    arrived: list[str] = []
+
+    async def recorder(scope: Scope, receive: Receive, send: Send) -> None:
+        # Recorded on arrival, before the body is read: a request cut short still counts.
+        if scope["type"] == "http":
+            arrived.append(scope["path"])
+        await upstream_app(scope, receive, send)
+
+    with serve(recorder) as recording_upstream:
+        app = create_proxy(upstream=recording_upstream)
+        with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+            host, port = url.removeprefix("http://").split(":")
+            stream = await anyio.connect_tcp(host, int(port))
+            await stream.send(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+            )
+            await anyio.sleep(0.2)
+            await stream.aclose()
+            # The bridge logs the request once it is done with it; a forwarded one arrives first.
+            with anyio.fail_after(5):
+                while not (lines := access_lines(caplog, "path=/upload ")):
+                    assert "/upload" not in arrived, "the cut-short upload was forwarded"
+                    await anyio.sleep(0.01)
+            # The bridge is still healthy and answers the next request.
+            response = await fetch(f"{url}/api/chat")
     assert response.status == 200
+    assert arrived == ["/api/chat"]
+    assert lines[0].endswith("outcome=client_disconnected")
+
+
+def access_lines(caplog: pytest.LogCaptureFixture, part: str) -> list[str]:
+    records = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
+    return [line for line in records if part in line]
 
 
 @respx.mock

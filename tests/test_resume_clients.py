@@ -305,8 +305,8 @@ def test_a_stream_cut_after_5_events_resumes_without_loss_or_repeat(
             client, "GET", f"{url}/streams/{stream_id}", headers={"last-event-id": str(CUT)}
         )
         (generation,) = fake.records[before:]
-        record = fake.wait_for_record(
-            predicate=lambda r: r.id == generation.id and r.outcome is not None
+        record = fake.records.wait_for_blocking(
+            finished=True, predicate=lambda r: r.id == generation.id
         )
     assert len(whole) == LONG + 1
     assert len(first) == CUT

@@ -17,7 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from loadtests.stack import free_port
-from sse_bridge import _resume_redis
+from sse_bridge import _redis_writer
+from sse_bridge._redis_keys import Keys, entries, parse_id, text
 from sse_bridge._resume import (
     BadPositionError,
     Batch,
@@ -572,8 +573,8 @@ async def test_a_stream_redis_refuses_stops_being_resumable_rather_than_keep_a_g
         client = Redis.from_url(url)
         try:
             # Anything that makes XADD fail: here the events key holds a string.
-            await client.delete(a.events_key(recording.stream_id))
-            await client.set(a.events_key(recording.stream_id), b"not a stream")
+            await client.delete(a.keys.events(recording.stream_id))
+            await client.set(a.keys.events(recording.stream_id), b"not a stream")
         finally:
             await client.aclose()
         recording.append([b"e2"])
@@ -656,7 +657,9 @@ def test_bad_options_are_refused(url: str, options: dict[str, Any], message: str
 
 
 def test_without_redis_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The import of redis-py is in _redis_client, which every part of the store imports.
     monkeypatch.delitem(sys.modules, "sse_bridge._resume_redis")
+    monkeypatch.delitem(sys.modules, "sse_bridge._redis_client")
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(ImportError, match=r"pip install 'sse-bridge\[resume\]'"):
         importlib.import_module("sse_bridge._resume_redis")
@@ -683,21 +686,21 @@ def test_the_redis_server_helper_restarts_on_the_same_port(server: RedisServer) 
 async def test_one_round_trip_carries_many_streams_within_its_bound(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_resume_redis, "ROUND_COMMANDS", 4)
+    monkeypatch.setattr(_redis_writer, "ROUND_COMMANDS", 4)
     async with opened(url, flush_window=0.05) as store:
         recordings = [store.record(lambda: None) for _ in range(3)]
         for i, recording in enumerate(recordings):
             recording.append([b"a%d" % i, b"b%d" % i])
             recording.finish()
         rounds = 0
-        flush = store.flush
+        flush = store.writer.flush
 
         async def counted(batch: Any) -> None:
             nonlocal rounds
             rounds += 1
             await flush(batch)
 
-        monkeypatch.setattr(store, "flush", counted)
+        monkeypatch.setattr(store.writer, "flush", counted)
         assert await store.drain(DEADLINE)
         # Each stream is 1 + 2 + 2 + 2 commands: one per round under the bound of 4.
         assert rounds == 3
@@ -709,3 +712,44 @@ async def test_one_round_trip_carries_many_streams_within_its_bound(
 def test_the_flush_window_is_checked(url: str) -> None:
     with pytest.raises(ValueError, match="flush_window must be a finite number of seconds"):
         RedisStore(url, flush_window=-1)
+
+
+ENTRY = (b"1-0", {b"e": b"x"})
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param([[b"k", [ENTRY]]], id="RESP2"),
+        pytest.param({b"k": [[ENTRY]]}, id="RESP3"),
+    ],
+)
+def test_an_xread_reply_gives_the_entries_of_its_one_stream(response: object) -> None:
+    assert entries(response) == [ENTRY]
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "expected"),
+    [(b"3-0", (3, True)), ("3-1", (3, False)), (b"0-1", (0, False)), (b"12-0", (12, True))],
+)
+def test_an_entry_id_is_an_event_or_the_end(entry_id: object, expected: tuple[int, bool]) -> None:
+    assert parse_id(entry_id) == expected
+
+
+def test_a_reply_of_an_unexpected_type_is_refused() -> None:
+    assert text("s") == text(b"s") == "s"
+    with pytest.raises(TypeError, match="unexpected reply from Redis: 1"):
+        text(1)
+    with pytest.raises(TypeError, match="to XREAD"):
+        entries(None)
+
+
+def test_every_key_and_channel_is_under_the_prefix() -> None:
+    keys = Keys("p:")
+    assert [
+        keys.events("s"),
+        keys.meta("s"),
+        keys.attended("s"),
+        keys.instance("i"),
+        keys.stop_channel("i"),
+    ] == ["p:s:events", "p:s:meta", "p:s:attended", "p:instance:i", "p:stop:i"]

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from loadtests.stack import free_port
 from sse_bridge import _server, create_proxy
 from sse_bridge._cli import main
+from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._redis import redis_server, running_redis
 from tests._servers import serve
@@ -98,10 +99,8 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
                     responses.append(await fetch(f"{url}/api/chat", body=chat(), headers=SSE))
 
                 group.start_soon(read)
-                record = await anyio.to_thread.run_sync(
-                    lambda: fake.wait_for_record(
-                        path="/api/chat", predicate=lambda r: r.tokens_sent >= 3, timeout=5
-                    )
+                record = await fake.records.wait_for(
+                    path="/api/chat", predicate=lambda r: r.tokens_sent >= 3, timeout=5
                 )
                 assert record is not None
                 # The page would read X-Stream-Id; this client is still reading, so ask the
@@ -110,8 +109,8 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
                 assert store is not None
                 (sid,) = store.streams  # type: ignore[attr-defined]
                 stop = await fetch(f"{url}/streams/{sid}", method="DELETE", body=b"")
-            cancelled = await anyio.to_thread.run_sync(
-                lambda: fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=3)
+            cancelled = await fake.records.wait_for(
+                path="/api/chat", outcome="cancelled", timeout=3
             )
     assert stop.status == 204
     assert cancelled.cancelled_phase == "streaming"
@@ -131,8 +130,8 @@ async def test_a_client_that_leaves_is_given_the_grace_period() -> None:
         with serve(app) as url:
             first = await fetch(f"{url}/api/chat", body=chat(), headers=SSE, stop_after_events=3)
             left = time.monotonic()
-            cancelled = await anyio.to_thread.run_sync(
-                lambda: fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=5)
+            cancelled = await fake.records.wait_for(
+                path="/api/chat", outcome="cancelled", timeout=5
             )
             sid = first.headers["x-stream-id"]
             late = await fetch(f"{url}/streams/{sid}", method="GET", body=b"", headers=SSE)
@@ -148,26 +147,23 @@ async def test_a_client_that_leaves_is_given_the_grace_period() -> None:
 def test_memory_resume_refuses_several_workers() -> None:
     with pytest.raises(ValueError, match="use --resume redis://host:port/db with --workers"):
         _server.serve(
-            host="127.0.0.1",
-            port=0,
-            workers=2,
-            log_level="warning",
-            proxy_options={"upstream": "http://127.0.0.1:9", "resume": "memory"},
+            ServerOptions(port=0, workers=2, log_level="warning"),
+            SidecarOptions(upstream="http://127.0.0.1:9", resume="memory"),
         )
 
 
 def test_serve_reads_the_resume_options(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(_server, "serve", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(_server, "serve", lambda server, options: seen.update(options=options))
     env = {"SSE_BRIDGE_UPSTREAM": "http://127.0.0.1:11434", "SSE_BRIDGE_RESUME": "memory"}
     result = CliRunner().invoke(
         main, ["serve", "--resume-grace", "5", "--resume-ttl", "60"], env=env
     )
     assert result.exit_code == 0, result.output
-    options = seen["proxy_options"]
-    assert (options["resume"], options["resume_grace"], options["resume_ttl"]) == ("memory", 5, 60)
+    options = seen["options"]
+    assert (options.resume, options.resume_grace, options.resume_ttl) == ("memory", 5, 60)
     result = CliRunner().invoke(main, ["serve"], env={"SSE_BRIDGE_UPSTREAM": "http://h"})
-    assert seen["proxy_options"]["resume"] is None
+    assert seen["options"].resume is None
 
 
 def test_serve_refuses_an_unknown_store() -> None:
@@ -233,10 +229,8 @@ async def test_redis_lost_while_running(caplog: pytest.LogCaptureFixture) -> Non
 
             async with anyio.create_task_group() as group:
                 group.start_soon(read)
-                await anyio.to_thread.run_sync(
-                    lambda: fake.wait_for_record(
-                        predicate=lambda r: r.outcome is None and r.tokens_sent >= 3, timeout=5
-                    )
+                await fake.records.wait_for(
+                    predicate=lambda r: r.outcome is None and r.tokens_sent >= 3, timeout=5
                 )
                 await anyio.to_thread.run_sync(redis.stop)
                 # The live stream goes on; a resume is refused until Redis returns.

@@ -156,8 +156,8 @@ def fake_text(tokens: int) -> str:
     return "".join(answer_tokens(tokens))
 
 
-def cancellation(fake: FakeOllama) -> RequestRecord:
-    return fake.wait_for_record(path="/api/chat", outcome="cancelled", timeout=3)
+async def cancellation(fake: FakeOllama) -> RequestRecord:
+    return await fake.records.wait_for(path="/api/chat", outcome="cancelled", timeout=3)
 
 
 DISCONNECTS = pytest.mark.parametrize(
@@ -202,7 +202,7 @@ async def disconnect(
                 with pytest.raises(TimeoutError):
                     await client()
             closed_at = time.monotonic()
-            record = await anyio.to_thread.run_sync(cancellation, fake)
+            record = await cancellation(fake)
     return record, closed_at
 
 

@@ -6,6 +6,7 @@ from ._codec import LineDecoder, LineTooLongError, ServerSentEvent
 from ._dialects import DialectFunc
 from ._middleware import SSEBridgeMiddleware
 from ._sidecar import SidecarApp, create_proxy
+from ._translator import Translator
 
 __all__ = [
     "DialectFunc",
@@ -14,6 +15,7 @@ __all__ = [
     "SSEBridgeMiddleware",
     "ServerSentEvent",
     "SidecarApp",
+    "Translator",
     "create_proxy",
 ]
 __version__ = importlib.metadata.version("sse-bridge")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import MISSING, Field, fields
 from typing import Any, TypeVar
 
 import click
 
-from ._codec import DEFAULT_MAX_LINE_BYTES
-from ._dialects import DIALECTS
+from ._options import Options, spec_of
+from ._sidecar_options import ServerOptions, SidecarOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
+OptionsT = TypeVar("OptionsT", bound=Options)
 
 
 def _option(
@@ -25,10 +27,6 @@ def _option(
     return option
 
 
-def _seconds_or_none(value: float) -> float | None:
-    return value or None
-
-
 SECONDS = click.FloatRange(min=0)
 
 
@@ -38,114 +36,69 @@ def main() -> None:
     """Stream NDJSON (Ollama and friends) to browsers as unbuffered Server-Sent Events."""
 
 
+def _from_options(*classes: type[Options]) -> Callable[[F], F]:
+    """The click options of these options classes' fields, in their order, from their specs."""
+    items = [item for cls in classes for item in fields(cls) if spec_of(item).cli != ""]
+
+    def decorate(command: F) -> F:
+        for item in reversed(items):
+            command = _option(_flag_name(item), **_click_settings(item))(command)
+        return command
+
+    return decorate
+
+
+def _flag_name(item: Field[Any]) -> str:
+    return spec_of(item).cli or item.name.replace("_", "-")
+
+
+def _click_settings(item: Field[Any]) -> dict[str, Any]:
+    spec = spec_of(item)
+    settings: dict[str, Any] = {"help": spec.help}
+    if item.default is MISSING:
+        settings["required"] = True
+    elif item.default is None and spec.cli_off:
+        settings["default"] = spec.cli_off
+    else:
+        settings["default"] = item.default
+    kind = spec.kind
+    if kind == "seconds":
+        settings["type"] = SECONDS
+    elif kind == "count":
+        settings["type"] = click.IntRange(min=spec.minimum)
+    elif kind == "port":
+        settings["type"] = click.IntRange(0, 65535)
+    elif kind == "flag":
+        settings["flag"] = True
+    elif kind == "choice" or spec.cli_choices:
+        settings["type"] = click.Choice(spec.cli_choices or spec.choices)
+    elif kind == "texts":
+        settings["multiple"] = True
+    return settings
+
+
+def _options_from_click(cls: type[OptionsT], values: dict[str, Any]) -> OptionsT:
+    """``cls`` made from the values click parsed for its fields (taken out of ``values``)."""
+    chosen: dict[str, Any] = {}
+    for item in fields(cls):
+        spec = spec_of(item)
+        if spec.cli == "":
+            continue
+        value = values.pop(_flag_name(item).replace("-", "_"))
+        chosen[item.name] = None if spec.cli_off and value == spec.cli_off else value
+    return cls(**chosen)
+
+
 @main.command()
-@_option("upstream", required=True, help="Base URL of the NDJSON server.")
-@_option("host", default="127.0.0.1", help="Interface to listen on.")
-@_option("port", default=8000, type=click.IntRange(0, 65535), help="Port to listen on.")
-@_option(
-    "dialect",
-    default="raw",
-    type=click.Choice(sorted(DIALECTS)),
-    help="How NDJSON lines become events.",
-)
-@_option(
-    "convert",
-    default="negotiate",
-    type=click.Choice(["negotiate", "always"]),
-    help="negotiate: only when the request accepts text/event-stream; always: every response.",
-)
-@_option("keepalive", default=15.0, type=SECONDS, help="Silent seconds before a ': ping'; 0: off.")
-@_option(
-    "max-line-bytes",
-    default=DEFAULT_MAX_LINE_BYTES,
-    type=click.IntRange(min=1),
-    help="Longest NDJSON line accepted; a longer one ends the stream with an error event.",
-)
-@_option("event-ids", flag=True, default=False, help="Add id: fields for EventSource clients.")
-@_option(
-    "commit-after",
-    default=1.0,
-    type=SECONDS,
-    help="Seconds without upstream headers before an SSE client gets a 200 stream; 0: never.",
-)
-@_option(
-    "commit-path",
-    multiple=True,
-    default=("/api/chat", "/api/generate"),
-    help="A path that streams NDJSON and may be committed early; repeat for more.",
-)
-@_option("connect-timeout", default=5.0, type=SECONDS, help="Seconds to connect upstream.")
-@_option("read-timeout", default=0.0, type=SECONDS, help="Seconds upstream may be silent; 0: any.")
-@_option("max-streams", default=1000, type=click.IntRange(min=1), help="Concurrent requests.")
-@_option("max-body", default=10 * 1024 * 1024, type=click.IntRange(min=1), help="Body bytes.")
-@_option("api-key", default=None, help="Require Authorization: Bearer <key> (never forwarded).")
-@_option(
-    "cors-origin",
-    multiple=True,
-    help="An origin browsers may call from; repeat for more (space-separated in the env var).",
-)
-@_option("workers", default=1, type=click.IntRange(min=1), help="Worker processes.")
-@_option(
-    "http",
-    default="auto",
-    type=click.Choice(["auto", "h11", "httptools"]),
-    help="uvicorn's HTTP implementation (auto: httptools when installed).",
-)
-@_option("grace", default=10.0, type=SECONDS, help="Seconds streams get to finish on SIGTERM.")
-@_option(
-    "resume",
-    default="off",
-    help="Resumable streams: off, memory (one process) or redis://host:port/db (docs/resume.md).",
-)
-@_option(
-    "resume-grace",
-    default=30.0,
-    type=SECONDS,
-    help="With --resume: seconds a generation runs on with no client attached.",
-)
-@_option(
-    "resume-ttl",
-    default=300.0,
-    type=SECONDS,
-    help="With --resume: seconds a finished stream stays resumable.",
-)
-@_option(
-    "metrics",
-    flag=True,
-    default=False,
-    help="Prometheus metrics at /metrics, behind the API key (docs/operations.md).",
-)
-@_option(
-    "metrics-port",
-    default=0,
-    type=click.IntRange(0, 65535),
-    help="With --metrics: serve them on this port instead, apart from the API; 0: /metrics.",
-)
-@_option(
-    "log-level",
-    default="info",
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    help="Log level; info logs one line per stream.",
-)
-@_option(
-    "log-format",
-    default="text",
-    type=click.Choice(["text", "json"]),
-    help="The line per stream: key=value text, or one JSON object.",
-)
-def serve(**options: Any) -> None:
+@_from_options(SidecarOptions, ServerOptions)
+def serve(**values: Any) -> None:
     """Run the bridge as a reverse proxy in front of an NDJSON server such as Ollama."""
     from ._server import serve as run
 
-    server = {key: options.pop(key) for key in ("host", "port", "workers", "http", "log_level")}
-    options["read_timeout"] = _seconds_or_none(options["read_timeout"])
-    options["cors_origins"] = list(options.pop("cors_origin"))
-    options["commit_paths"] = list(options.pop("commit_path"))
-    if options["resume"] == "off":
-        options["resume"] = None
-    options["metrics_port"] = options["metrics_port"] or None
     try:
-        run(**server, proxy_options=options)
+        server = _options_from_click(ServerOptions, values)
+        options = _options_from_click(SidecarOptions, values)
+        run(server, options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -184,7 +137,7 @@ def fake_ollama(**options: Any) -> None:
     """
     import uvicorn
 
-    from ._fake_ollama import FakeOllama, FakeOllamaConfig
+    from ._fake import FakeOllama, FakeOllamaConfig
 
     server = {key: options.pop(key) for key in ("host", "port", "log_level")}
     try:

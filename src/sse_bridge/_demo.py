@@ -17,8 +17,9 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from ._fake_ollama import FakeOllama, FakeOllamaConfig
-from ._http import header, send_json
+from ._fake import FakeOllama, FakeOllamaConfig
+from ._headers import header
+from ._http import send_json
 from ._loopback import base_url, listening_socket, serve_in_task
 from ._sidecar import SidecarApp, create_proxy
 from ._sse_parser import SSEParser

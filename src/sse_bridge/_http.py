@@ -7,12 +7,12 @@ import json
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._types import Scope, Send
+from ._types import Send
 
 # The one contract between the layers of a request (front layer, middleware, proxy): a
 # StreamContext on the scope under this key.
@@ -53,52 +53,12 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-# RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
-
-
 def on_asyncio() -> bool:
     """Whether this runs on asyncio, where plain tasks are cheaper than anyio's task groups."""
     try:
         return asyncio.current_task() is not None
     except RuntimeError:  # another event loop, such as trio's
         return False
-
-
-def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
-    """The first value of a header (names compared case-insensitively), or ""."""
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""
-
-
-def media_type(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The Content-Type without its parameters, lower-cased: "application/x-ndjson"."""
-    return header(headers, b"content-type").split(";")[0].strip().lower()
-
-
-def without_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop headers, including any the Connection header names."""
-    named = {
-        token.strip().lower()
-        for key, value in headers
-        if key.lower() == b"connection"
-        for token in value.split(b",")
-    }
-    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
 
 
 async def send_json(
@@ -195,32 +155,3 @@ class StreamContext:
             self.settle(Outcome.COMPLETED if self.status < 400 else Outcome.UPSTREAM_ERROR)
         assert self.outcome is not None
         return self.outcome
-
-
-def event_stream_headers(
-    headers: list[tuple[bytes, bytes]], scope: Scope
-) -> list[tuple[bytes, bytes]]:
-    """Add what keeps proxies and browsers from buffering, caching or transforming a stream."""
-    names = {k.lower() for k, _ in headers}
-    kept = [(k, v) for k, v in headers if k.lower() != b"cache-control"]
-    added = [(b"cache-control", cache_control(header(headers, b"cache-control")))]
-    if b"content-type" not in names:
-        added.append((b"content-type", b"text/event-stream; charset=utf-8"))
-    if b"x-accel-buffering" not in names:
-        # nginx stops buffering this response (and hides the header from its own client).
-        added.append((b"x-accel-buffering", b"no"))
-    # Connection is a hop-by-hop header that HTTP/2 forbids.
-    if b"connection" not in names and scope.get("http_version") == "1.1":
-        added.append((b"connection", b"keep-alive"))
-    return kept + added
-
-
-def cache_control(value: str) -> bytes:
-    """The app's own directives, plus no-cache (unless no-store) and no-transform."""
-    directives = [d.strip() for d in value.split(",") if d.strip()]
-    names = {d.split("=")[0].lower() for d in directives}
-    if not names & {"no-cache", "no-store"}:
-        directives.append("no-cache")
-    if "no-transform" not in names:
-        directives.append("no-transform")
-    return ", ".join(directives).encode("latin-1")

@@ -15,24 +15,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import anyio
 import httpx
 
-from ._http import (
-    NDJSON_TYPES,
-    STREAM_KEY,
-    Outcome,
-    StreamContext,
-    header,
-    media_type,
-    send_json,
-    without_hop_by_hop,
-)
+from ._headers import RETRY_AFTER, header, media_type, passed_back, upstream_request_headers
+from ._http import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
 from ._types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._sidecar_options import SidecarOptions
 
 try:
     from ._upstream import HttptoolsTransport
@@ -43,8 +38,9 @@ logger = logging.getLogger("sse_bridge")
 
 NDJSON = b"application/x-ndjson"
 # A body this small with a known length is read before forwarding, so that a request that failed
-# on a stale pooled connection can be sent once more (FIELD_NOTES: uvicorn and httpx both expire
-# idle connections at 5 s, and a reuse at that moment fails before any response).
+# on a stale pooled connection can be sent once more (uvicorn and httpx both expire idle
+# connections at 5 s, and a reuse at that moment fails before any response;
+# tests/test_proxy.py::test_a_stale_pooled_connection_is_retried_once_for_small_bodies).
 REPLAYABLE_BYTES = 64 * 1024
 # How much of an error body is read to find its message once the stream was committed.
 ERROR_BODY_BYTES = 64 * 1024
@@ -136,26 +132,19 @@ class _HttpxAnswer:
 class ProxyApp:
     """Forward HTTP requests to ``upstream``; see :func:`sse_bridge.create_proxy` for options."""
 
-    def __init__(
-        self,
-        *,
-        upstream: str,
-        commit_after: float | None = 1.0,
-        commit_paths: Sequence[str] = COMMIT_PATHS,
-        connect_timeout: float = 5.0,
-        read_timeout: float | None = None,
-        max_body: int = 10 * 1024 * 1024,
-        max_answer_bytes: int = 1 << 20,
-        max_connections: int = 1000,
-        strip_authorization: bool = False,
-    ) -> None:
-        self.upstream = parse_upstream(upstream)
+    def __init__(self, options: SidecarOptions) -> None:
+        self.upstream = parse_upstream(options.upstream)
         self.base_path = self.upstream.raw_path.rstrip(b"/")
-        self.commit_after = commit_after or 0.0
-        self.commit_paths = frozenset(commit_paths)
-        self.max_body = max_body
-        self.max_answer_bytes = max_answer_bytes
-        self.strip_authorization = strip_authorization
+        self.commit_after = options.commit_after
+        self.commit_paths = frozenset(options.commit_paths)
+        self.max_body = options.max_body
+        # A JSON answer to a committed stream becomes one NDJSON line: no longer than the
+        # middleware in front accepts.
+        self.max_line_bytes = options.max_line_bytes
+        self.strip_authorization = options.api_key is not None
+        connect_timeout = options.connect_timeout
+        read_timeout = options.read_timeout or None  # 0: wait forever
+        max_connections = options.max_streams
         self._client_options: dict[str, Any] = {
             "timeout": httpx.Timeout(connect_timeout, read=read_timeout, write=read_timeout),
             # Never fewer connections than allowed streams: httpx's default pool of 100 would
@@ -232,21 +221,12 @@ class ProxyApp:
         return _HttpxAnswer(await client.send(request, stream=True))
 
     def request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        dropped = {b"host", b"accept-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
-        if self.strip_authorization:
-            dropped.add(b"authorization")
-        headers = [
-            (k, v) for k, v in without_hop_by_hop(scope["headers"]) if k.lower() not in dropped
-        ]
-        forwarded = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
-        if scope.get("client"):
-            forwarded.append(scope["client"][0].encode())
-        if forwarded:
-            headers.append((b"x-forwarded-for", b", ".join(forwarded)))
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
-        # The body is streamed and, for NDJSON, re-framed line by line: it must arrive as is.
-        headers.append((b"accept-encoding", b"identity"))
-        return headers
+        return upstream_request_headers(
+            scope["headers"],
+            scope.get("client"),
+            scope.get("scheme", "http"),
+            strip_authorization=self.strip_authorization,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -370,7 +350,7 @@ class _Exchange:
         message = "the bridge is shutting down; retry the request"
         if not self.started:
             self.stats.settle(Outcome.UPSTREAM_ERROR)
-            await send_json(self.send, 503, {"error": message}, [(b"retry-after", b"1")])
+            await send_json(self.send, 503, {"error": message}, [RETRY_AFTER])
         elif self.ndjson:
             await self.error_line(message)
         # Any other response is left unfinished: the server drops it, and the client sees a
@@ -582,11 +562,7 @@ class _Exchange:
             self.stats.settle(Outcome.UPSTREAM_ERROR)
             if response.status_code >= 500:
                 self.stats.upstream_error = "status"
-        headers = without_hop_by_hop(list(response.raw_headers))
-        self.ndjson = media_type(headers) in NDJSON_TYPES
-        if self.ndjson:
-            # A failure mid-stream adds an error line, which a declared length would not allow.
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+        headers, self.ndjson = passed_back(response.raw_headers, NDJSON_TYPES)
         await self.start(response.status_code, headers)
         await self.stream_body(response)
 
@@ -619,7 +595,7 @@ class _Exchange:
             await self.stream_body(response)
             return
         answer = response.status_code == 200 and media == "application/json"
-        limit = self.proxy.max_answer_bytes if answer else ERROR_BODY_BYTES
+        limit = self.proxy.max_line_bytes if answer else ERROR_BODY_BYTES
         try:
             raw = await _read_some(response, limit + 1)
         except httpx.HTTPError as exc:

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import anyio
 
@@ -365,18 +365,30 @@ class MemoryStore:
             growing.drop_oldest()
 
 
+def check_resume(resume: object) -> None:
+    """Refuse a ``resume=`` value other than None, "memory", a Redis URL or a store object."""
+    if resume is None or resume == "memory" or _is_redis_url(resume):
+        return
+    if not isinstance(resume, str) and all(
+        hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")
+    ):
+        return
+    raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")
+
+
+def _is_redis_url(resume: object) -> TypeGuard[str]:
+    return isinstance(resume, str) and resume.startswith(("redis://", "rediss://", "unix://"))
+
+
 def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | None:
     """The store a ``resume=`` option names: None, "memory", a Redis URL, or a store object."""
+    check_resume(resume)
     if resume is None:
         return None
     if resume == "memory":
         return MemoryStore(ttl=ttl)
-    if isinstance(resume, str) and resume.startswith(("redis://", "rediss://", "unix://")):
+    if _is_redis_url(resume):
         from ._resume_redis import RedisStore
 
         return RedisStore(resume, ttl=ttl)
-    if not isinstance(resume, str) and all(
-        hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")
-    ):
-        return resume  # type: ignore[return-value]
-    raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")
+    return resume  # type: ignore[return-value]

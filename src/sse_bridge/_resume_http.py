@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._codec import encode_comment
-from ._http import STREAM_KEY, Outcome, StreamContext, event_stream_headers, header, send_json
+from ._headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
+from ._http import STREAM_KEY, Outcome, StreamContext, send_json
 from ._resume import (
     STREAM_ID,
     BadPositionError,
@@ -63,10 +64,8 @@ def with_stream_id(prefix: bytes, seq: int, event: bytes) -> bytes:
 class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
-    def __init__(self, options: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
-        if not isinstance(path, str) or not path.startswith("/") or "?" in path:
-            raise ValueError(f"resume_path must be a path such as '/streams', not {path!r}")
-        self.options = options
+    def __init__(self, bridge: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
+        self.bridge = bridge
         self.store = store
         self.prefix = path.rstrip("/") + "/"
         self.opened = False
@@ -127,7 +126,7 @@ class ResumeEndpoints:
         if path.startswith(self.prefix):
             await self.endpoint(scope, receive, send, path[len(self.prefix) :])
             return True
-        if not (wanted and self.options.event_ids):
+        if not (wanted and self.bridge.event_ids):
             return False
         value = header(scope["headers"], b"last-event-id")
         if ":" not in value:
@@ -173,7 +172,7 @@ class ResumeEndpoints:
         except ResumeError as exc:
             context.status = exc.status
             context.settle(Outcome.UPSTREAM_ERROR)
-            extra = [(b"retry-after", b"1")] if isinstance(exc, StoreUnavailableError) else []
+            extra = [RETRY_AFTER] if isinstance(exc, StoreUnavailableError) else []
             await send_json(send, exc.status, {"error": str(exc)}, extra)
             return
         await self.serve(scope, receive, send, stream_id, after, follower)
@@ -207,7 +206,9 @@ class ResumeEndpoints:
             # Ended, and the reader has every event: 204 also stops EventSource reconnecting.
             await _no_content(send, context, Outcome.COMPLETED)
             return
-        headers = event_stream_headers([(b"x-stream-id", stream_id.encode())], scope)
+        headers = event_stream_headers(
+            [(STREAM_ID_HEADER, stream_id.encode())], scope.get("http_version")
+        )
         reader = _Reader(self, send, stream_id, after, follower, context)
         try:
             context.status = 200
@@ -243,10 +244,10 @@ class _Reader:
         self.last_write = time.monotonic()
 
     async def run(self) -> None:
-        options = self.endpoints.options
-        keepalive = options.keepalive
-        if options.retry is not None:
-            await self.write(options.retry, more=True)
+        bridge = self.endpoints.bridge
+        keepalive = bridge.keepalive
+        if bridge.retry is not None:
+            await self.write(bridge.retry, more=True)
         # The position at which this reader last ended the stream for its dead owner.
         orphaned: int | None = None
         while True:
@@ -258,7 +259,7 @@ class _Reader:
                     # End the stream for every reader, the same way, with what was kept (again,
                     # if this reader was behind the top of the stream the first time).
                     orphaned = self.position
-                    events = options.translator().fail(OWNER_LOST)
+                    events = bridge.new_translator().fail(OWNER_LOST)
                     try:
                         await self.endpoints.store.finish_orphan(
                             self.stream_id, self.position, events
@@ -292,7 +293,7 @@ class _Reader:
         """A terminal error event that is not part of the stream (so it carries no id)."""
         self.context.settle(Outcome.UPSTREAM_ERROR)
         logger.warning("sse_bridge: resumed stream %s ended: %s", self.stream_id, message)
-        events = self.endpoints.options.translator().fail(message)
+        events = self.endpoints.bridge.new_translator().fail(message)
         await self.write(b"".join(events), more=False)
 
     async def write(self, payload: bytes, *, more: bool) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import math
 import os
 import shutil
@@ -16,14 +15,15 @@ from uvicorn.config import LOGGING_CONFIG
 
 from ._http import MULTIPROC_ENV, multiprocess_dir
 from ._resume import ResumeError
-from ._sidecar import SidecarApp, create_proxy
+from ._sidecar import SidecarApp, build_sidecar
+from ._sidecar_options import ServerOptions, SidecarOptions
 
 CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
 
 
 def app_from_env() -> SidecarApp:
     """The uvicorn factory each worker calls: the options travel as JSON in the environment."""
-    return create_proxy(**json.loads(os.environ[CONFIG_ENV]))
+    return build_sidecar(SidecarOptions.from_json(os.environ[CONFIG_ENV]))
 
 
 async def _check_store(app: SidecarApp) -> None:
@@ -37,73 +37,48 @@ async def _check_store(app: SidecarApp) -> None:
             await store.aclose()
 
 
-def serve(
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    log_level: str,
-    http: str = "auto",
-    proxy_options: dict[str, Any],
-) -> None:
+def serve(server: ServerOptions, options: SidecarOptions) -> None:
     """Run the sidecar until SIGINT or SIGTERM."""
-    metrics_port = proxy_options.get("metrics_port")
     made_dir = None
-    if proxy_options.get("metrics") and (workers > 1 or metrics_port) and not multiprocess_dir():
+    if options.metrics and (server.workers > 1 or options.metrics_port) and not multiprocess_dir():
         # The workers each write their figures to files here, and whoever serves /metrics
         # sums them (prometheus-client's multiprocess mode). It must be set before
         # prometheus-client is first imported, here and in the workers.
         made_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="sse-bridge-metrics-")
     try:
-        _serve(
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=log_level,
-            http=http,
-            proxy_options=proxy_options,
-        )
+        _serve(server, options)
     finally:
         if made_dir is not None:
             del os.environ[MULTIPROC_ENV]
             shutil.rmtree(made_dir, ignore_errors=True)
 
 
-def _serve(
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    log_level: str,
-    http: str,
-    proxy_options: dict[str, Any],
-) -> None:
-    app = create_proxy(**proxy_options)  # Fail here, once, with a clear ValueError.
-    resume = proxy_options.get("resume")
-    if resume == "memory" and workers > 1:
+def _serve(server: ServerOptions, options: SidecarOptions) -> None:
+    app = build_sidecar(options)
+    if options.resume == "memory" and server.workers > 1:
         raise ValueError(
             "--resume memory keeps streams inside one process, and a resume may reach another "
-            f"of the {workers} workers: use --resume redis://host:port/db with --workers"
+            f"of the {server.workers} workers: use --resume redis://host:port/db with --workers"
         )
-    if resume is not None:
+    if options.resume is not None:
         # Redis unreachable at start is an exit with its reason, before any worker starts.
         asyncio.run(_check_store(app))
-    os.environ[CONFIG_ENV] = json.dumps(proxy_options)
-    metrics_port = proxy_options.get("metrics_port")
+    os.environ[CONFIG_ENV] = options.to_json()
     metrics_server = None
-    if metrics_port:
+    if options.metrics_port:
         # Served by this process, apart from the API and its key, for all the workers.
         from prometheus_client import start_http_server
 
         from ._metrics import collecting_registry
 
         metrics_server, _ = start_http_server(
-            metrics_port, addr=host, registry=collecting_registry(None)
+            options.metrics_port, addr=server.host, registry=collecting_registry(None)
         )
+    log_level = server.log_level
     log_config = copy.deepcopy(LOGGING_CONFIG)
     # The bridge's own warnings and its one line per stream, next to uvicorn's.
     log_config["loggers"]["sse_bridge"] = {"handlers": ["default"], "level": log_level.upper()}
-    if proxy_options.get("log_format") == "json":
+    if options.log_format == "json":
         # The line per stream alone on its line, as log shippers read JSON lines.
         log_config["formatters"]["sse_bridge_json"] = {"format": "%(message)s"}
         log_config["handlers"]["sse_bridge_json"] = {
@@ -117,34 +92,26 @@ def _serve(
             "propagate": False,
         }
     try:
-        _run(host, port, workers, http, log_level, log_config, proxy_options)
+        _run(server, log_config, grace=options.grace)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
 
 
-def _run(
-    host: str,
-    port: int,
-    workers: int,
-    http: str,
-    log_level: str,
-    log_config: dict[str, Any],
-    proxy_options: dict[str, Any],
-) -> None:
+def _run(server: ServerOptions, log_config: dict[str, Any], *, grace: float) -> None:
     uvicorn.run(
         "sse_bridge._server:app_from_env",
         factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        http=http,
-        log_level=log_level,
+        host=server.host,
+        port=server.port,
+        workers=server.workers,
+        http=server.http,
+        log_level=server.log_level,
         log_config=log_config,
         # The proxy appends the real peer address to X-Forwarded-For itself; uvicorn's rewrite
         # of the client address from that header would hide the peer and repeat the client.
         proxy_headers=False,
         # A backstop only: the app ends its streams itself when the grace period is over.
-        timeout_graceful_shutdown=math.ceil(proxy_options.get("grace", 10.0)) + 5,
+        timeout_graceful_shutdown=math.ceil(grace) + 5,
     )

@@ -10,24 +10,35 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
-from ._codec import DEFAULT_MAX_LINE_BYTES
-from ._dialects import DialectFunc
-from ._http import STREAM_KEY, StreamContext, header, send_json
+from ._dialects import Dialect
+from ._headers import (
+    CORS_ALLOW_HEADERS,
+    CORS_ALLOW_METHODS,
+    CORS_EXPOSE_HEADERS,
+    RETRY_AFTER,
+    WWW_AUTHENTICATE,
+    bearer_token,
+    header,
+)
+from ._http import STREAM_KEY, StreamContext, send_json
 from ._middleware import SSEBridgeMiddleware
-from ._proxy import COMMIT_PATHS, ProxyApp
-from ._resume import DEFAULT_TTL, ResumeStore
+from ._options import off_as_zero
+from ._proxy import ProxyApp
+from ._resume import ResumeStore
+from ._sidecar_options import SidecarOptions
 from ._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from ._metrics import BridgeMetrics
-from ._validate import check_count, check_seconds
 
+_DEFAULT: dict[str, Any] = {item.name: item.default for item in fields(SidecarOptions)}
 logger = logging.getLogger("sse_bridge")
 access_logger = logging.getLogger("sse_bridge.access")
 
@@ -133,7 +144,7 @@ class _Front:
                 send,
                 401,
                 {"error": "missing or wrong API key: send Authorization: Bearer <key>"},
-                [(b"www-authenticate", b'Bearer realm="sse-bridge"')],
+                [WWW_AUTHENTICATE],
             )
             return
         if path == self.metrics_path and self.metrics_app is not None:
@@ -146,7 +157,7 @@ class _Front:
                 send,
                 503,
                 {"error": f"too many concurrent streams (max {self.max_streams}); retry later"},
-                [(b"retry-after", b"1")],
+                [RETRY_AFTER],
             )
             return
         # The middleware behind fills in the status and the bytes it sends. The server's scope
@@ -166,10 +177,8 @@ class _Front:
 
     def authorized(self, scope: Scope) -> bool:
         assert self.api_key is not None
-        scheme, _, token = header(scope["headers"], b"authorization").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("latin-1"), self.api_key
-        )
+        token = bearer_token(header(scope["headers"], b"authorization"))
+        return token is not None and hmac.compare_digest(token.encode("latin-1"), self.api_key)
 
     async def ready(self, send: Send) -> None:
         try:
@@ -225,43 +234,47 @@ class _Front:
 def create_proxy(
     *,
     upstream: str,
-    dialect: str | DialectFunc = "raw",
-    convert: Literal["negotiate", "always"] = "negotiate",
-    keepalive: float | None = 15.0,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-    event_ids: bool = False,
-    commit_after: float | None = 1.0,
-    commit_paths: Sequence[str] = COMMIT_PATHS,
-    connect_timeout: float = 5.0,
-    read_timeout: float | None = None,
-    max_streams: int = 1000,
-    max_body: int = 10 * 1024 * 1024,
-    api_key: str | None = None,
-    cors_origins: Sequence[str] = (),
-    grace: float = 10.0,
-    resume: str | ResumeStore | None = None,
-    resume_path: str = "/streams",
-    resume_grace: float = 30.0,
-    resume_ttl: float = DEFAULT_TTL,
-    metrics: bool = False,
-    metrics_port: int | None = None,
-    log_format: Literal["text", "json"] = "text",
+    dialect: Dialect = _DEFAULT["dialect"],
+    convert: Literal["negotiate", "always"] = _DEFAULT["convert"],
+    keepalive: float | None = _DEFAULT["keepalive"],
+    max_line_bytes: int = _DEFAULT["max_line_bytes"],
+    event_ids: bool = _DEFAULT["event_ids"],
+    retry: int | None = _DEFAULT["retry"],
+    ndjson_types: Sequence[str] = _DEFAULT["ndjson_types"],
+    commit_after: float | None = _DEFAULT["commit_after"],
+    commit_paths: Sequence[str] = _DEFAULT["commit_paths"],
+    connect_timeout: float = _DEFAULT["connect_timeout"],
+    read_timeout: float | None = _DEFAULT["read_timeout"],
+    max_streams: int = _DEFAULT["max_streams"],
+    max_body: int = _DEFAULT["max_body"],
+    api_key: str | None = _DEFAULT["api_key"],
+    cors_origins: Sequence[str] = _DEFAULT["cors_origins"],
+    grace: float = _DEFAULT["grace"],
+    resume: str | ResumeStore | None = _DEFAULT["resume"],
+    resume_path: str = _DEFAULT["resume_path"],
+    resume_grace: float = _DEFAULT["resume_grace"],
+    resume_ttl: float = _DEFAULT["resume_ttl"],
+    metrics: bool = _DEFAULT["metrics"],
+    metrics_port: int | None = _DEFAULT["metrics_port"],
+    log_format: Literal["text", "json"] = _DEFAULT["log_format"],
 ) -> SidecarApp:
     """Build the sidecar: a reverse proxy to ``upstream`` behind :class:`SSEBridgeMiddleware`.
 
     Args:
         upstream: the base URL of the NDJSON server, e.g. ``http://127.0.0.1:11434``; the only
             host the proxy ever sends requests to.
-        dialect, convert, keepalive, max_line_bytes, event_ids: as for the middleware.
+        dialect, convert, keepalive, max_line_bytes, event_ids, retry, ndjson_types: as for
+            the middleware.
         commit_after: seconds to wait for the upstream's headers, when the client asked for an
             event stream, before committing a 200 stream and sending keepalives (Ollama writes
-            no headers while a model loads). ``0`` or ``None`` never commits early.
+            no headers while a model loads). ``0`` never commits early (``None`` is accepted as
+            ``0``).
         commit_paths: the request paths that may be committed early: endpoints that answer
             with NDJSON (by default Ollama's ``/api/chat`` and ``/api/generate``). A request
             whose JSON body says ``"stream": false`` is never committed early.
         connect_timeout: seconds to connect to the upstream.
-        read_timeout: seconds the upstream may be silent; ``None`` (the default) waits forever,
-            since keepalives cover silence towards the client.
+        read_timeout: seconds the upstream may be silent; ``0`` (the default; ``None`` is
+            accepted as ``0``) waits forever, since keepalives cover silence towards the client.
         max_streams: concurrent requests allowed; more get 503. The connection pool is sized
             to match.
         max_body: the largest request body accepted; larger ones get 413.
@@ -274,32 +287,43 @@ def create_proxy(
         metrics: record Prometheus metrics (the ``metrics`` extra; docs/operations.md) and,
             unless ``metrics_port`` is set, serve them at ``/metrics`` (behind the API key).
         metrics_port: the port ``sse-bridge serve`` serves the metrics on instead, apart from
-            the API (the app then serves no ``/metrics``).
+            the API (the app then serves no ``/metrics``); ``0`` (the default; ``None`` is
+            accepted as ``0``): at ``/metrics`` on the main port.
         log_format: ``"text"`` (``key=value``) or ``"json"`` (one object per line).
     """
-    check_count("max_streams", max_streams, 1, "concurrent requests")
-    check_count("max_body", max_body, 1, "request body bytes")
-    check_seconds("connect_timeout", connect_timeout, "to connect to the upstream")
-    if read_timeout is not None:
-        check_seconds("read_timeout", read_timeout, "None waits forever")
-    if commit_after is not None:
-        check_seconds("commit_after", commit_after, "0 or None never commits early")
-    check_seconds("grace", grace, "after SIGTERM")
-    if isinstance(cors_origins, str):
-        raise ValueError("cors_origins must be a list of origins, not one string")
-    if isinstance(commit_paths, str):
-        raise ValueError("commit_paths must be a list of paths, not one string")
-    if api_key is not None and not api_key:
-        raise ValueError("api_key must not be empty: give a key, or None for no authentication")
-    if log_format not in ("text", "json"):
-        raise ValueError(f"log_format must be 'text' or 'json', not {log_format!r}")
-    check_count("metrics_port", metrics_port, 1, "a TCP port for /metrics", optional=True)
-    if metrics_port is not None and (metrics_port > 65535 or not metrics):
-        raise ValueError(
-            f"metrics_port must be a TCP port (1-65535) and needs metrics on, got {metrics_port!r}"
-        )
+    options = SidecarOptions(
+        upstream=upstream,
+        dialect=dialect,
+        convert=convert,
+        keepalive=off_as_zero(keepalive),
+        max_line_bytes=max_line_bytes,
+        event_ids=event_ids,
+        retry=retry,
+        ndjson_types=ndjson_types,  # type: ignore[arg-type]
+        commit_after=off_as_zero(commit_after),
+        commit_paths=commit_paths,  # type: ignore[arg-type]  # any sequence; a tuple is kept
+        connect_timeout=connect_timeout,
+        read_timeout=off_as_zero(read_timeout),
+        max_streams=max_streams,
+        max_body=max_body,
+        api_key=api_key,
+        cors_origins=cors_origins,  # type: ignore[arg-type]
+        grace=grace,
+        resume=resume,
+        resume_path=resume_path,
+        resume_grace=resume_grace,
+        resume_ttl=resume_ttl,
+        metrics=metrics,
+        metrics_port=metrics_port or 0,
+        log_format=log_format,
+    )
+    return build_sidecar(options)
+
+
+def build_sidecar(options: SidecarOptions) -> SidecarApp:
+    """The sidecar for options already checked (``create_proxy``, and each worker process)."""
     recorder = None
-    if metrics:
+    if options.metrics:
         try:
             from prometheus_client import CollectorRegistry
 
@@ -311,49 +335,27 @@ def create_proxy(
         # A registry of this app's own: two apps in one process (tests, a reload) must not
         # register the same names twice.
         recorder = BridgeMetrics(CollectorRegistry())
-    proxy = ProxyApp(
-        upstream=upstream,
-        commit_after=commit_after,
-        commit_paths=commit_paths,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        max_body=max_body,
-        max_answer_bytes=max_line_bytes,
-        max_connections=max_streams,
-        strip_authorization=api_key is not None,
-    )
-    bridge = SSEBridgeMiddleware(
-        proxy,
-        dialect=dialect,
-        convert=convert,
-        keepalive=keepalive,
-        max_line_bytes=max_line_bytes,
-        event_ids=event_ids,
-        resume=resume,
-        resume_path=resume_path,
-        resume_grace=resume_grace,
-        resume_ttl=resume_ttl,
-    )
+    proxy = ProxyApp(options)
+    bridge = SSEBridgeMiddleware.with_options(proxy, options)
     app: ASGIApp = bridge
     app = _Front(
         app,
         proxy,
-        api_key=api_key,
-        max_streams=max_streams,
+        api_key=options.api_key,
+        max_streams=options.max_streams,
         dialect=bridge.dialect_name,
         metrics=recorder,
-        metrics_path="/metrics" if metrics_port is None else None,
-        log_format=log_format,
+        metrics_path=None if options.metrics_port else "/metrics",
+        log_format=options.log_format,
     )
-    if cors_origins:
+    if options.cors_origins:
         # Outside the API key check: preflights carry no credentials, and a 401 must carry the
         # CORS headers for the page to be able to read it.
         app = CORSMiddleware(
             app,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"],
-            allow_headers=["*"],
-            # "*" does not cover requests with credentials; the stream id is named as well.
-            expose_headers=["*", "X-Stream-Id"],
+            allow_origins=list(options.cors_origins),
+            allow_methods=CORS_ALLOW_METHODS,
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
         )
-    return SidecarApp(app, proxy, grace=grace, store=bridge.store)
+    return SidecarApp(app, proxy, grace=options.grace, store=bridge.store)

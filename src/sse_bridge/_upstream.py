@@ -10,6 +10,9 @@ It is an ``httpx.AsyncBaseTransport``, so the proxy builds requests, applies tim
 failures exactly as with httpx's own transport, and gets httpx's exceptions. Scope: plain
 ``http://`` HTTP/1.1 to one upstream, a keep-alive pool with an expiry, the connect, read, write
 and pool timeouts of each request, request bodies of known length or streamed (chunked).
+
+Here: the pool, the request, and the answer's body; one connection, its protocol and its parser,
+are ``_upstream_connection``.
 """
 
 from __future__ import annotations
@@ -20,239 +23,10 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-import httptools
 import httpx
 
-# Body bytes held for a consumer that has not read them yet before the socket stops being read:
-# the upstream then waits (TCP backpressure), as it would behind a slow client.
-READ_HIGH_WATER = 256 * 1024
-
-
-class _Response:
-    """The state of the one response a connection is reading."""
-
-    __slots__ = ("body_ends_with_close", "complete", "headers", "reason", "status")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
-        # No Content-Length and not chunked: the body ends when the connection closes.
-        self.body_ends_with_close = False
-
-
-class _Connection(asyncio.Protocol):
-    """One upstream connection; it reads one response at a time."""
-
-    __slots__ = (
-        "alive",
-        "buffered",
-        "chunks",
-        "drained",
-        "error",
-        "head_request",
-        "headers_ready",
-        "idle_since",
-        "loop",
-        "parser",
-        "paused",
-        "pool",
-        "response",
-        "transport",
-        "waiter",
-        "write_paused",
-    )
-
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.alive = True
-        self.idle_since = 0.0
-        self.response = _Response()
-        self.head_request = False
-        self.headers_ready: asyncio.Future[None] | None = None
-        self.chunks: list[bytes] = []
-        self.buffered = 0
-        self.error: httpx.TransportError | None = None
-        self.waiter: asyncio.Future[None] | None = None
-        self.paused = False
-        self.write_paused = False
-        self.drained: asyncio.Future[None] | None = None
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except Exception as exc:
-            # httptools' HttpParserError and its subclasses, caught by their base: under pytest
-            # with coverage the parser was seen raising an HttpParserError class other than
-            # httptools.HttpParserError (its errors module loaded twice).
-            self.fail(httpx.RemoteProtocolError(f"upstream sent a malformed response: {exc}"))
-            return
-        if self.buffered > READ_HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self.wake()
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.alive = False
-        self.pool.forget(self)
-        response = self.response
-        if self.headers_ready is None or response.complete:
-            return  # idle, or its last response was whole
-        if self.headers_ready.done() and response.body_ends_with_close and exc is None:
-            response.complete = True
-            self.wake()
-            return
-        if exc is not None:
-            self.fail(httpx.ReadError(str(exc) or type(exc).__name__))
-        elif self.headers_ready.done():
-            self.fail(
-                httpx.RemoteProtocolError(
-                    "peer closed connection without sending complete message body"
-                )
-            )
-        else:
-            self.fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-
-    # httptools callbacks
-
-    def on_status(self, status: bytes) -> None:
-        self.response.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.response.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        response = self.response
-        response.status = self.parser.get_status_code()
-        if 100 <= response.status < 200:
-            return  # informational (say 100 Continue): the real response follows
-        names = {name.lower() for name, _ in response.headers}
-        no_body = self.head_request or response.status in (204, 304)
-        response.body_ends_with_close = not no_body and not (
-            names & {b"content-length", b"transfer-encoding"}
-        )
-        if self.headers_ready is not None and not self.headers_ready.done():
-            self.headers_ready.set_result(None)
-        if self.head_request:
-            # httptools does not know the request was HEAD and would wait for the body its
-            # Content-Length announces: the response is whole now, and the connection unusable.
-            response.complete = True
-            self.alive = False
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-
-    def on_message_complete(self) -> None:
-        response = self.response
-        if 100 <= response.status < 200:
-            self.response = _Response()
-            return
-        response.complete = True
-        if not self.parser.should_keep_alive():
-            self.alive = False
-
-    # used by the pool and the body
-
-    def fail(self, error: httpx.TransportError) -> None:
-        if self.error is None:
-            self.error = error
-        self.alive = False
-        if self.headers_ready is not None and not self.headers_ready.done():
-            self.headers_ready.set_exception(error)
-            self.headers_ready.exception()  # retrieved: the request may be gone already
-        self.wake()
-        self.close()
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def close(self) -> None:
-        self.alive = False
-        if self.transport is not None:
-            self.transport.close()
-
-    def start(self, head_request: bool) -> asyncio.Future[None]:
-        self.response = _Response()
-        self.head_request = head_request
-        self.chunks = []
-        self.buffered = 0
-        self.headers_ready = self.loop.create_future()
-        return self.headers_ready
-
-    def take(self) -> bytes:
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks = []
-        self.buffered = 0
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-        return data
-
-    async def write(self, data: bytes, timeout: float | None) -> None:
-        if self.error is not None:
-            raise self.error
-        if self.transport is None or self.transport.is_closing():
-            raise httpx.WriteError("the upstream connection is closed")
-        self.transport.write(data)
-        if self.write_paused:
-            self.drained = self.loop.create_future()
-            try:
-                await _wait(self.drained, timeout, httpx.WriteTimeout)
-            finally:
-                self.drained = None
-            if self.error is not None:
-                raise self.error
-
-    async def wait(self, timeout: float | None) -> None:
-        """Wait until the response has more body, has ended, or failed."""
-        self.waiter = self.loop.create_future()
-        try:
-            await _wait(self.waiter, timeout, httpx.ReadTimeout)
-        finally:
-            self.waiter = None
-
-
-async def _wait(
-    future: asyncio.Future[None], timeout: float | None, error: type[httpx.TimeoutException]
-) -> None:
-    if timeout is None:
-        await future
-        return
-    # A timer handle rather than asyncio.wait_for, which would start a task per wait.
-    handle = future.get_loop().call_later(timeout, _expire, future, error)
-    try:
-        await future
-    finally:
-        handle.cancel()
-
-
-def _expire(future: asyncio.Future[None], error: type[httpx.TimeoutException]) -> None:
-    if not future.done():
-        future.set_exception(error("timed out"))
+from ._headers import request_framing
+from ._upstream_connection import Connection, wait_within
 
 
 class _Body(httpx.AsyncByteStream):
@@ -264,7 +38,7 @@ class _Body(httpx.AsyncByteStream):
         "read_timeout",
     )
 
-    def __init__(self, connection: _Connection, read_timeout: float | None) -> None:
+    def __init__(self, connection: Connection, read_timeout: float | None) -> None:
         self.connection = connection
         self.read_timeout = read_timeout
         self.closed = False
@@ -297,7 +71,7 @@ class _Body(httpx.AsyncByteStream):
         self.connection.pool.release(connection)
 
 
-class _Pool:
+class Pool:
     """Keep-alive connections to one host and port, at most ``max_connections`` at once."""
 
     def __init__(self, host: str, port: int, limits: httpx.Limits) -> None:
@@ -306,17 +80,17 @@ class _Pool:
         self.max_connections = limits.max_connections
         self.max_idle = limits.max_keepalive_connections
         self.expiry = limits.keepalive_expiry
-        self.idle: deque[_Connection] = deque()
+        self.idle: deque[Connection] = deque()
         self.active = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self, timeouts: dict[str, float | None]) -> _Connection:
+    async def acquire(self, timeouts: dict[str, float | None]) -> Connection:
         loop = asyncio.get_running_loop()
         while self.max_connections is not None and self.active >= self.max_connections:
             waiter = loop.create_future()
             self.waiters.append(waiter)
             try:
-                await _wait(waiter, timeouts.get("pool"), httpx.PoolTimeout)
+                await wait_within(waiter, timeouts.get("pool"), httpx.PoolTimeout)
             finally:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
@@ -328,7 +102,7 @@ class _Pool:
             self.wake_one()
             raise
 
-    def reuse(self) -> _Connection | None:
+    def reuse(self) -> Connection | None:
         now = time.monotonic()
         while self.idle:
             connection = self.idle.pop()  # the most recently used: the least likely to expire
@@ -339,11 +113,11 @@ class _Pool:
             connection.close()
         return None
 
-    async def connect(self, timeout: float | None) -> _Connection:
+    async def connect(self, timeout: float | None) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                loop.create_connection(lambda: Connection(self), self.host, self.port),
                 timeout,
             )
         except asyncio.TimeoutError:
@@ -352,7 +126,7 @@ class _Pool:
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from None
         return connection
 
-    def release(self, connection: _Connection) -> None:
+    def release(self, connection: Connection) -> None:
         self.active -= 1
         room = self.max_idle is None or len(self.idle) < self.max_idle  # None: no limit, as httpx
         if connection.alive and room:
@@ -363,7 +137,7 @@ class _Pool:
             connection.close()
         self.wake_one()
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: Connection) -> None:
         if connection in self.idle:
             self.idle.remove(connection)
 
@@ -412,7 +186,7 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, limits: httpx.Limits | None = None) -> None:
         self.limits = limits or httpx.Limits()
-        self.pools: dict[tuple[str, int], _Pool] = {}
+        self.pools: dict[tuple[str, int], Pool] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -460,13 +234,8 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
         Errors are httpx's.
         """
         netloc = host.encode("idna") if port == 80 else b"%s:%d" % (host.encode("idna"), port)
-        framing: list[tuple[bytes, bytes]] = [(b"host", netloc)]
-        if any(name.lower() == b"content-length" for name, _ in headers):
-            pass  # the client's own length, kept as httpx keeps it
-        elif not isinstance(content, bytes):
-            framing.append((b"transfer-encoding", b"chunked"))
-        elif content or method in ("POST", "PUT", "PATCH"):
-            framing.append((b"content-length", b"%d" % len(content)))
+        length = len(content) if isinstance(content, bytes) else None
+        framing = request_framing(netloc, method, headers, length)
         connection, body = await self.exchange(
             host, port, method, target, framing + headers, content, timeouts
         )
@@ -481,18 +250,18 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
         headers: list[tuple[bytes, bytes]],
         content: bytes | AsyncIterable[bytes],
         timeouts: dict[str, Any],
-    ) -> tuple[_Connection, _Body]:
+    ) -> tuple[Connection, _Body]:
         key = (host, port)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = _Pool(host, port, self.limits)
+            pool = self.pools[key] = Pool(host, port, self.limits)
         connection = await pool.acquire(timeouts)
         try:
             headers_ready = connection.start(method == "HEAD")
             await self.send_request(
                 connection, method, target, headers, content, timeouts.get("write")
             )
-            await _wait(headers_ready, timeouts.get("read"), httpx.ReadTimeout)
+            await wait_within(headers_ready, timeouts.get("read"), httpx.ReadTimeout)
         except BaseException:
             connection.close()
             pool.release(connection)
@@ -501,7 +270,7 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
 
     async def send_request(
         self,
-        connection: _Connection,
+        connection: Connection,
         method: str,
         target: bytes,
         headers: list[tuple[bytes, bytes]],

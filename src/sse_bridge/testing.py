@@ -8,7 +8,7 @@ The probe (``probe``, ``read_stream``, ``analyse``...) lives in :mod:`sse_bridge
 it from here still works for one release, with a DeprecationWarning.
 """
 
-from ._fake_ollama import (
+from ._fake import (
     FakeOllama,
     FakeOllamaAbort,
     FakeOllamaConfig,

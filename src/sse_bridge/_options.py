@@ -1,0 +1,233 @@
+"""The middleware's options: one frozen, checked object; each option's default, check and help.
+
+Every surface reads its options from here: :class:`SSEBridgeMiddleware` and ``create_proxy``
+take their defaults from these fields, the command line builds its ``--help`` from each
+field's :class:`Spec`, and ``sse-bridge serve`` hands the options to its worker processes as
+this object's JSON. To add an option, add a field (default, spec, check) here; the tests in
+``tests/test_options.py`` then say which signature and which table still lack it.
+
+"Off" is spelled one way per option: ``0`` for a number of seconds or a port, ``None`` for an
+object or a text. ``None`` is still accepted for the seconds that used to take it
+(:func:`off_as_zero`), and becomes ``0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._codec import DEFAULT_MAX_LINE_BYTES
+from ._dialects import DIALECTS, Dialect, resolve_dialect
+from ._http import NDJSON_TYPES
+from ._resume import DEFAULT_TTL, ResumeStore, check_resume
+from ._validate import check_count, check_seconds
+
+Kind = Literal["seconds", "count", "port", "flag", "choice", "text", "texts", "object"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one option is checked and offered on the command line.
+
+    Args:
+        help: the one-line help ``--help`` shows.
+        kind: ``seconds`` (a finite number >= 0), ``count`` (an integer >= ``minimum``),
+            ``port`` (0-65535), ``flag``, ``choice`` (one of ``choices``), ``text``, ``texts``
+            (a list of texts, never one string), or ``object`` (checked by its own ``check``).
+        meaning: what the value means, for the error message of a bad one.
+        minimum: the smallest ``count``.
+        choices: the values of a ``choice`` (a command line's ``choice`` may be narrower: see
+            ``cli_choices``).
+        cli: the option's name on the command line (``--<cli>``), or ``""`` for an option the
+            command line does not offer (an object, say); by default the field's name with
+            dashes.
+        cli_choices: the values the command line offers, where they differ from ``choices``.
+        cli_off: the word that means ``None`` (off) on the command line, where ``None`` is the
+            default of an option the command line takes as text (``--resume off``).
+    """
+
+    help: str
+    kind: Kind
+    meaning: str = ""
+    minimum: int = 0
+    choices: tuple[str, ...] = ()
+    cli: str | None = None
+    cli_choices: tuple[str, ...] = ()
+    cli_off: str = ""
+
+
+def option(default: Any, spec: Spec) -> Any:
+    """A dataclass field with its default and its :class:`Spec`."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("option defaults are immutable: use a tuple")
+    return field(default=default, metadata={"spec": spec})
+
+
+def required(spec: Spec) -> Any:
+    """A dataclass field with no default."""
+    return field(metadata={"spec": spec})
+
+
+def spec_of(item: dataclasses.Field[Any]) -> Spec:
+    spec: Spec = item.metadata["spec"]
+    return spec
+
+
+def off_as_zero(value: float | None) -> float:
+    """``None``, the older spelling of "off" for a number of seconds, as ``0``."""
+    return 0.0 if value is None else value
+
+
+def check(name: str, value: Any, spec: Spec) -> None:
+    """Raise ValueError, naming the option and what it means, for a value its spec refuses."""
+    kind = spec.kind
+    if kind == "seconds":
+        check_seconds(name, value, spec.meaning)
+    elif kind == "count":
+        check_count(name, value, spec.minimum, spec.meaning)
+    elif kind == "port":
+        check_count(name, value, 0, spec.meaning)
+        if value > 65535:
+            raise ValueError(f"{name} must be a TCP port (0-65535; 0: {spec.meaning}), got {value}")
+    elif kind == "flag":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    elif kind == "choice":
+        if value not in spec.choices:
+            either = " or ".join(repr(choice) for choice in spec.choices)
+            raise ValueError(f"{name} must be {either}, not {value!r}")
+    elif kind == "text":
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"{name} must not be empty: {spec.meaning}")
+    elif kind == "texts" and (
+        isinstance(value, str) or not all(isinstance(item, str) for item in value)
+    ):
+        raise ValueError(f"{name} must be {spec.meaning}, not one string")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """What every options class shares: checks in ``__post_init__``, a copy with changes."""
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            spec = spec_of(item)
+            if spec.kind == "texts" and not isinstance(value, str):
+                # Any sequence in, a tuple kept: the object stays immutable and hashable.
+                value = tuple(value)
+                object.__setattr__(self, item.name, value)
+            check(item.name, value, spec)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that involve more than one option."""
+
+    def values(self) -> dict[str, Any]:
+        """The options as keyword arguments (objects such as a store are not copied)."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+
+
+def _check_dialect(value: object) -> None:
+    resolve_dialect(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeOptions(Options):
+    """The options of :class:`sse_bridge.SSEBridgeMiddleware`; see its docstring for each."""
+
+    dialect: Dialect = option(
+        "raw",
+        Spec(
+            "How NDJSON lines become events.",
+            "object",
+            cli_choices=tuple(sorted(DIALECTS)),
+        ),
+    )
+    convert: Literal["negotiate", "always"] = option(
+        "negotiate",
+        Spec(
+            "negotiate: only when the request accepts text/event-stream; always: every response.",
+            "choice",
+            choices=("negotiate", "always"),
+        ),
+    )
+    keepalive: float = option(
+        15.0,
+        Spec(
+            "Silent seconds before a ': ping'; 0: off.",
+            "seconds",
+            meaning="0 or None sends no keepalives",
+        ),
+    )
+    max_line_bytes: int = option(
+        DEFAULT_MAX_LINE_BYTES,
+        Spec(
+            "Longest NDJSON line accepted; a longer one ends the stream with an error event.",
+            "count",
+            minimum=1,
+            meaning="the longest NDJSON line",
+        ),
+    )
+    event_ids: bool = option(False, Spec("Add id: fields for EventSource clients.", "flag"))
+    retry: int | None = option(
+        None, Spec("EventSource's reconnection time in milliseconds, sent first.", "object", cli="")
+    )
+    ndjson_types: tuple[str, ...] = option(
+        NDJSON_TYPES,
+        Spec(
+            "The media types treated as NDJSON.",
+            "texts",
+            meaning="a sequence of media types",
+            cli="",
+        ),
+    )
+    resume: str | ResumeStore | None = option(
+        None,
+        Spec(
+            "Resumable streams: off, memory (one process) or redis://host:port/db "
+            "(docs/resume.md).",
+            "object",
+            cli_off="off",
+        ),
+    )
+    resume_path: str = option(
+        "/streams", Spec("Where streams are resumed and stopped.", "object", cli="")
+    )
+    resume_grace: float = option(
+        30.0,
+        Spec(
+            "With --resume: seconds a generation runs on with no client attached.",
+            "seconds",
+            meaning="for a resume after the client left",
+        ),
+    )
+    resume_ttl: float = option(
+        DEFAULT_TTL,
+        Spec(
+            "With --resume: seconds a finished stream stays resumable.",
+            "seconds",
+            meaning="how long a finished stream stays resumable",
+        ),
+    )
+
+    def validate(self) -> None:
+        _check_dialect(self.dialect)
+        if self.retry is not None:
+            check_count("retry", self.retry, 0, "the reconnection time in milliseconds")
+        check_resume(self.resume)
+        path = self.resume_path
+        if not isinstance(path, str) or not path.startswith("/") or "?" in path:
+            raise ValueError(
+                f"resume_path must be a path such as '/streams', not {self.resume_path!r}"
+            )
+        object.__setattr__(
+            self, "ndjson_types", tuple(media.lower() for media in self.ndjson_types)
+        )
+
+
+def bridge_values(options: BridgeOptions) -> dict[str, Any]:
+    """The middleware's own options out of a larger set (the sidecar's)."""
+    names = {item.name for item in dataclasses.fields(BridgeOptions)}
+    return {name: value for name, value in options.values().items() if name in names}

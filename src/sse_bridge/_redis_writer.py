@@ -1,0 +1,255 @@
+"""The owner's side of a stream in Redis: its recording, and the store's one writer.
+
+The hot path never waits for Redis: ``append`` numbers the events and queues them for the store's
+one writer task, which sends whatever all streams have piled up in one pipelined round trip (a
+group commit: the busier the instance, the more each round trip carries). While Redis is away the
+writer keeps the events (within ``max_stream_bytes``, like the stream itself) and sends them when
+it returns; the live stream does not notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from itertools import islice
+from typing import TYPE_CHECKING, NamedTuple
+
+import anyio
+
+from ._redis_client import ERRORS, UNREACHABLE, Pipeline, reason
+
+if TYPE_CHECKING:
+    from ._resume_redis import RedisStore
+
+logger = logging.getLogger("sse_bridge")
+
+# Events of one stream one round sends: bounds a round trip.
+FLUSH_EVENTS = 1000
+# How long the writer lets events gather after the first: round trips, not events, cost here.
+# At a model's pace the events of many streams arrive a few milliseconds apart; 5 ms makes
+# about a third fewer round trips at 1,000 events/s here (docs/benchmarks.md) and is not seen
+# at a token's pace.
+FLUSH_WINDOW = 0.005
+# Commands one round of the writer sends at most, over all streams.
+ROUND_COMMANDS = 10_000
+
+
+class Writer:
+    """The store's one writer: every round sends what all streams hold, in one round trip."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        # The streams with something to send, in the order they first had it.
+        self.dirty: dict[str, RedisRecording] = {}
+        self.wake = asyncio.Event()
+        # Set while nothing waits to be sent.
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def drain(self, seconds: float) -> bool:
+        """Wait until every event appended so far is in Redis; False if ``seconds`` passed
+        first (Redis is away or slow)."""
+        with anyio.move_on_after(seconds):
+            await self.idle.wait()
+            return True
+        return False
+
+    def mark(self, recording: RedisRecording) -> None:
+        """``recording`` has something to send: the writer takes it on its next round."""
+        if recording.stream_id not in self.dirty:
+            self.dirty[recording.stream_id] = recording
+            self.idle.clear()
+            self.wake.set()
+
+    async def run(self) -> None:
+        store = self.store
+        while True:
+            if not self.dirty:
+                self.idle.set()
+                self.wake.clear()
+                await self.wake.wait()
+                # A moment for the other streams' reads of this instant to join the round.
+                await asyncio.sleep(store.flush_window)
+                continue
+            await store.up.wait()
+            try:
+                await self.flush(list(self.dirty.values()))
+            except UNREACHABLE as exc:
+                store.went_down(exc)
+
+    async def flush(self, recordings: list[RedisRecording]) -> None:
+        plans = []
+        commands = 0
+        async with self.store.client().pipeline(transaction=False) as pipe:
+            for recording in recordings:
+                if commands >= ROUND_COMMANDS:
+                    # The rest stay marked for the next round: a round trip stays bounded,
+                    # even when Redis comes back to a backlog.
+                    break
+                plans.append(recording.queue(pipe))
+                commands += plans[-1].commands
+            results = await pipe.execute(raise_on_error=False)
+        start = 0
+        live = self.store.live
+        for recording, plan in zip(recordings, plans, strict=False):
+            end = start + plan.commands
+            refused = [
+                result
+                for result in results[start:end]
+                # A retry after a round trip that Redis half did (or a reader that finished
+                # the stream for an owner it thought dead): the entry is there already.
+                if isinstance(result, Exception) and "equal or smaller" not in str(result)
+            ]
+            start = end
+            if refused:
+                await recording.abandon(refused[0])
+            else:
+                recording.sent(plan)
+            if not recording.has_work():
+                del self.dirty[recording.stream_id]
+                if recording.end_written and live.get(recording.stream_id) is recording:
+                    del live[recording.stream_id]
+
+
+class RedisRecording:
+    """The owner's side: events wait in ``pending`` for the writer task to send them."""
+
+    def __init__(self, store: RedisStore, stream_id: str, stop: Callable[[], None]) -> None:
+        self.store = store
+        self.writer = store.writer
+        self.stream_id = stream_id
+        self.events_key = store.keys.events(stream_id)
+        self.meta_key = store.keys.meta(stream_id)
+        self.stop: Callable[[], None] | None = stop
+        self.last = 0
+        self.pending: deque[tuple[int, bytes]] = deque()
+        # The sizes of the events kept (sent or not), the first of them event number ``first``,
+        # and the first one Redis keeps (a XTRIM is due while it is below ``first``).
+        self.sizes: deque[int] = deque()
+        self.size = 0
+        self.first = 1
+        self.trimmed = 1
+        # The store's outage count at this stream's last write: the first write, and the first
+        # after an outage (Redis may have restarted without its data), say who owns the stream
+        # and set the keys' expiry; the heartbeat keeps them up to date in between.
+        self.written_in: int | None = None
+        self.ended = False
+        self.end_written = False
+
+    def take_stop(self) -> Callable[[], None] | None:
+        stop, self.stop = self.stop, None
+        return stop
+
+    def append(self, events: list[bytes]) -> None:
+        if self.ended or not events:
+            return
+        seq = self.last
+        for event in events:
+            seq += 1
+            self.pending.append((seq, event))
+            self.sizes.append(len(event))
+            self.size += len(event)
+        self.last = seq
+        if self.size > self.store.max_stream_bytes:
+            self.drop_oldest()
+        self.writer.mark(self)
+
+    def drop_oldest(self) -> None:
+        limit = self.store.max_stream_bytes
+        sizes = self.sizes
+        while self.size > limit and len(sizes) > 1:
+            self.size -= sizes.popleft()
+            self.first += 1
+        pending = self.pending
+        while pending and pending[0][0] < self.first:
+            pending.popleft()
+
+    def finish(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.stop = None
+        self.writer.mark(self)
+
+    async def attended(self) -> bool:
+        store = self.store
+        if store.readers.get(self.stream_id):
+            return True
+        if not store.available:
+            return False
+        try:
+            return bool(await store.client().exists(store.keys.attended(self.stream_id)))
+        except ERRORS as exc:
+            store.unavailable(exc)
+            return False
+
+    def has_work(self) -> bool:
+        return (
+            self.written_in != self.store.outages
+            or bool(self.pending)
+            or self.trimmed < self.first
+            or (self.ended and not self.end_written)
+        )
+
+    def queue(self, pipe: Pipeline) -> Plan:
+        """Add what this stream has to send to the writer's round trip."""
+        store = self.store
+        batch = list(islice(self.pending, FLUSH_EVENTS))
+        first = self.first
+        ending = self.ended and len(batch) == len(self.pending)
+        fresh = self.written_in != store.outages
+        commands = len(batch)
+        if fresh:
+            pipe.hset(self.meta_key, "owner", store.instance_id)
+            commands += 1
+        for seq, event in batch:
+            pipe.xadd(self.events_key, {"e": event}, id=f"{seq}-0")
+        if self.trimmed < first:
+            pipe.xtrim(self.events_key, minid=f"{first}-0", approximate=False)
+            commands += 1
+        if ending:
+            pipe.xadd(self.events_key, {"end": b"1"}, id=f"{self.last}-1")
+            pipe.hsetnx(self.meta_key, "ended", self.last)
+            commands += 2
+        if ending or fresh:
+            expiry = store.ttl_ms if ending else store.live_ms
+            pipe.pexpire(self.events_key, expiry)
+            pipe.pexpire(self.meta_key, expiry)
+            commands += 2
+        return Plan(commands, batch[-1][0] if batch else 0, first, ending, store.outages)
+
+    def sent(self, plan: Plan) -> None:
+        """The round trip with ``plan`` went through."""
+        self.written_in = plan.outages
+        while self.pending and self.pending[0][0] <= plan.sent:
+            self.pending.popleft()
+        self.trimmed = max(self.trimmed, plan.first)
+        self.end_written = self.end_written or plan.ending
+
+    async def abandon(self, error: Exception) -> None:
+        """Redis refuses this stream's writes: it stops being resumable rather than keep a gap."""
+        logger.warning(
+            "sse_bridge: resume store refused stream %s, which cannot be resumed: %s",
+            self.stream_id,
+            reason(error),
+        )
+        # Nothing more is kept: the live stream goes on for its own client only.
+        self.ended = self.end_written = True
+        self.written_in = self.store.outages
+        self.pending.clear()
+        self.stop = None
+        with contextlib.suppress(*ERRORS):
+            await self.store.client().delete(self.events_key, self.meta_key)
+
+
+class Plan(NamedTuple):
+    """What one stream put in a round trip."""
+
+    commands: int
+    sent: int
+    first: int
+    ending: bool
+    outages: int

@@ -1,0 +1,484 @@
+"""The middleware's per-request responder: it watches the app's response and rewrites it as SSE.
+
+One :class:`Responder` per request: it holds ``http.response.start`` back until it knows whether
+the response is NDJSON to convert, then turns each body message into events as it arrives,
+sends keepalives in the silences, watches for the client leaving, and ends a stream the app
+left unfinished with a final error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._codec import LineDecoder, LineTooLongError, encode_comment
+from ._headers import (
+    STREAM_ID_HEADER,
+    VARY_ACCEPT,
+    converted,
+    event_stream_headers,
+    header,
+    media_type,
+    replaced,
+)
+from ._http import Outcome, StreamContext, on_asyncio
+from ._receive import SharedReceive
+from ._resume import Recording, ResumeError
+from ._resume_http import with_stream_id
+from ._translator import Translator
+from ._types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from ._middleware import SSEBridgeMiddleware
+
+logger = logging.getLogger("sse_bridge")
+
+PING = encode_comment("ping")
+APP_FAILED = "the stream failed inside the server; the answer is incomplete"
+APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
+ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
+CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
+
+
+class Responder:
+    """Per-request state: watches ``http.response.start`` and rewrites what follows if needed."""
+
+    __slots__ = (
+        "background",
+        "bridge",
+        "converting",
+        "decoder",
+        "ended",
+        "last_write",
+        "next_id",
+        "pinging",
+        "receive",
+        "recording",
+        "scope",
+        "send",
+        "spawn",
+        "stats",
+        "tasks",
+        "translator",
+        "wait_scope",
+        "wanted",
+        "watching",
+        "write_turn",
+        "writing",
+    )
+
+    def __init__(
+        self, bridge: SSEBridgeMiddleware, scope: Scope, wanted: bool, context: StreamContext
+    ) -> None:
+        self.bridge = bridge
+        self.scope = scope
+        self.wanted = wanted
+        self.converting = False
+        self.ended = False
+        self.last_write = 0.0
+        self.next_id = 0
+        # Writes take turns: only a ping ever competes with the app's writes, so a flag and an
+        # event made only when one has to wait do what a lock would, without an acquire that
+        # yields or a deque per stream (docs/benchmarks.md).
+        self.writing = False
+        self.write_turn: anyio.Event | None = None
+        self.background = anyio.CancelScope()
+        self.pinging: anyio.CancelScope | None = None
+        self.decoder = LineDecoder(bridge.max_line_bytes)
+        self.translator: Translator = bridge.new_translator()
+        self.stats = context
+        self.recording: Recording | None = None
+        self.watching = False
+        # The watch's current wait, cancelled to make it look again (say, at the first byte).
+        self.wait_scope: anyio.CancelScope | None = None
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        self.send = send
+        self.receive = SharedReceive(receive)
+        self.receive.resumable = self.wanted and self.bridge.store is not None
+        if self.wanted:
+            # Watch the client from the moment the app has read the request body: a proxy
+            # behind us hears of a disconnect while the upstream is still silent.
+            self.receive.on_body_complete = self.start_watch
+        if on_asyncio():
+            # Plain asyncio tasks: an anyio task group and its task handles cost about 3 KiB
+            # per open stream and a tenth of a stream's setup here (docs/benchmarks.md).
+            self.tasks: set[asyncio.Task[None]] = set()
+            self.spawn: Callable[..., object] = self.spawn_task
+            try:
+                error = await self.serve()
+            finally:
+                self.stop_background()
+                await self.join()
+                self.end_recording()
+        else:
+            try:
+                async with anyio.create_task_group() as group:
+                    self.spawn = group.start_soon
+                    try:
+                        error = await self.serve()
+                    finally:
+                        self.stop_background()
+            finally:
+                self.end_recording()
+        if error is not None:
+            raise error
+
+    async def serve(self) -> Exception | None:
+        """Run the app; end a converted stream it left unfinished; return what it raised."""
+        try:
+            await self.bridge.app(self.scope, self.receive, self.send_wrapper)
+            if self.converting and not self.closed:
+                # The app returned without ending its body: deliver what it sent, then say
+                # that the stream broke off, whatever the dialect.
+                events = self.translate(self.decoder.flush())
+                if not (self.translator.finished or self.translator.completed):
+                    self.settle(Outcome.UPSTREAM_TRUNCATED)
+                    events += self.translator.fail(APP_ENDED)
+                await self.write(events, more=False)
+        except Exception as exc:
+            if self.converting and not self.closed:
+                self.settle(Outcome.UPSTREAM_ERROR)
+                await self.write(self.translator.fail(APP_FAILED), more=False)
+            return exc
+        return None
+
+    def spawn_task(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(func(*args))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def join(self) -> None:
+        """Wait for the background tasks, already told to stop: none outlives the request."""
+        with anyio.CancelScope(shield=True):
+            for task in list(self.tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def send_wrapper(self, message: Message) -> None:
+        if self.ended or self.receive.disconnected:
+            # The client is gone or our stream has ended: like uvicorn under ASGI 2.3, accept
+            # and drop, while receive() tells the app http.disconnect.
+            return
+        kind = message["type"]
+        if kind == "http.response.body" and self.converting:
+            # The hot path, once per body message: no further coroutine layers before send().
+            more = message.get("more_body", False)
+            events, more = self.events(message.get("body", b""), more)
+            await self.write_bytes(self.payload(events), more=more)
+        elif kind == "http.response.start":
+            await self.start(message)
+        else:
+            await self.send(message)
+            if kind == "http.response.body":
+                self.stats.bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.stop_background()
+
+    async def start(self, message: Message) -> None:
+        self.stats.status = message["status"]
+        headers = list(message.get("headers", []))
+        media = media_type(headers)
+        encoding = header(headers, b"content-encoding").strip().lower()
+        if media in self.bridge.ndjson_types:
+            if self.bridge.convert == "negotiate":
+                headers.append(VARY_ACCEPT)
+            if self.wanted and message["status"] == 200:
+                if encoding in ("", "identity"):
+                    await self.begin(message, headers)
+                    return
+                logger.warning(
+                    "sse_bridge: not converting %s: its NDJSON body arrived with "
+                    "Content-Encoding %r; remove the compression inside the bridge",
+                    self.scope.get("path"),
+                    encoding,
+                )
+        elif media == "text/event-stream":
+            headers = event_stream_headers(headers, self.scope.get("http_version"))
+        await self.send({**message, "headers": headers})
+
+    async def begin(self, message: Message, headers: list[tuple[bytes, bytes]]) -> None:
+        self.converting = True
+        kept = converted(headers)
+        recording = None
+        endpoints = self.bridge.endpoints
+        if endpoints is not None:
+            recording = self.recording = await endpoints.record(self.request_stop)
+            if recording is not None and (self.ended or self.receive.client_gone):
+                # The client left while the store made the stream: there is nobody to tell
+                # its id, so nobody can resume it.
+                recording.finish()
+                recording = self.recording = None
+        if recording is not None:
+            self.stats.stream_id = recording.stream_id
+            kept = replaced(kept, STREAM_ID_HEADER, recording.stream_id.encode())
+            # A generation outlives its client for the grace period.
+            self.receive.hold = True
+        start = {**message, "headers": event_stream_headers(kept, self.scope.get("http_version"))}
+        start.pop("trailers", None)
+        await self.send(start)
+        self.last_write = time.monotonic()
+        if self.bridge.retry is not None:
+            await self.write_bytes(self.bridge.retry, more=True)
+        if recording is not None and self.bridge.event_ids:
+            # EventSource keeps an id without data: a stream that drops before its first event
+            # (a model still loading) then resumes too, rather than start a second generation.
+            await self.write_bytes(b"id: %s:0\n\n" % recording.stream_id.encode(), more=True)
+        self.start_watch()
+        if self.wait_scope is not None and self.bridge.keepalive:
+            # The watch began before the response: its keepalive clock starts now.
+            self.wait_scope.deadline = anyio.current_time() + self.bridge.keepalive
+
+    def events(self, chunk: bytes, more: bool) -> tuple[list[bytes], bool]:
+        """Every event of the lines this body message completes, and whether more may follow."""
+        translator = self.translator
+        try:
+            lines = self.decoder.decode(chunk)
+            if not more:
+                lines += self.decoder.flush()
+        except LineTooLongError as exc:
+            events = self.translate(exc.lines)
+            if not translator.finished:
+                self.settle(Outcome.UPSTREAM_ERROR)
+                events += translator.fail(str(exc))
+        else:
+            events = self.translate(lines) if lines else []
+            if not more and not translator.finished:
+                events += translator.end()
+                if translator.finished:
+                    self.settle(Outcome.UPSTREAM_TRUNCATED)
+        if translator.finished:
+            self.settle(Outcome.UPSTREAM_ERROR)
+            more = False
+        elif not more and translator.completed:
+            self.settle(Outcome.COMPLETED)
+        return events, more
+
+    def translate(self, lines: list[str]) -> list[bytes]:
+        translator = self.translator
+        translate_line = translator.translate
+        events: list[bytes] = []
+        for line in lines:
+            try:
+                events += translate_line(line)
+            except Exception as exc:
+                # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
+                # stream: report that line and go on.
+                logger.exception("sse_bridge: %s failed on a line", type(translator).__name__)
+                reason = f"the bridge could not translate this line ({type(exc).__name__})"
+                events += translator.bad_line(line, reason)
+            if translator.finished:
+                break
+        return events
+
+    async def write(self, events: list[bytes], *, more: bool) -> None:
+        await self.write_bytes(self.payload(events), more=more)
+
+    def payload(self, events: list[bytes]) -> bytes:
+        """The events as one body (numbered if asked), counted as sent unless we are closed."""
+        if not events:
+            return b""
+        recording = self.recording
+        if recording is not None and not self.ended:
+            recording.append(events)
+            if self.bridge.event_ids:
+                events = self.with_stream_ids(events, recording.stream_id)
+        elif self.bridge.event_ids:
+            events = [self.with_id(event) for event in events]
+        if not (self.closed or self.receive.client_gone):
+            stats = self.stats
+            stats.events += len(events)
+            gaps = stats.gaps
+            if gaps is not None:
+                # Metrics on: one clock read for both.
+                now = time.monotonic()
+                if stats.first_event is None:
+                    stats.first_event = now
+                stats.count_gaps(gaps, now, len(events))
+            elif stats.first_event is None:
+                stats.first_event = time.monotonic()
+        return events[0] if len(events) == 1 else b"".join(events)
+
+    def settle(self, outcome: Outcome) -> None:
+        self.stats.settle(outcome)
+
+    def with_stream_ids(self, events: list[bytes], stream_id: str) -> list[bytes]:
+        # The same numbers the recording gives these events, so that Last-Event-ID resumes.
+        prefix = b"id: %s:" % stream_id.encode()
+        numbered = []
+        for event in events:
+            self.next_id += 1
+            numbered.append(with_stream_id(prefix, self.next_id, event))
+        return numbered
+
+    def with_id(self, event: bytes) -> bytes:
+        # An event the dialect gave an id of its own keeps it; the encoder writes the id first.
+        if event.startswith(b"id:"):
+            return event
+        self.next_id += 1
+        return b"id: %d\n%b" % (self.next_id, event)
+
+    async def write_bytes(self, payload: bytes, *, more: bool) -> None:
+        # An empty body message with more_body=True flushes nothing (uvicorn writes no chunk).
+        if more and not payload:
+            return
+        while self.writing:
+            if self.write_turn is None:
+                self.write_turn = anyio.Event()
+            await self.write_turn.wait()
+        if self.ended:
+            return
+        if self.recording is not None:
+            # A resumable stream goes on without its client; only the writing stops.
+            if self.receive.client_gone:
+                if not more:
+                    self.close()
+                return
+        elif self.receive.disconnected:
+            return
+        self.writing = True
+        try:
+            await self.send({"type": "http.response.body", "body": payload, "more_body": more})
+            self.stats.bytes += len(payload)
+        except OSError:
+            # A server may raise once the client has gone (ASGI 2.4). A resumable generation
+            # goes on for the grace period; the watch hears of the disconnect from receive().
+            if self.recording is None:
+                raise
+            self.receive.client_gone = True
+        finally:
+            self.writing = False
+            if self.write_turn is not None:
+                self.write_turn.set()
+                self.write_turn = None
+        self.last_write = time.monotonic()
+        if not more:
+            self.close()
+
+    @property
+    def closed(self) -> bool:
+        # The app may hear of a disconnect from its own receive() before the watch task does.
+        return self.ended or self.receive.disconnected
+
+    def close(self) -> None:
+        self.ended = True
+        self.receive.close()
+        self.stop_background()
+        if self.recording is not None:
+            self.recording.finish()
+
+    def end_recording(self) -> None:
+        """A resumable stream that ended any other way still ends with its terminal event."""
+        recording = self.recording
+        if recording is None or self.ended:
+            return
+        translator = self.translator
+        if not (translator.finished or translator.completed):
+            recording.append(translator.fail(CANCELLED))
+        self.ended = True
+        recording.finish()
+
+    def request_stop(self) -> None:
+        """Called by the store (a DELETE of the resume endpoint, on any instance)."""
+        if not self.ended:
+            self.spawn(self.halt)
+
+    async def halt(self) -> None:
+        """Stop the generation now: the upstream is cancelled, every reader gets the end."""
+        if self.ended:
+            return
+        events = self.last_events(Outcome.STOPPED)
+        self.receive.release()
+        if self.stats.on_disconnect is not None:
+            self.stats.on_disconnect()
+        await self.write(events, more=False)
+
+    def stop_background(self) -> None:
+        self.background.cancel()
+        if self.pinging is not None:
+            self.pinging.cancel()
+
+    def start_watch(self) -> None:
+        if not self.watching:
+            self.watching = True
+            self.spawn(self.watch)
+
+    async def watch(self) -> None:
+        """Until the client leaves; it also starts the keepalives in the silences."""
+        with self.background:
+            while True:
+                interval = self.bridge.keepalive if self.converting else 0.0
+                delay = self.last_write + interval - time.monotonic()
+                if interval and delay <= 0:
+                    # A short task per ping, so that this one goes on watching while a slow
+                    # client holds the ping's write (a write queued behind it must see the
+                    # disconnect).
+                    if self.pinging is None:
+                        self.pinging = anyio.CancelScope()
+                        self.spawn(self.ping, self.pinging)
+                    delay = interval
+                with anyio.CancelScope(
+                    deadline=anyio.current_time() + delay if interval else math.inf
+                ) as self.wait_scope:
+                    await self.receive.watch()
+                    break
+            self.wait_scope = None
+            if self.recording is not None and not self.receive.disconnected:
+                await self.linger()
+                self.receive.release()
+                await self.write(self.last_events(Outcome.CLIENT_DISCONNECTED), more=False)
+            if self.stats.on_disconnect is not None:
+                self.stats.on_disconnect()
+            if not self.ended:
+                # The client has gone: stop writing at once; the app's receive() says so.
+                self.settle(Outcome.CLIENT_DISCONNECTED)
+                self.close()
+
+    async def linger(self) -> None:
+        """Return once nobody has followed the stream for the grace period."""
+        assert self.recording is not None
+        grace = self.bridge.resume_grace
+        quiet_since = time.monotonic()
+        while True:
+            left = quiet_since + grace - time.monotonic()
+            if left <= 0:
+                return
+            await anyio.sleep(min(left, 1.0))
+            try:
+                attended = await self.recording.attended()
+            except ResumeError:
+                attended = False
+            if attended:
+                quiet_since = time.monotonic()
+
+    def last_events(self, outcome: Outcome) -> list[bytes]:
+        """The events that end a stream stopped (``STOPPED``) or abandoned by its client
+        (``CLIENT_DISCONNECTED``): none if its final or terminal event has gone out already
+        and only the upstream's end of body was still to come."""
+        translator = self.translator
+        if translator.completed:
+            self.settle(Outcome.COMPLETED)
+            return []
+        if translator.finished:
+            return []
+        self.settle(outcome)
+        return (
+            translator.stop() if outcome is Outcome.STOPPED else translator.fail(self.abandoned())
+        )
+
+    def abandoned(self) -> str:
+        return ABANDONED.format(grace=self.bridge.resume_grace)
+
+    async def ping(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self.write_bytes(PING, more=True)
+            if not self.closed:
+                self.stats.keepalives += 1
+        self.pinging = None

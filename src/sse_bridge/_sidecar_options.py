@@ -1,0 +1,153 @@
+"""The sidecar's options (``create_proxy``, ``sse-bridge serve``): the middleware's and the proxy's.
+
+As for :mod:`sse_bridge._options`, each option's default, check and help live in one field
+here; the command line, ``create_proxy`` and the worker hand-off all read them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Literal
+
+from ._options import BridgeOptions, Options, Spec, option, required
+from ._proxy import COMMIT_PATHS, parse_upstream
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class SidecarOptions(BridgeOptions):
+    """The options of :func:`sse_bridge.create_proxy`: the middleware's, and these."""
+
+    upstream: str = required(Spec("Base URL of the NDJSON server.", "object"))
+    commit_after: float = option(
+        1.0,
+        Spec(
+            "Seconds without upstream headers before an SSE client gets a 200 stream; 0: never.",
+            "seconds",
+            meaning="0 or None never commits early",
+        ),
+    )
+    commit_paths: tuple[str, ...] = option(
+        COMMIT_PATHS,
+        Spec(
+            "A path that streams NDJSON and may be committed early; repeat for more.",
+            "texts",
+            meaning="a list of paths",
+            cli="commit-path",
+        ),
+    )
+    connect_timeout: float = option(
+        5.0,
+        Spec("Seconds to connect upstream.", "seconds", meaning="to connect to the upstream"),
+    )
+    read_timeout: float = option(
+        0.0,
+        Spec(
+            "Seconds upstream may be silent; 0: any.",
+            "seconds",
+            meaning="0 or None waits forever",
+        ),
+    )
+    max_streams: int = option(
+        1000, Spec("Concurrent requests.", "count", minimum=1, meaning="concurrent requests")
+    )
+    max_body: int = option(
+        10 * MiB, Spec("Body bytes.", "count", minimum=1, meaning="request body bytes")
+    )
+    api_key: str | None = option(
+        None,
+        Spec(
+            "Require Authorization: Bearer <key> (never forwarded).",
+            "text",
+            meaning="give a key, or None for no authentication",
+        ),
+    )
+    cors_origins: tuple[str, ...] = option(
+        (),
+        Spec(
+            "An origin browsers may call from; repeat for more (space-separated in the env var).",
+            "texts",
+            meaning="a list of origins",
+            cli="cors-origin",
+        ),
+    )
+    grace: float = option(
+        10.0,
+        Spec("Seconds streams get to finish on SIGTERM.", "seconds", meaning="after SIGTERM"),
+    )
+    metrics: bool = option(
+        False,
+        Spec("Prometheus metrics at /metrics, behind the API key (docs/operations.md).", "flag"),
+    )
+    metrics_port: int = option(
+        0,
+        Spec(
+            "With --metrics: serve them on this port instead, apart from the API; 0: /metrics.",
+            "port",
+            meaning="/metrics on the main port",
+        ),
+    )
+    log_format: Literal["text", "json"] = option(
+        "text",
+        Spec(
+            "The line per stream: key=value text, or one JSON object.",
+            "choice",
+            choices=("text", "json"),
+        ),
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        parse_upstream(self.upstream)
+        if self.metrics_port and not self.metrics:
+            raise ValueError(
+                f"metrics_port needs metrics on (metrics=True); got {self.metrics_port} without"
+            )
+
+    def to_json(self) -> str:
+        """These options as JSON, for worker processes: ``from_json`` gives them back."""
+        values = self.values()
+        for name in ("dialect", "resume"):
+            if values[name] is not None and not isinstance(values[name], str):
+                raise ValueError(
+                    f"{name} must be a name, not an object, for worker processes: "
+                    "build the app yourself and give it to your server"
+                )
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> SidecarOptions:
+        values = json.loads(text)
+        for item in fields(cls):
+            if isinstance(item.default, tuple):
+                values[item.name] = tuple(values[item.name])
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions(Options):
+    """How ``sse-bridge serve`` runs the sidecar on uvicorn."""
+
+    host: str = option("127.0.0.1", Spec("Interface to listen on.", "object"))
+    port: int = option(8000, Spec("Port to listen on.", "port", meaning="any free port"))
+    workers: int = option(
+        1, Spec("Worker processes.", "count", minimum=1, meaning="worker processes")
+    )
+    http: Literal["auto", "h11", "httptools"] = option(
+        "auto",
+        Spec(
+            "uvicorn's HTTP implementation (auto: httptools when installed).",
+            "choice",
+            choices=("auto", "h11", "httptools"),
+        ),
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = option(
+        "info",
+        Spec(
+            "Log level; info logs one line per stream.",
+            "choice",
+            choices=("critical", "error", "warning", "info", "debug"),
+        ),
+    )

@@ -1,0 +1,229 @@
+"""The options objects: one default, one check and one meaning of "off" per option, everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from sse_bridge import SSEBridgeMiddleware, create_proxy
+from sse_bridge._cli import main
+from sse_bridge._options import BridgeOptions, Spec, check, spec_of
+from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+def fields_of(cls: type[Any]) -> dict[str, Any]:
+    return {item.name: item.default for item in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize(
+    ("function", "options", "extra"),
+    [
+        (SSEBridgeMiddleware.__init__, BridgeOptions, {"self", "app", "metrics"}),
+        (create_proxy, SidecarOptions, set()),
+    ],
+)
+def test_each_signature_takes_every_option_with_its_one_default(
+    function: Any, options: type[Any], extra: set[str]
+) -> None:
+    parameters = inspect.signature(function).parameters
+    assert set(parameters) - extra == set(fields_of(options))
+    for name, default in fields_of(options).items():
+        if default is dataclasses.MISSING:
+            assert parameters[name].default is inspect.Parameter.empty
+        else:
+            assert parameters[name].default == default, name
+
+
+def serve_params() -> dict[str, click.Option]:
+    command = main.commands["serve"]
+    return {param.name: param for param in command.params if isinstance(param, click.Option)}
+
+
+def test_serve_offers_every_option_the_command_line_can_carry_with_its_default() -> None:
+    params = serve_params()
+    offered = set()
+    for cls in (SidecarOptions, ServerOptions):
+        for item in dataclasses.fields(cls):
+            spec = spec_of(item)
+            if spec.cli == "":
+                continue
+            name = (spec.cli or item.name).replace("-", "_")
+            offered.add(name)
+            param = params[name]
+            assert param.help == spec.help
+            assert param.envvar == "SSE_BRIDGE_" + name.upper()
+            if item.default is dataclasses.MISSING:
+                assert param.required
+            elif item.default is None and spec.cli_off:
+                assert param.default == spec.cli_off
+            else:
+                assert param.default == item.default, name
+    assert offered == set(params)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-streams", "0"], "0 is not in the range x>=1"),
+        (["--metrics-port", "70000"], "70000 is not in the range 0<=x<=65535"),
+        (["--log-format", "xml"], "'xml' is not one of 'text', 'json'"),
+        (["--metrics-port", "9100"], "metrics_port needs metrics on"),
+        (["--api-key", ""], "api_key must not be empty"),
+    ],
+)
+def test_the_command_line_refuses_what_the_options_refuse(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--upstream", "http://h", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_none_is_the_older_spelling_of_off_and_becomes_zero() -> None:
+    middleware = SSEBridgeMiddleware(app, keepalive=None)
+    assert middleware.options.keepalive == 0
+    sidecar = create_proxy(
+        upstream="http://127.0.0.1:9", commit_after=None, read_timeout=None, metrics_port=None
+    )
+    proxy = sidecar.proxy
+    assert proxy.commit_after == 0
+    # 0 (off) reaches httpx as None: no read timeout at all.
+    assert proxy.timeouts["read"] is None
+    assert (
+        create_proxy(upstream="http://127.0.0.1:9", read_timeout=0).proxy.timeouts["read"] is None
+    )
+    assert create_proxy(upstream="http://127.0.0.1:9", read_timeout=2).proxy.timeouts["read"] == 2
+
+
+def test_options_are_frozen_and_sequences_become_tuples() -> None:
+    options = SidecarOptions(
+        upstream="http://h",
+        cors_origins=["http://a"],  # type: ignore[arg-type]
+        commit_paths=["/x"],  # type: ignore[arg-type]
+    )
+    assert options.cors_origins == ("http://a",)
+    assert options.commit_paths == ("/x",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.max_streams = 5  # type: ignore[misc]
+    assert BridgeOptions(ndjson_types=["Application/X-NDJSON"]).ndjson_types == (  # type: ignore[arg-type]
+        "application/x-ndjson",
+    )
+
+
+def test_the_worker_hand_off_keeps_every_option() -> None:
+    options = SidecarOptions(
+        upstream="http://127.0.0.1:11434",
+        dialect="openai",
+        keepalive=3,
+        cors_origins=("http://a", "http://b"),
+        api_key="k",
+        resume="memory",
+        metrics=True,
+        metrics_port=9100,
+        log_format="json",
+    )
+    assert SidecarOptions.from_json(options.to_json()) == options
+
+
+@pytest.mark.parametrize("name", ["dialect", "resume"])
+def test_objects_cannot_travel_to_worker_processes(name: str) -> None:
+    def custom(obj: Any) -> list[Any]:
+        return []
+
+    class Store:
+        record = follow = stop = finished_at = None
+
+    value: Any = custom if name == "dialect" else Store()
+    options = SidecarOptions(upstream="http://h", **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be a name, not an object"):
+        options.to_json()
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "message"),
+    [
+        (Spec("", "seconds", meaning="m"), -1, "x must be a finite number of seconds >= 0 (m)"),
+        (Spec("", "seconds"), float("inf"), "x must be a finite number of seconds"),
+        (Spec("", "seconds"), True, "x must be a finite number of seconds"),
+        (Spec("", "count", minimum=1, meaning="m"), 0, "x must be an integer >= 1 (m)"),
+        (Spec("", "count", minimum=1), 2.0, "x must be an integer >= 1"),
+        (Spec("", "port", meaning="off"), 65536, "x must be a TCP port (0-65535; 0: off)"),
+        (Spec("", "port"), -1, "x must be an integer >= 0"),
+        (Spec("", "flag"), 1, "x must be True or False, got 1"),
+        (Spec("", "choice", choices=("a", "b")), "c", "x must be 'a' or 'b', not 'c'"),
+        (Spec("", "text", meaning="give one"), "", "x must not be empty: give one"),
+        (Spec("", "texts", meaning="a list of ys"), "y", "x must be a list of ys, not one string"),
+        (Spec("", "texts", meaning="a list of ys"), [1], "x must be a list of ys"),
+    ],
+)
+def test_each_kind_of_option_refuses_a_bad_value(spec: Spec, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check("x", value, spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "value"),
+    [
+        (Spec("", "seconds"), 0),
+        (Spec("", "seconds"), 2.5),
+        (Spec("", "count", minimum=1), 1),
+        (Spec("", "port"), 0),
+        (Spec("", "port"), 65535),
+        (Spec("", "flag"), False),
+        (Spec("", "choice", choices=("a",)), "a"),
+        (Spec("", "text"), None),
+        (Spec("", "texts"), ("a", "b")),
+        (Spec("", "object"), object()),
+    ],
+)
+def test_each_kind_of_option_takes_a_good_value(spec: Spec, value: Any) -> None:
+    check("x", value, spec)
+
+
+def test_the_readme_table_lists_every_serve_option_with_its_default() -> None:
+    rows = re.findall(r"^\| (`--.+?) \| (.+?) \| (.+?) \|", README.read_text(), re.M)
+    listed: dict[str, str] = {}
+    for names, _env, defaults in rows:
+        flags = re.findall(r"`(--[a-z-]+)`", names)
+        values = [value.strip().strip("`") for value in defaults.split(", ")]
+        assert len(values) == len(flags), names
+        listed.update(zip(flags, values, strict=True))
+    params = serve_params()
+    assert set(listed) == {f"--{name.replace('_', '-')}" for name in params}
+    for name, param in params.items():
+        shown = listed[f"--{name.replace('_', '-')}"]
+        default = param.default
+        if param.required:
+            assert shown == "(required)"
+        elif param.is_flag:
+            assert shown == ("on" if default else "off"), name
+        elif default is None or default == ():
+            assert shown == "none", name
+        elif isinstance(default, tuple):
+            assert shown.split() == list(default), name
+        else:
+            assert shown == f"{default:g}" if isinstance(default, float) else str(default), name
+
+
+def test_the_readme_table_lists_every_middleware_option_with_its_default() -> None:
+    section = README.read_text().split("### Options", 1)[1].split("\n\n", 3)[2]
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|", section, re.M))
+    defaults = fields_of(BridgeOptions)
+    # metrics is an object the middleware records in, not an option of the stream.
+    assert set(rows) == {*defaults, "metrics"}
+    for name, default in defaults.items():
+        if isinstance(default, tuple):
+            assert re.findall(r"`([^`]+)`", rows[name]) == list(default), name
+        else:
+            assert rows[name].strip("`") == repr(default).replace("'", '"'), name
