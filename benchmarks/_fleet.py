@@ -24,6 +24,8 @@ from pathlib import Path
 
 from _stream_client import HOST
 
+from sse_bridge._loopback import free_port, wait_until
+
 HERE = Path(__file__).resolve().parent
 CLIENT_CPU = 0  # the client and the upstream
 BRIDGE_CPU = 1  # the process under test
@@ -162,7 +164,7 @@ class Fleet:
 
     def spawn_workers(self, upstream: str) -> Server:
         """The real ``sse-bridge serve --workers 2`` command, on both CPUs (it is meant to be)."""
-        port = _free_port()
+        port = free_port(HOST)
         script = Path(sys.executable).parent / "sse-bridge"
         program = (
             [str(script)]
@@ -232,13 +234,6 @@ class Fleet:
                 server.process.stdout.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _read_port(server: Server) -> int:
     """The port the server prints once it has bound its socket, within a deadline."""
     stdout = server.process.stdout
@@ -259,19 +254,23 @@ def _read_port(server: Server) -> int:
 
 def _wait_ready(server: Server) -> None:
     """Poll until the server answers an HTTP request: uvicorn listens after its lifespan."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
+    never = RuntimeError(f"the {server.role} server on port {server.port} never became ready")
+
+    def answers() -> bool:
         if server.process.poll() is not None:
-            break
+            raise never
         with (
             contextlib.suppress(OSError),
             socket.create_connection((HOST, server.port), timeout=1) as sock,
         ):
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            if sock.recv(64).startswith(b"HTTP/1.1 "):
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"the {server.role} server on port {server.port} never became ready")
+            return sock.recv(64).startswith(b"HTTP/1.1 ")
+        return False
+
+    try:
+        wait_until(answers, timeout=STARTUP_SECONDS)
+    except TimeoutError:
+        raise never from None
 
 
 def cpu_busy_seconds(cpu: int) -> float:

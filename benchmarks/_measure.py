@@ -20,7 +20,8 @@ from _fleet import BRIDGE_CPU, Fleet, Server, cpu_busy_seconds
 from _stream_client import StreamResult, open_stream, request_bytes
 from _stream_servers import DONE_LINE
 
-from sse_bridge.testing import SSEParser, analyse
+from sse_bridge.probe import analyse
+from sse_bridge.testing import SSEParser
 
 PACE = 20  # events per second per stream in the paced test and the capacity sweep
 FAST_PACE = 100  # events per second per stream in the latency test (10 ms apart)

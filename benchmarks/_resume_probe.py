@@ -49,6 +49,7 @@ from _stream_servers import DONE_LINE, TOKEN_LINES
 from prometheus_client import CollectorRegistry
 
 from sse_bridge import SSEBridgeMiddleware
+from sse_bridge._loopback import free_port, wait_until
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 from sse_bridge.metrics import BridgeMetrics
 
@@ -192,22 +193,27 @@ class RedisServer:
     """A throwaway ``redis-server`` on a free loopback port, nothing kept on disk."""
 
     def __init__(self, binary: str, workdir: str, cpu: int | None) -> None:
-        self.port = free_port()
+        self.port = free_port(HOST)
         pin = ["taskset", "-c", str(cpu)] if cpu is not None and shutil.which("taskset") else []
         command = [binary, "--bind", HOST, "--port", str(self.port), "--save", ""]
         command += ["--appendonly", "no", "--daemonize", "no", "--dir", workdir]
         self.process = subprocess.Popen(
             [*pin, *command], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + REDIS_DEADLINE
-        while True:
+        never = RuntimeError(f"redis-server did not answer PING on port {self.port}")
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise never
             with contextlib.suppress(OSError):
-                if self.command("PING").startswith(b"+PONG"):
-                    return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
-            time.sleep(0.02)
+                return self.command("PING").startswith(b"+PONG")
+            return False
+
+        try:
+            wait_until(answers, timeout=REDIS_DEADLINE)
+        except (TimeoutError, RuntimeError):
+            self.stop()
+            raise never from None
 
     @property
     def url(self) -> str:
@@ -243,13 +249,6 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(REDIS_DEADLINE)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def redis_missing() -> str | None:

@@ -25,7 +25,6 @@ import json
 import linecache
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -35,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import _resume_probe
-import uvicorn
 import uvloop
 from _stream_client import StreamProtocol, StreamResult, request_bytes
 from _stream_servers import DONE_LINE, TOKEN_LINES
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
+from sse_bridge._loopback import accepts, serve_in_task, wait_until
 from sse_bridge._types import Message, Receive, Scope, Send
 
 HERE = Path(__file__).parent
@@ -61,18 +60,9 @@ def _cpu(process: subprocess.Popen[str]) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-async def _ready(port: int, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            _, writer = await asyncio.open_connection(HOST, port)
-        except OSError:
-            if time.monotonic() > end:
-                raise
-            await asyncio.sleep(0.05)
-        else:
-            writer.close()
-            return
+def _ready(port: int) -> None:
+    # Before any stream is open: blocking the event loop holds nothing up.
+    wait_until(lambda: accepts(port, HOST), timeout=20.0, interval=0.05, what=f"port {port}")
 
 
 async def _stream(port: int, request: bytes, delay: float = 0.0) -> StreamResult:
@@ -101,7 +91,7 @@ async def _with_servers(
     upstream, upstream_port = _spawn("upstream", cpu=0)
     bridge, port = _spawn(role, "--upstream", f"http://{HOST}:{upstream_port}", cpu=1)
     try:
-        await _ready(port)
+        _ready(port)
         await asyncio.gather(*(_stream(port, _generate(0, 2)) for _ in range(10)))  # warm-up
         await run(bridge, port)
     finally:
@@ -161,59 +151,52 @@ async def steady(role: str, streams: int, seconds: float) -> None:
 async def memory(streams: int, top: int) -> None:
     upstream, upstream_port = _spawn("upstream", cpu=None)
     try:
-        await _ready(upstream_port)
+        _ready(upstream_port)
         app = create_proxy(upstream=f"http://{HOST}:{upstream_port}", dialect="ollama")
-        sock = socket.socket()
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, loop="none", http="httptools", log_level="warning")
-        server = uvicorn.Server(config)
-        task = asyncio.ensure_future(server.serve(sockets=[sock]))
-        for _ in range(2000):  # 20 s at most
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        request = request_bytes("GET", "/idle")
-
-        async def open_one() -> asyncio.StreamWriter:
-            reader, writer = await asyncio.open_connection(HOST, port)
-            writer.write(request)
-            data = b""
-            while b"data:" not in data:
-                data += await reader.read(4096)
-            return writer
-
-        for writer in [await open_one() for _ in range(5)]:  # one-time costs first
-            writer.close()
-        await asyncio.sleep(0.5)
-        gc.collect()
-        tracemalloc.start(12)
-        before = tracemalloc.take_snapshot()
-        writers = await asyncio.gather(*(open_one() for _ in range(streams)))
-        await asyncio.sleep(0.3)
-        gc.collect()
-        after = tracemalloc.take_snapshot()
-        # The client side of the streams (this process's asyncio streams) is not the sidecar's.
-        ignore = [
-            tracemalloc.Filter(False, "*/asyncio/streams.py"),
-            tracemalloc.Filter(False, __file__),
-            tracemalloc.Filter(False, tracemalloc.__file__),
-        ]
-        stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
-        total = sum(stat.size_diff for stat in stats)
-        print(f"sidecar ollama: {total / streams / 1024:.1f} KiB of Python memory per idle stream")
-        for stat in stats[:top]:
-            frame = stat.traceback[0]
-            code = linecache.getline(frame.filename, frame.lineno).strip()
-            where = frame.filename.split("site-packages/")[-1]
-            print(f"{stat.size_diff / streams:8.0f} B  {where}:{frame.lineno}  {code[:70]}")
-        for writer in writers:
-            writer.close()
-        server.should_exit = True
-        await task
+        async with serve_in_task(app, http="httptools", startup_timeout=20.0) as url:
+            await _idle_memory(int(url.rsplit(":", 1)[1]), streams, top)
     finally:
         upstream.terminate()
         upstream.wait(10)
+
+
+async def _idle_memory(port: int, streams: int, top: int) -> None:
+    request = request_bytes("GET", "/idle")
+
+    async def open_one() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        writer.write(request)
+        data = b""
+        while b"data:" not in data:
+            data += await reader.read(4096)
+        return writer
+
+    for writer in [await open_one() for _ in range(5)]:  # one-time costs first
+        writer.close()
+    await asyncio.sleep(0.5)
+    gc.collect()
+    tracemalloc.start(12)
+    before = tracemalloc.take_snapshot()
+    writers = await asyncio.gather(*(open_one() for _ in range(streams)))
+    await asyncio.sleep(0.3)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    # The client side of the streams (this process's asyncio streams) is not the sidecar's.
+    ignore = [
+        tracemalloc.Filter(False, "*/asyncio/streams.py"),
+        tracemalloc.Filter(False, __file__),
+        tracemalloc.Filter(False, tracemalloc.__file__),
+    ]
+    stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
+    total = sum(stat.size_diff for stat in stats)
+    print(f"sidecar ollama: {total / streams / 1024:.1f} KiB of Python memory per idle stream")
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        code = linecache.getline(frame.filename, frame.lineno).strip()
+        where = frame.filename.split("site-packages/")[-1]
+        print(f"{stat.size_diff / streams:8.0f} B  {where}:{frame.lineno}  {code[:70]}")
+    for writer in writers:
+        writer.close()
 
 
 async def middleware(messages: int) -> None:

@@ -45,7 +45,8 @@ from locust import HttpUser, between, events, task
 from locust.env import Environment
 
 from sse_bridge import LineDecoder
-from sse_bridge.testing import SSEParser, analyse, answer_tokens
+from sse_bridge.probe import analyse
+from sse_bridge.testing import SSEParser, answer_tokens
 
 logger = logging.getLogger("loadtests")
 

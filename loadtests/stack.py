@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+# free_port is the tests' too (`from loadtests.stack import free_port`).
+from sse_bridge._loopback import accepts, wait_until
+from sse_bridge._loopback import free_port as free_port
 
 BIN = Path(sys.executable).parent / "sse-bridge"
 DEADLINE = 15.0
@@ -49,55 +50,33 @@ class StackError(RuntimeError):
     """A piece of the stack did not start."""
 
 
-def free_port() -> int:
-    """A loopback port that is free now, for a process that will bind it in a moment.
+def _wait(ready: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:
+    """Poll `ready` until it is true, within DEADLINE; StackError if `process` exits first."""
 
-    It is drawn below the kernel's ephemeral range: a port the kernel handed out itself (bind to
-    port 0) may be given again as the source port of some client connection before the server
-    binds it, which then fails to start.
-    """
-    low, _ = _ephemeral_range()
-    for _ in range(100):
-        port = random.randrange(10_000, max(10_001, low))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise StackError("no free port found below the ephemeral range")
+    def alive_and_ready() -> bool:
+        if process.poll() is not None:
+            raise StackError(f"{process.args!r} exited: {process.communicate()!r}")
+        return ready()
 
-
-def _ephemeral_range() -> tuple[int, int]:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        wait_until(alive_and_ready, timeout=DEADLINE, interval=0.05)
+    except TimeoutError:
+        raise StackError(what) from None
 
 
 def wait_http(url: str, process: subprocess.Popen[str]) -> None:
     """Poll `url` until it answers below 500, with a bounded deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"{process.args!r} exited: {process.communicate()!r}")
+
+    def answers() -> bool:
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        time.sleep(0.05)
-    raise StackError(f"{url} did not become ready")
+            return httpx.get(url, timeout=1).status_code < 500
+        return False
+
+    _wait(answers, process, f"{url} did not become ready")
 
 
 def wait_port(port: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"{process.args!r} exited: {process.communicate()!r}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        time.sleep(0.02)
-    raise StackError(f"nothing listened on port {port}")
+    _wait(lambda: accepts(port), process, f"nothing listened on port {port}")
 
 
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sse_bridge._probe import Stream, read_stream
+from sse_bridge.probe import Stream, read_stream
 
 
 async def fetch(

@@ -25,7 +25,8 @@ from playwright.sync_api import Browser, sync_playwright
 
 from loadtests.stack import DEPLOY_CONF, fake_ollama, free_port, nginx_edge, running, without_http2
 from loadtests.stack import bridges as two_bridges
-from sse_bridge.testing import analyse, answer_tokens
+from sse_bridge.probe import analyse
+from sse_bridge.testing import answer_tokens
 from tests.test_browser import CHROMIUM_FLAGS, chromium
 
 STREAMS = 12

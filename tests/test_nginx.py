@@ -17,7 +17,8 @@ from starlette.routing import Route
 from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, fake_ollama, free_port, nginx, running
 from loadtests.stack import bridges as two_bridges
 from sse_bridge._cli import main
-from sse_bridge.testing import answer_tokens, probe
+from sse_bridge.probe import probe
+from sse_bridge.testing import answer_tokens
 from tests._servers import serve
 
 pytestmark = pytest.mark.anyio

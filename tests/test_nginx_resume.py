@@ -38,7 +38,8 @@ from loadtests.stack import (
     round_robin,
     running,
 )
-from sse_bridge.testing import ParsedEvent, SSEParser, analyse, answer_tokens
+from sse_bridge.probe import analyse
+from sse_bridge.testing import ParsedEvent, SSEParser, answer_tokens
 from tests._redis import redis_server
 from tests._wire import fetch
 

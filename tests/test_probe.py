@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -11,15 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from sse_bridge._cli import main
-from sse_bridge._probe import format_report
-from sse_bridge.testing import (
-    FakeOllama,
-    FakeOllamaConfig,
-    Stream,
-    analyse,
-    probe,
-    read_stream,
-)
+from sse_bridge.probe import Stream, analyse, format_report, probe, read_stream
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._h2 import misbehaving_h2c, paced_sse, self_signed_cert, serve_hypercorn
 from tests._servers import serve
 
@@ -76,6 +70,14 @@ def test_too_few_events_is_inconclusive() -> None:
     assert analysis.verdict == "inconclusive"
     assert "fewer than 3 events" in analysis.reason
     assert analyse([], T).verdict == "inconclusive"
+
+
+def test_a_mixed_verdict_names_the_library_option() -> None:
+    analysis = analyse([paced(50, T / 2)], T)
+    assert analysis.verdict == "inconclusive"
+    assert analysis.reason == (
+        "some events arrived together; run again, or give the upstream's pace as interval"
+    )
 
 
 async def test_read_stream_reports_errors_instead_of_raising() -> None:
@@ -248,7 +250,7 @@ async def test_http2_over_tls_reads_every_event_and_says_so(cert: tuple[Path, Pa
     assert untrusted.protocol is None
     assert untrusted.error is not None
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.error
-    assert "--cacert FILE, or --insecure" in untrusted.error
+    assert "(trust its issuer with cacert, or skip the check with insecure)" in untrusted.error
 
 
 async def test_http2_sees_a_buffered_stream_and_sends_a_large_body(
@@ -299,8 +301,7 @@ async def test_http2_by_prior_knowledge_on_plain_http() -> None:
 async def test_http2_offered_over_tls_to_an_http1_server(cert: tuple[Path, Path]) -> None:
     # uvicorn's TLS offers no ALPN: the probe falls back to HTTP/1.1 and says so.
     app = paced_sse(4, 0.01)
-    tls = {"ssl_certfile": str(cert[0]), "ssl_keyfile": str(cert[1])}
-    with serve(app, **tls) as url:
+    with serve(app, ssl_certfile=str(cert[0]), ssl_keyfile=str(cert[1])) as url:
         result = await probe(url.replace("http://", "https://") + "/", http2=True, insecure=True)
     assert result.protocol == "HTTP/1.1"
     assert served_as(result.streams[0]) == ["HTTP/1.1"] * 4
@@ -376,3 +377,32 @@ def test_probe_command_tls_and_http2_errors(
     assert missing.exit_code == 2
     assert "pip install 'sse-bridge[http2]'" in missing.output
     assert "HTTP/2 needs the h2 package" in missing.output
+
+
+@pytest.mark.parametrize(
+    "name", ["Analysis", "ProbeResult", "Stream", "analyse", "probe", "read_stream"]
+)
+def test_the_old_testing_names_still_import_with_a_warning(name: str) -> None:
+    import sse_bridge.probe
+    import sse_bridge.testing
+
+    message = f"sse_bridge.testing.{name} has moved: use 'from sse_bridge.probe import {name}'"
+    with pytest.warns(DeprecationWarning, match=re.escape(message)) as caught:
+        found = getattr(sse_bridge.testing, name)
+    assert found is getattr(sse_bridge.probe, name)
+    assert caught[0].filename == __file__  # the warning points at the import, not at sse_bridge
+    assert name not in sse_bridge.testing.__all__
+
+
+def test_the_old_testing_module_has_only_its_names() -> None:
+    import sse_bridge.testing
+
+    message = "module 'sse_bridge.testing' has no attribute 'nope'"
+    with pytest.raises(AttributeError, match=re.escape(message)):
+        sse_bridge.testing.nope  # noqa: B018
+
+
+def test_from_import_of_an_old_name_warns() -> None:
+    with pytest.warns(DeprecationWarning, match="from sse_bridge.probe import probe"):
+        from sse_bridge.testing import probe as old_probe
+    assert old_probe is probe

@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sse_bridge import create_proxy
-from sse_bridge._probe import Stream
 from sse_bridge._proxy import REPLAYABLE_BYTES
 from sse_bridge._types import Receive, Scope, Send
+from sse_bridge.probe import Stream
 from tests._servers import serve
 from tests._wire import fetch
 
@@ -291,7 +291,7 @@ async def test_request_bodies_over_max_body_get_413(upstream: str) -> None:
         fits = await fetch(f"{url}/api/chat", body=b"x" * 100)
         chunked = await fetch_chunked(f"{url}/api/chat", [b"x" * 60, b"x" * 60])
     assert declared.status == 413
-    assert "larger than 100 bytes" in json.loads(declared.body)["error"]
+    assert json.loads(declared.body)["error"] == "request body larger than 100 bytes (max_body)"
     assert fits.status == 200
     assert chunked.status_code == 413
 

@@ -14,7 +14,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from sse_bridge import create_proxy
-from sse_bridge._probe import Stream
+from sse_bridge.probe import Stream
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, RequestRecord, answer_tokens
 from tests._servers import serve
 from tests._wire import fetch

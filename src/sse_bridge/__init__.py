@@ -1,5 +1,7 @@
 """Turn streaming NDJSON (Ollama and friends) into unbuffered Server-Sent Events."""
 
+import importlib.metadata
+
 from ._codec import LineDecoder, LineTooLongError, ServerSentEvent
 from ._dialects import DialectFunc
 from ._middleware import SSEBridgeMiddleware
@@ -16,4 +18,4 @@ __all__ = [
     "Translator",
     "create_proxy",
 ]
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("sse-bridge")

@@ -292,7 +292,7 @@ def _probe_output(result: Any, *, as_json: bool, plot: str | None) -> int:
     """
     import json
 
-    from ._probe import format_report
+    from ._analysis import format_report
     from ._timeline import write_timeline
 
     if as_json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -11,18 +10,17 @@ import signal
 import socket
 import time
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 import httpx
-import uvicorn
 
 from ._fake import FakeOllama, FakeOllamaConfig
 from ._headers import header
 from ._http import send_json
+from ._loopback import base_url, listening_socket, serve_in_task
 from ._sidecar import SidecarApp, create_proxy
 from ._sse_parser import SSEParser
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -170,29 +168,14 @@ def demo_app(upstream: str) -> DemoApp:
     )
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to the demo, which runs two of them."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def bind(host: str, port: int) -> tuple[socket.socket, bool]:
     """A listening socket on ``port``, or on a free port if that one is taken (then True)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-        moved = False
+        return listening_socket(host, port), False
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or port == 0:
-            sock.close()
             raise
-        sock.bind((host, 0))
-        moved = True
-    sock.listen(2048)
-    return sock, moved
+    return listening_socket(host, 0), True
 
 
 @dataclass
@@ -248,18 +231,13 @@ async def run_demo(
     fake = FakeOllama(FakeOllamaConfig(tokens_per_second=tokens_per_second))
     upstream_sock, _ = bind(host, upstream_port)
     bridge_sock, moved = bind(host, port)
-    upstream_url = "http://{}:{}".format(*upstream_sock.getsockname())
-    bridge_url = "http://{}:{}".format(*bridge_sock.getsockname())
-    bridge = demo_app(upstream_url)
-    servers = [_server(fake), _server(bridge)]
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(servers[0].serve, [upstream_sock])
-        tasks.start_soon(servers[1].serve, [bridge_sock])
+    bridge = demo_app(base_url(upstream_sock))
+    # uvicorn closes the sockets when it stops.
+    async with (
+        serve_in_task(fake, sock=upstream_sock, startup_timeout=STARTUP_TIMEOUT) as upstream_url,
+        serve_in_task(bridge, sock=bridge_sock, startup_timeout=STARTUP_TIMEOUT) as bridge_url,
+    ):
         try:
-            with anyio.fail_after(STARTUP_TIMEOUT):
-                # uvicorn offers a flag, not an event, for readiness.
-                while not all(server.started for server in servers):  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
             if moved:
                 out.write(f"Port {port} is taken; using {bridge_url} instead.\n")
             body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
@@ -290,13 +268,7 @@ async def run_demo(
                         break
         finally:
             out.flush()
-            for server in servers:
-                server.should_exit = True
             # uvicorn waits for open streams before it exits, and a generation whose client
             # left runs on for the resume grace (30 s): end them all now, with a final error.
             bridge.drain()
     return answer
-
-
-def _server(app: ASGIApp) -> _Server:
-    return _Server(uvicorn.Config(app, log_level="warning", proxy_headers=False))

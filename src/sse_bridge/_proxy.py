@@ -359,7 +359,7 @@ class _Exchange:
     async def too_large(self) -> None:
         self.stats.settle(Outcome.UPSTREAM_ERROR)
         self.stats.refused = "body_too_large"
-        message = f"request body larger than {self.proxy.max_body} bytes (see --max-body)"
+        message = f"request body larger than {self.proxy.max_body} bytes (max_body)"
         await send_json(self.send, 413, {"error": message})
 
     async def request_body(self, declared: int | None) -> bytes | AsyncIterator[bytes]:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import escape, quoteattr
 
-from ._probe import ProbeResult, Stream, Verdict, analyse, format_report
+from ._analysis import ProbeResult, Verdict, analyse, format_report
+from ._probe_wire import Stream
 
 TimelineFormat = Literal["svg", "html"]
 SVG_NS = "http://www.w3.org/2000/svg"

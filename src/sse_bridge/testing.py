@@ -1,10 +1,11 @@
-"""Test helpers that ship with sse_bridge: a fake Ollama, an SSE parser and the streaming probe.
+"""Test helpers that ship with sse_bridge: a fake Ollama and an SSE parser.
 
 ``FakeOllama`` is an Ollama-compatible ASGI app with paced tokens and injectable faults (see
 :class:`FakeOllamaConfig`); run it with ``sse-bridge fake-ollama`` or mount it in your own server.
 ``SSEParser`` and ``parse_sse`` read an event stream exactly as a browser's EventSource does.
-``probe`` (what ``sse-bridge probe`` runs), ``read_stream`` and ``analyse`` measure whether a
-chain of servers delivers events one by one.
+``serve_in_thread`` runs an ASGI app (the fake, the bridge) on uvicorn on a free loopback port.
+The probe (``probe``, ``read_stream``, ``analyse``...) lives in :mod:`sse_bridge.probe`; importing
+it from here still works for one release, with a DeprecationWarning.
 """
 
 from ._fake import (
@@ -14,22 +15,24 @@ from ._fake import (
     RequestRecord,
     answer_tokens,
 )
-from ._probe import Analysis, ProbeResult, Stream, analyse, probe, read_stream
+from ._loopback import serve_in_thread
+from ._moved import moved
 from ._sse_parser import ParsedEvent, SSEParser, parse_sse
 
 __all__ = [
-    "Analysis",
     "FakeOllama",
     "FakeOllamaAbort",
     "FakeOllamaConfig",
     "ParsedEvent",
-    "ProbeResult",
     "RequestRecord",
     "SSEParser",
-    "Stream",
-    "analyse",
     "answer_tokens",
     "parse_sse",
-    "probe",
-    "read_stream",
+    "serve_in_thread",
 ]
+
+__getattr__ = moved(
+    __name__,
+    "sse_bridge.probe",
+    {"Analysis", "ProbeResult", "Stream", "analyse", "probe", "read_stream"},
+)
