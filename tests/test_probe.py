@@ -406,3 +406,35 @@ def test_from_import_of_an_old_name_warns() -> None:
     with pytest.warns(DeprecationWarning, match="from sse_bridge.probe import probe"):
         from sse_bridge.testing import probe as old_probe
     assert old_probe is probe
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict", "reason", "hints"),
+    [
+        (None, "streaming", "events arrived one by one", []),
+        (
+            "SSLCertVerificationError: self-signed (trust its issuer with cacert, ...)",
+            "inconclusive",
+            "no events",
+            ["trust the server's issuer with --cacert FILE, or skip the check with -k"],
+        ),
+        (
+            None,
+            "inconclusive",
+            "some events arrived together; run again, or give the upstream's pace as interval",
+            ["give the upstream's pace between events with --interval-ms"],
+        ),
+    ],
+)
+def test_the_command_gives_the_library_advice_in_its_own_flags(
+    error: str | None, verdict: str, reason: str, hints: list[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from sse_bridge._cli import _probe_hints
+
+    result = SimpleNamespace(
+        streams=[SimpleNamespace(error=error)],
+        analysis=SimpleNamespace(verdict=verdict, reason=reason),
+    )
+    assert _probe_hints(result) == hints

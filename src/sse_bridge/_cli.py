@@ -284,6 +284,16 @@ def probe(
     sys.exit(_probe_output(result, as_json=as_json, plot=plot))
 
 
+def _probe_hints(result: Any) -> list[str]:
+    """The library's advice in this command's terms: its messages name keyword arguments."""
+    hints = []
+    if any("SSLCertVerificationError" in (stream.error or "") for stream in result.streams):
+        hints.append("trust the server's issuer with --cacert FILE, or skip the check with -k")
+    if result.analysis.verdict == "inconclusive" and "interval" in result.analysis.reason:
+        hints.append("give the upstream's pace between events with --interval-ms")
+    return hints
+
+
 def _probe_output(result: Any, *, as_json: bool, plot: str | None) -> int:
     """Print the probe's figures, write its timeline; the exit status.
 
@@ -299,6 +309,8 @@ def _probe_output(result: Any, *, as_json: bool, plot: str | None) -> int:
         click.echo(json.dumps(result.summary(), indent=2))
     else:
         click.echo(format_report(result))
+        for hint in _probe_hints(result):
+            click.echo(f"hint: {hint}", err=True)
     if plot is not None:
         try:
             write_timeline(result, plot)
