@@ -174,3 +174,14 @@ def test_every_quoted_error_is_known() -> None:
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for quote in re.findall(r'"(?:error|message)": "([^"]*)"', flat(doc.read_text())):
             assert quote in known, (doc.name, quote)
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    package = ROOT / "src" / "sse_bridge"
+    private = [p for p in package.glob("_*.py") if p.name != "__init__.py"]
+    fake = [p for p in (package / "_fake").glob("*.py") if p.name != "__init__.py"]
+    assert len(private) > 20 and len(fake) > 5
+    missing = [p.name for p in private if f"`{p.name}`" not in text]
+    missing += [p.name for p in fake if f"`{p.name}`" not in text]
+    assert not missing, f"docs/architecture.md does not place {missing}"
