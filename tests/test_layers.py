@@ -79,7 +79,14 @@ def reach(module: str) -> frozenset[str]:
 
 
 SSE = {"_codec", "_dialects", "_translator", "_openai", "_middleware", "_responder"}
-SIDECAR = {"_proxy", "_sidecar", "_sidecar_options", "_upstream", "_upstream_connection"}
+SIDECAR = {
+    "_proxy",
+    "_exchange",
+    "_sidecar",
+    "_sidecar_options",
+    "_upstream",
+    "_upstream_connection",
+}
 COMMANDS = {"_cli", "_server", "_demo"}
 
 
@@ -95,7 +102,7 @@ COMMANDS = {"_cli", "_server", "_demo"}
         # The middleware knows nothing of the proxy, the sidecar or the commands.
         ({"_middleware", "_responder", "_receive", "_resume_http"}, {"httpx", "click"} | SIDECAR),
         # The proxy knows no SSE.
-        ({"_proxy", "_upstream", "_upstream_connection"}, SSE | COMMANDS | {"click"}),
+        ({"_proxy", "_exchange", "_upstream", "_upstream_connection"}, SSE | COMMANDS | {"click"}),
     ],
 )
 def test_layers_import_one_way(modules: set[str], never: set[str]) -> None:

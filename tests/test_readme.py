@@ -181,7 +181,8 @@ def test_the_architecture_map_names_every_module() -> None:
     package = ROOT / "src" / "sse_bridge"
     private = [p for p in package.glob("_*.py") if p.name != "__init__.py"]
     fake = [p for p in (package / "_fake").glob("*.py") if p.name != "__init__.py"]
-    assert len(private) > 20 and len(fake) > 5
+    assert len(private) > 20
+    assert len(fake) > 5
     missing = [p.name for p in private if f"`{p.name}`" not in text]
     missing += [p.name for p in fake if f"`{p.name}`" not in text]
     assert not missing, f"docs/architecture.md does not place {missing}"
