@@ -39,7 +39,10 @@ def test_each_signature_takes_every_option_with_its_one_default(
     function: Any, options: type[Any], extra: set[str]
 ) -> None:
     parameters = inspect.signature(function).parameters
-    assert set(parameters) - extra == set(fields_of(options))
+    missing = set(fields_of(options)) - set(parameters)
+    unknown = set(parameters) - extra - set(fields_of(options))
+    assert not missing, f"{function.__qualname__} lacks the keyword(s) {sorted(missing)}"
+    assert not unknown, f"{function.__qualname__} takes {sorted(unknown)}, which are no options"
     for name, default in fields_of(options).items():
         if default is dataclasses.MISSING:
             assert parameters[name].default is inspect.Parameter.empty
@@ -200,7 +203,9 @@ def test_the_readme_table_lists_every_serve_option_with_its_default() -> None:
         assert len(values) == len(flags), names
         listed.update(zip(flags, values, strict=True))
     params = serve_params()
-    assert set(listed) == {f"--{name.replace('_', '-')}" for name in params}
+    offered = {f"--{name.replace('_', '-')}" for name in params}
+    assert not offered - set(listed), f"README's serve table lacks {sorted(offered - set(listed))}"
+    assert not set(listed) - offered, f"README lists {sorted(set(listed) - offered)}, not offered"
     for name, param in params.items():
         shown = listed[f"--{name.replace('_', '-')}"]
         default = param.default
@@ -221,7 +226,11 @@ def test_the_readme_table_lists_every_middleware_option_with_its_default() -> No
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|", section, re.M))
     defaults = fields_of(BridgeOptions)
     # metrics is an object the middleware records in, not an option of the stream.
-    assert set(rows) == {*defaults, "metrics"}
+    expected = {*defaults, "metrics"}
+    assert not expected - set(rows), (
+        f"README's middleware table lacks {sorted(expected - set(rows))}"
+    )
+    assert not set(rows) - expected, f"README lists {sorted(set(rows) - expected)}, not options"
     for name, default in defaults.items():
         if isinstance(default, tuple):
             assert re.findall(r"`([^`]+)`", rows[name]) == list(default), name
