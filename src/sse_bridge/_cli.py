@@ -39,6 +39,8 @@ def main() -> None:
 def _from_options(*classes: type[Options]) -> Callable[[F], F]:
     """The click options of these options classes' fields, in their order, from their specs."""
     items = [item for cls in classes for item in fields(cls) if spec_of(item).cli != ""]
+    # The required ones first, where --help is read first; the rest in their classes' order.
+    items.sort(key=lambda item: item.default is not MISSING)
 
     def decorate(command: F) -> F:
         for item in reversed(items):
