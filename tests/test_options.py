@@ -112,14 +112,14 @@ def test_none_is_the_older_spelling_of_off_and_becomes_zero() -> None:
 def test_options_are_frozen_and_sequences_become_tuples() -> None:
     options = SidecarOptions(
         upstream="http://h",
-        cors_origins=["http://a"],  # type: ignore[arg-type]
-        commit_paths=["/x"],  # type: ignore[arg-type]
+        cors_origins=["http://a"],
+        commit_paths=["/x"],
     )
     assert options.cors_origins == ("http://a",)
     assert options.commit_paths == ("/x",)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.max_streams = 5  # type: ignore[misc]
-    assert BridgeOptions(ndjson_types=["Application/X-NDJSON"]).ndjson_types == (  # type: ignore[arg-type]
+    assert BridgeOptions(ndjson_types=["Application/X-NDJSON"]).ndjson_types == (
         "application/x-ndjson",
     )
 

@@ -89,7 +89,7 @@ class SSEBridgeMiddleware:
             max_line_bytes=max_line_bytes,
             event_ids=event_ids,
             retry=retry,
-            ndjson_types=ndjson_types,  # type: ignore[arg-type]  # any sequence; a tuple is kept
+            ndjson_types=ndjson_types,
             resume=resume,
             resume_path=resume_path,
             resume_grace=resume_grace,

@@ -14,6 +14,7 @@ object or a text. ``None`` is still accepted for the seconds that used to take i
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -129,10 +130,6 @@ class Options:
         return {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
 
 
-def _check_dialect(value: object) -> None:
-    resolve_dialect(value)  # type: ignore[arg-type]
-
-
 @dataclass(frozen=True, kw_only=True)
 class BridgeOptions(Options):
     """The options of :class:`sse_bridge.SSEBridgeMiddleware`; see its docstring for each."""
@@ -174,7 +171,7 @@ class BridgeOptions(Options):
     retry: int | None = option(
         None, Spec("EventSource's reconnection time in milliseconds, sent first.", "object", cli="")
     )
-    ndjson_types: tuple[str, ...] = option(
+    ndjson_types: Sequence[str] = option(
         NDJSON_TYPES,
         Spec(
             "The media types treated as NDJSON.",
@@ -213,7 +210,7 @@ class BridgeOptions(Options):
     )
 
     def validate(self) -> None:
-        _check_dialect(self.dialect)
+        resolve_dialect(self.dialect)  # a name it does not know is refused here
         if self.retry is not None:
             check_count("retry", self.retry, 0, "the reconnection time in milliseconds")
         check_resume(self.resume)

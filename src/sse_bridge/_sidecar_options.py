@@ -7,6 +7,7 @@ here; the command line, ``create_proxy`` and the worker hand-off all read them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -29,7 +30,7 @@ class SidecarOptions(BridgeOptions):
             meaning="0 or None never commits early",
         ),
     )
-    commit_paths: tuple[str, ...] = option(
+    commit_paths: Sequence[str] = option(
         COMMIT_PATHS,
         Spec(
             "A path that streams NDJSON and may be committed early; repeat for more.",
@@ -64,7 +65,7 @@ class SidecarOptions(BridgeOptions):
             meaning="give a key, or None for no authentication",
         ),
     )
-    cors_origins: tuple[str, ...] = option(
+    cors_origins: Sequence[str] = option(
         (),
         Spec(
             "An origin browsers may call from; repeat for more (space-separated in the env var).",
