@@ -240,7 +240,7 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"metrics_port": 9100}, "needs metrics on"),
+        ({"metrics_port": 9100}, "metrics_port 9100 serves the metrics, which are off"),
         ({"metrics": True, "metrics_port": 70000}, "metrics_port must be a TCP port"),
         ({"metrics": True, "metrics_port": -1}, "metrics_port must be an integer >= 0"),
         ({"log_format": "xml"}, "log_format must be 'text' or 'json'"),

@@ -83,8 +83,8 @@ def test_serve_offers_every_option_the_command_line_can_carry_with_its_default()
         (["--max-streams", "0"], "0 is not in the range x>=1"),
         (["--metrics-port", "70000"], "70000 is not in the range 0<=x<=65535"),
         (["--log-format", "xml"], "'xml' is not one of 'text', 'json'"),
-        (["--metrics-port", "9100"], "metrics_port needs metrics on"),
-        (["--api-key", ""], "api_key must not be empty"),
+        (["--metrics-port", "9100"], "--metrics-port 9100 serves the metrics, which are off"),
+        (["--api-key", ""], "--api-key must not be empty"),
     ],
 )
 def test_the_command_line_refuses_what_the_options_refuse(args: list[str], message: str) -> None:
@@ -163,11 +163,18 @@ def test_objects_cannot_travel_to_worker_processes(name: str) -> None:
         (Spec("", "count", minimum=1), 2.0, "x must be an integer >= 1"),
         (Spec("", "port", meaning="off"), 65536, "x must be a TCP port (0-65535; 0: off)"),
         (Spec("", "port"), -1, "x must be an integer >= 0"),
-        (Spec("", "flag"), 1, "x must be True or False, got 1"),
+        (Spec("", "flag"), 2, "x must be True or False, got 2"),
+        (Spec("", "flag"), "yes", "x must be True or False, got 'yes'"),
+        (Spec("", "text", meaning="m"), b"k", "x must be a string or None, got b'k'"),
+        (Spec("", "texts", meaning="a list of ys"), b"y", "x must be a list of ys, not one string"),
         (Spec("", "choice", choices=("a", "b")), "c", "x must be 'a' or 'b', not 'c'"),
         (Spec("", "text", meaning="give one"), "", "x must not be empty: give one"),
         (Spec("", "texts", meaning="a list of ys"), "y", "x must be a list of ys, not one string"),
-        (Spec("", "texts", meaning="a list of ys"), [1], "x must be a list of ys"),
+        (
+            Spec("", "texts", meaning="a list of ys"),
+            [b"y"],
+            "x must be a list of ys (strings), got b'y'",
+        ),
     ],
 )
 def test_each_kind_of_option_refuses_a_bad_value(spec: Spec, value: Any, message: str) -> None:
@@ -236,3 +243,12 @@ def test_the_readme_table_lists_every_middleware_option_with_its_default() -> No
             assert re.findall(r"`([^`]+)`", rows[name]) == list(default), name
         else:
             assert rows[name].strip("`") == repr(default).replace("'", '"'), name
+
+
+def test_older_spellings_are_still_taken() -> None:
+    # None for no CORS origins, 0 and 1 for the flags: accepted before the options objects.
+    sidecar = create_proxy(upstream="http://127.0.0.1:9", cors_origins=None, event_ids=1)  # type: ignore[arg-type]
+    assert sidecar.app is not None
+    middleware = SSEBridgeMiddleware(app, event_ids=1)  # type: ignore[arg-type]
+    assert middleware.options.event_ids is True
+    assert SidecarOptions(upstream="http://h", cors_origins=None).cors_origins == ()  # type: ignore[arg-type]

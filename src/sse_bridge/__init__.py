@@ -18,4 +18,7 @@ __all__ = [
     "Translator",
     "create_proxy",
 ]
-__version__ = importlib.metadata.version("sse-bridge")
+try:
+    __version__ = importlib.metadata.version("sse-bridge")
+except importlib.metadata.PackageNotFoundError:  # a copy on sys.path, never installed
+    __version__ = "0+unknown"

@@ -100,9 +100,22 @@ def serve(**values: Any) -> None:
     try:
         server = _options_from_click(ServerOptions, values)
         options = _options_from_click(SidecarOptions, values)
+    except ValueError as exc:
+        raise click.UsageError(_in_flags(str(exc), SidecarOptions, ServerOptions)) from None
+    try:
         run(server, options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _in_flags(message: str, *classes: type[Options]) -> str:
+    """An option's message in this command's terms: it starts with the option's name."""
+    name, space, rest = message.partition(" ")
+    for cls in classes:
+        for item in fields(cls):
+            if item.name == name and spec_of(item).cli != "":
+                return f"--{_flag_name(item)}{space}{rest}"
+    return message
 
 
 def _fake(name: str, **kwargs: Any) -> Callable[[F], F]:

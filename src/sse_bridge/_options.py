@@ -92,19 +92,24 @@ def check(name: str, value: Any, spec: Spec) -> None:
         if value > 65535:
             raise ValueError(f"{name} must be a TCP port (0-65535; 0: {spec.meaning}), got {value}")
     elif kind == "flag":
-        if not isinstance(value, bool):
+        # 0 and 1 as well: they were always taken for False and True.
+        if not isinstance(value, bool) and value not in (0, 1):
             raise ValueError(f"{name} must be True or False, got {value!r}")
     elif kind == "choice":
         if value not in spec.choices:
             either = " or ".join(repr(choice) for choice in spec.choices)
             raise ValueError(f"{name} must be {either}, not {value!r}")
     elif kind == "text":
-        if value is not None and (not isinstance(value, str) or not value):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string or None, got {value!r}")
+        if value == "":
             raise ValueError(f"{name} must not be empty: {spec.meaning}")
-    elif kind == "texts" and (
-        isinstance(value, str) or not all(isinstance(item, str) for item in value)
-    ):
-        raise ValueError(f"{name} must be {spec.meaning}, not one string")
+    elif kind == "texts":
+        if isinstance(value, (str, bytes)):
+            raise ValueError(f"{name} must be {spec.meaning}, not one string")
+        wrong = [item for item in value if not isinstance(item, str)]
+        if wrong:
+            raise ValueError(f"{name} must be {spec.meaning} (strings), got {wrong[0]!r} in it")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,11 +120,13 @@ class Options:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             spec = spec_of(item)
-            if spec.kind == "texts" and not isinstance(value, str):
-                # Any sequence in, a tuple kept: the object stays immutable and hashable.
-                value = tuple(value)
+            if spec.kind == "texts" and not isinstance(value, (str, bytes)):
+                # Any sequence in (None: none), a tuple kept: immutable and hashable.
+                value = () if value is None else tuple(value)
                 object.__setattr__(self, item.name, value)
             check(item.name, value, spec)
+            if spec.kind == "flag":
+                object.__setattr__(self, item.name, bool(value))
         self.validate()
 
     def validate(self) -> None:

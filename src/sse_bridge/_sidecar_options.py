@@ -103,8 +103,9 @@ class SidecarOptions(BridgeOptions):
         super().validate()
         parse_upstream(self.upstream)
         if self.metrics_port and not self.metrics:
+            port = self.metrics_port
             raise ValueError(
-                f"metrics_port needs metrics on (metrics=True); got {self.metrics_port} without"
+                f"metrics_port {port} serves the metrics, which are off: turn metrics on"
             )
 
     def to_json(self) -> str:

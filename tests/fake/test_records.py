@@ -187,3 +187,11 @@ async def test_a_cancelled_wait_lets_its_thread_go_at_once() -> None:
     assert not scope.cancelled_caught
     # The abandoned thread looks once more, sees it is abandoned and ends, long before ASLEEP.
     assert await anyio.to_thread.run_sync(looked.wait, WAKE)
+
+
+def test_the_book_equals_a_list_of_the_same_records() -> None:
+    book = RecordBook()
+    assert book == []
+    assert book != [1]
+    assert book == RecordBook()
+    assert (book == object()) is False

@@ -109,6 +109,14 @@ class RecordBook(Sequence[RequestRecord]):
         with self._changed:
             return iter(list(self._records))
 
+    def __eq__(self, other: object) -> bool:
+        # Equal to a list of the same records, as when records was a list.
+        if isinstance(other, (RecordBook, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # it changes: a mutable sequence's rule
+
     def __repr__(self) -> str:
         return f"RecordBook({list(self)!r})"
 
