@@ -38,7 +38,7 @@ def main() -> None:
 
 def _from_options(*classes: type[Options]) -> Callable[[F], F]:
     """The click options of these options classes' fields, in their order, from their specs."""
-    items = [item for cls in classes for item in fields(cls) if spec_of(item).cli != ""]
+    items = [item for cls in classes for item in _offered(cls)]
     # The required ones first, where --help is read first; the rest in their classes' order.
     items.sort(key=lambda item: item.default is not MISSING)
 
@@ -48,6 +48,11 @@ def _from_options(*classes: type[Options]) -> Callable[[F], F]:
         return command
 
     return decorate
+
+
+def _offered(cls: type[Options]) -> list[Field[Any]]:
+    """The fields of ``cls`` the command line offers (an object, say, it does not)."""
+    return [item for item in fields(cls) if spec_of(item).cli != ""]
 
 
 def _flag_name(item: Field[Any]) -> str:
@@ -82,10 +87,8 @@ def _click_settings(item: Field[Any]) -> dict[str, Any]:
 def _options_from_click(cls: type[OptionsT], values: dict[str, Any]) -> OptionsT:
     """``cls`` made from the values click parsed for its fields (taken out of ``values``)."""
     chosen: dict[str, Any] = {}
-    for item in fields(cls):
+    for item in _offered(cls):
         spec = spec_of(item)
-        if spec.cli == "":
-            continue
         value = values.pop(_flag_name(item).replace("-", "_"))
         chosen[item.name] = None if spec.cli_off and value == spec.cli_off else value
     return cls(**chosen)
@@ -112,8 +115,8 @@ def _in_flags(message: str, *classes: type[Options]) -> str:
     """An option's message in this command's terms: it starts with the option's name."""
     name, space, rest = message.partition(" ")
     for cls in classes:
-        for item in fields(cls):
-            if item.name == name and spec_of(item).cli != "":
+        for item in _offered(cls):
+            if item.name == name:
                 return f"--{_flag_name(item)}{space}{rest}"
     return message
 

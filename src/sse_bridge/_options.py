@@ -229,9 +229,3 @@ class BridgeOptions(Options):
         object.__setattr__(
             self, "ndjson_types", tuple(media.lower() for media in self.ndjson_types)
         )
-
-
-def bridge_values(options: BridgeOptions) -> dict[str, Any]:
-    """The middleware's own options out of a larger set (the sidecar's)."""
-    names = {item.name for item in dataclasses.fields(BridgeOptions)}
-    return {name: value for name, value in options.values().items() if name in names}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 from ._options import BridgeOptions, Options, Spec, option, required
@@ -121,11 +121,8 @@ class SidecarOptions(BridgeOptions):
 
     @classmethod
     def from_json(cls, text: str) -> SidecarOptions:
-        values = json.loads(text)
-        for item in fields(cls):
-            if isinstance(item.default, tuple):
-                values[item.name] = tuple(values[item.name])
-        return cls(**values)
+        # JSON's lists become tuples again in __post_init__, as any sequence does.
+        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True, kw_only=True)
