@@ -413,7 +413,8 @@ def test_from_import_of_an_old_name_warns() -> None:
     [
         (None, "streaming", "events arrived one by one", []),
         (
-            "SSLCertVerificationError: self-signed (trust its issuer with cacert, ...)",
+            "SSLCertVerificationError: self-signed "
+            "(trust its issuer with cacert, or skip the check with insecure)",
             "inconclusive",
             "no events",
             ["trust the server's issuer with --cacert FILE, or skip the check with -k"],

@@ -25,6 +25,8 @@ STREAMING_MIN_SPAN = 0.8
 BUFFERED_MIN_COALESCED = 0.5
 BUFFERED_MAX_SPAN = 0.3
 MIN_EVENTS = 3
+# The inconclusive reason that a known pace would settle; the command line adds its flag.
+PACE_UNKNOWN = "some events arrived together; run again, or give the upstream's pace as interval"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def analyse(streams: Sequence[Sequence[float]], interval: float | None = None) -
         reason = "events arrived together: something on the way holds them back"
     else:
         verdict = "inconclusive"
-        reason = "some events arrived together; run again, or give the upstream's pace as interval"
+        reason = PACE_UNKNOWN
     return Analysis(sum(counts), interval, coalesced, span, burst, verdict, reason)
 
 

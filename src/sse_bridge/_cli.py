@@ -304,10 +304,13 @@ def probe(
 
 def _probe_hints(result: Any) -> list[str]:
     """The library's advice in this command's terms: its messages name keyword arguments."""
+    from ._analysis import PACE_UNKNOWN
+    from ._probe import UNTRUSTED
+
     hints = []
-    if any("SSLCertVerificationError" in (stream.error or "") for stream in result.streams):
+    if any(UNTRUSTED in (stream.error or "") for stream in result.streams):
         hints.append("trust the server's issuer with --cacert FILE, or skip the check with -k")
-    if result.analysis.verdict == "inconclusive" and "interval" in result.analysis.reason:
+    if result.analysis.reason == PACE_UNKNOWN:
         hints.append("give the upstream's pace between events with --interval-ms")
     return hints
 

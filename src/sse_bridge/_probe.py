@@ -22,6 +22,8 @@ from ._analysis import Analysis, ProbeResult, analyse
 from ._probe_wire import Stream, exchange_h1, exchange_h2
 
 HTTP2_MISSING = "HTTP/2 needs the h2 package: pip install 'sse-bridge[http2]'"
+# After a certificate the probe could not verify; the command line adds its flags.
+UNTRUSTED = "(trust its issuer with cacert, or skip the check with insecure)"
 
 
 async def read_stream(
@@ -64,10 +66,7 @@ async def read_stream(
     except TimeoutError:
         stream.error = f"timed out after {deadline:g} s"
     except ssl.SSLCertVerificationError as exc:
-        stream.error = (
-            f"{type(exc).__name__}: {exc} "
-            "(trust its issuer with cacert, or skip the check with insecure)"
-        )
+        stream.error = f"{type(exc).__name__}: {exc} {UNTRUSTED}"
     except (OSError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
         stream.error = f"{type(exc).__name__}: {exc}"
     return stream
