@@ -7,6 +7,7 @@ failure is shown and the prompt comes back.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -104,12 +105,21 @@ def site(nginx_dir: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+@contextlib.contextmanager
+def launched_chromium(*extra_flags: str) -> Iterator[Browser]:
+    """Chromium under Playwright with this suite's flags (and any more), closed afterwards."""
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
+        launched = playwright.chromium.launch(
+            executable_path=chromium(), args=[*CHROMIUM_FLAGS, *extra_flags]
+        )
         yield launched
         launched.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with launched_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
-from loadtests.stack import DEPLOY_CONF, fake_ollama, free_port, nginx_edge, running, without_http2
-from loadtests.stack import bridges as two_bridges
+from loadtests.stack import DEPLOY_CONF, free_port, nginx_edge, running, without_http2
 from sse_bridge.probe import analyse
 from sse_bridge.testing import answer_tokens
-from tests.test_browser import CHROMIUM_FLAGS, chromium
+from tests.test_browser import launched_chromium
 
 STREAMS = 12
 # What a browser allows over HTTP/1.1: connections per host (Chromium, Firefox and Safari alike).
@@ -44,7 +43,6 @@ CHAT = json.dumps(
 # Bounds a stuck stream (the page aborts its fetches after this long); never what a test waits.
 DEADLINE_MS = 30_000
 # The self-signed certificate is for 127.0.0.1 only; no other site is reached.
-BROWSER_FLAGS = [*CHROMIUM_FLAGS, "--ignore-certificate-errors"]
 
 # The page: starts all streams at once and records, for each, every event's data and when it was
 # read (ms since the start; events that arrive in one read share the time). Each fetch is aborted
@@ -200,23 +198,10 @@ def streaming_problems(run: Run) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[str]:
-    with fake_ollama() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def bridges(fake: str) -> Iterator[list[int]]:
-    with two_bridges(fake) as ports:
-        yield ports
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium(), args=BROWSER_FLAGS)
+    # The edge's certificate is made for the test; Chromium is told to take it.
+    with launched_chromium("--ignore-certificate-errors") as launched:
         yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")

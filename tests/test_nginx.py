@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -14,8 +14,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, fake_ollama, free_port, nginx, running
-from loadtests.stack import bridges as two_bridges
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
 from sse_bridge._cli import main
 from sse_bridge.probe import probe
 from sse_bridge.testing import answer_tokens
@@ -32,18 +31,6 @@ CHAT = {
 }
 BODY = json.dumps(CHAT).encode()
 JSON = [("content-type", "application/json")]
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[str]:
-    with fake_ollama() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def bridges(fake: str) -> Iterator[list[int]]:
-    with two_bridges(fake) as ports:
-        yield ports
 
 
 def test_the_config_is_valid(tmp_path: Path) -> None:

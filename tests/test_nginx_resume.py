@@ -32,7 +32,6 @@ from loadtests.stack import (
     DEPLOY_CONF,
     UPSTREAM_HEADER,
     expose_upstream,
-    fake_ollama,
     free_port,
     nginx,
     round_robin,
@@ -77,12 +76,6 @@ def without_durations(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: without_durations(v) for k, v in value.items() if not k.endswith("_duration")}
     return value
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[str]:
-    with fake_ollama() as url:
-        yield url
 
 
 async def generations(fake: str, marker: str) -> list[dict[str, Any]]:
