@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests._redis import redis_binary
 
@@ -18,10 +19,10 @@ PROXIES = {"tutorial proxy", "sse-starlette proxy", "sidecar raw", "sidecar olla
 IN_PROCESS = {"in-process plain", "middleware raw", "middleware ollama"}
 
 
-def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def run(*args: str, json_to: Path) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run a benchmark script; it must succeed. Its output, and the figures it wrote as JSON."""
     completed = subprocess.run(
-        [sys.executable, "benchmarks/bench_stream.py", "--quick", "--json", str(out)],
+        [sys.executable, *args, "--json", str(json_to)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,7 +30,12 @@ def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> Non
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    summary = json.loads(out.read_text())["summary"]
+    return completed, json.loads(json_to.read_text())
+
+
+def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> None:
+    completed, found = run("benchmarks/bench_stream.py", "--quick", json_to=tmp_path / "b.json")
+    summary = found["summary"]
     every = {"direct upstream", *IN_PROCESS, *PROXIES}
     assert set(summary["throughput"]) == every
     assert set(summary["paced"]) == every
@@ -53,18 +59,10 @@ def test_the_quick_benchmark_runs_and_delivers_everything(tmp_path: Path) -> Non
 
 
 def test_the_quick_resume_probe_runs_and_delivers_everything(tmp_path: Path) -> None:
-    out = tmp_path / "resume.json"
-    completed = subprocess.run(
-        [sys.executable, "benchmarks/probe.py", "resume", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
     # The probe itself stops with an error if a configuration delivered a wrong event count.
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    summary = json.loads(out.read_text())
+    completed, summary = run(
+        "benchmarks/probe.py", "resume", "--quick", json_to=tmp_path / "r.json"
+    )
     # redis-server is installed wherever the tests run (tests/_redis.py fails without it), so
     # the benchmark's Redis rows must be there: a Redis store that failed is left out with a
     # note by the benchmark, and that is a failure here.
