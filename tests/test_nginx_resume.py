@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 
@@ -309,6 +310,17 @@ async def test_a_stream_started_on_one_bridge_resumes_on_the_other(
     ), other.stream_lines(stream_id)
 
 
+async def follow(group: anyio.abc.TaskGroup, url: str, stream_id: str, last: str) -> Reader:
+    """A reader of ``/streams/<stream_id>`` from event ``last`` on, in ``group``, answered 200."""
+    follower = Reader(
+        f"{url}/streams/{stream_id}",
+        headers={"accept": "text/event-stream", "last-event-id": last},
+    )
+    await group.start(follower.run)
+    assert follower.status == 200
+    return follower
+
+
 async def stop_from_the_other_bridge(fake: str, workdir: Path) -> float:
     """A stream read on its owner and on the other bridge, stopped by a DELETE to the other.
 
@@ -329,12 +341,7 @@ async def stop_from_the_other_bridge(fake: str, workdir: Path) -> float:
             other = deployment.other(owner)
             stream_id = original.response_headers["x-stream-id"]
             await original.wait(lambda reader: len(reader.events) >= 3)
-            follower = Reader(
-                f"{deployment.url}/streams/{stream_id}",
-                headers={"accept": "text/event-stream", "last-event-id": "0"},
-            )
-            await group.start(follower.run)
-            assert follower.status == 200
+            follower = await follow(group, deployment.url, stream_id, "0")
             assert deployment.served(follower.response_headers) is other
             await follower.wait(lambda reader: len(reader.events) >= 5)
             async with httpx.AsyncClient(trust_env=False, timeout=DEADLINE) as client:
@@ -398,12 +405,7 @@ async def test_the_reader_on_the_other_bridge_outlives_the_owners_sigkill(
         other = deployment.other(owner)
         stream_id = first.headers["x-stream-id"]
         async with anyio.create_task_group() as group:
-            follower = Reader(
-                f"{deployment.url}/streams/{stream_id}",
-                headers={"accept": "text/event-stream", "last-event-id": "3"},
-            )
-            await group.start(follower.run)
-            assert follower.status == 200
+            follower = await follow(group, deployment.url, stream_id, "3")
             assert deployment.served(follower.response_headers) is other
             # Mid-stream: the follower is reading live events.
             await follower.wait(lambda reader: len(reader.events) >= 10)
@@ -461,12 +463,7 @@ async def resume_and_stop_through_the_deploy_config(fake: str, workdir: Path) ->
         assert first.status == 200, first.body
         stream_id = first.headers["x-stream-id"]
         async with anyio.create_task_group() as group:
-            follower = Reader(
-                f"{deployment.url}/streams/{stream_id}",
-                headers={"accept": "text/event-stream", "last-event-id": "2"},
-            )
-            await group.start(follower.run)
-            assert follower.status == 200
+            follower = await follow(group, deployment.url, stream_id, "2")
             assert follower.response_headers["content-type"].startswith("text/event-stream")
             # nginx obeys X-Accel-Buffering and hides it from its own client.
             assert "x-accel-buffering" not in follower.response_headers
