@@ -2,11 +2,11 @@
 
 import importlib.metadata
 
-from ._codec import LineDecoder, LineTooLongError, ServerSentEvent
-from ._dialects import DialectFunc
-from ._middleware import SSEBridgeMiddleware
-from ._sidecar import SidecarApp, create_proxy
-from ._translator import Translator
+from sse_bridge._codec import LineDecoder, LineTooLongError, ServerSentEvent
+from sse_bridge._dialects import DialectFunc
+from sse_bridge._middleware import SSEBridgeMiddleware
+from sse_bridge._sidecar import SidecarApp, create_proxy
+from sse_bridge._translator import Translator
 
 __all__ = [
     "DialectFunc",

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ._options import Options, spec_of
-from ._sidecar_options import ServerOptions, SidecarOptions
+from sse_bridge._options import Options, spec_of
+from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 OptionsT = TypeVar("OptionsT", bound=Options)
@@ -98,7 +98,7 @@ def _options_from_click(cls: type[OptionsT], values: dict[str, Any]) -> OptionsT
 @_from_options(SidecarOptions, ServerOptions)
 def serve(**values: Any) -> None:
     """Run the bridge as a reverse proxy in front of an NDJSON server such as Ollama."""
-    from ._server import serve as run
+    from sse_bridge._server import serve as run
 
     try:
         server = _options_from_click(ServerOptions, values)
@@ -155,7 +155,7 @@ def fake_ollama(**options: Any) -> None:
     """
     import uvicorn
 
-    from ._fake import FakeOllama, FakeOllamaConfig
+    from sse_bridge._fake import FakeOllama, FakeOllamaConfig
 
     server = {key: options.pop(key) for key in ("host", "port", "log_level")}
     try:
@@ -185,7 +185,7 @@ def demo(**options: Any) -> None:
 
     import anyio
 
-    from ._demo import run_demo
+    from sse_bridge._demo import run_demo
 
     answer = anyio.run(lambda: run_demo(**options, out=sys.stdout))
     if answer.error or not answer.tokens:
@@ -269,8 +269,8 @@ def probe(
 
     import anyio
 
-    from ._probe import probe as run_probe
-    from ._timeline import timeline_format
+    from sse_bridge._probe import probe as run_probe
+    from sse_bridge._timeline import timeline_format
 
     if plot is not None:
         try:
@@ -304,8 +304,8 @@ def probe(
 
 def _probe_hints(result: Any) -> list[str]:
     """The library's advice in this command's terms: its messages name keyword arguments."""
-    from ._analysis import PACE_UNKNOWN
-    from ._probe import UNTRUSTED
+    from sse_bridge._analysis import PACE_UNKNOWN
+    from sse_bridge._probe import UNTRUSTED
 
     hints = []
     if any(UNTRUSTED in (stream.error or "") for stream in result.streams):
@@ -323,8 +323,8 @@ def _probe_output(result: Any, *, as_json: bool, plot: str | None) -> int:
     """
     import json
 
-    from ._analysis import format_report
-    from ._timeline import write_timeline
+    from sse_bridge._analysis import format_report
+    from sse_bridge._timeline import write_timeline
 
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))

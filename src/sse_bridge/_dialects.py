@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from ._codec import ServerSentEvent, encode_data, encode_json_data
-from ._openai import OpenAITranslator
-from ._translator import (
+from sse_bridge._codec import ServerSentEvent, encode_data, encode_json_data
+from sse_bridge._openai import OpenAITranslator
+from sse_bridge._translator import (
     EMPTY,
     TRUNCATED,
     JSONTranslator,

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 import anyio
 import httpx
 
-from ._headers import RETRY_AFTER, header, media_type, passed_back
-from ._http import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
-from ._types import Receive, Scope, Send
+from sse_bridge._headers import RETRY_AFTER, header, media_type, passed_back
+from sse_bridge._http import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._proxy import Answer, ProxyApp
+    from sse_bridge._proxy import Answer, ProxyApp
 
 logger = logging.getLogger("sse_bridge")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._types import Send
+from sse_bridge._types import Send
 
 # The one contract between the layers of a request (front layer, middleware, proxy): a
 # StreamContext on the scope under this key.

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import uvicorn
 
-from ._types import ASGIApp
+from sse_bridge._types import ASGIApp
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 10.0

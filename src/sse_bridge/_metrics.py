@@ -25,8 +25,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ._http import BUCKETS, Outcome, StreamContext, multiprocess_dir
-from ._types import ASGIApp
+from sse_bridge._http import BUCKETS, Outcome, StreamContext, multiprocess_dir
+from sse_bridge._types import ASGIApp
 
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "broken", "status")
 REFUSAL_REASONS = ("max_streams", "body_too_large", "unauthorized")

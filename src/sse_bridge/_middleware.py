@@ -6,23 +6,23 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from ._codec import (
+from sse_bridge._codec import (
     encode_retry,
 )
-from ._dialects import Dialect, resolve_dialect
-from ._headers import (
+from sse_bridge._dialects import Dialect, resolve_dialect
+from sse_bridge._headers import (
     accepts_event_stream,
     for_app,
 )
-from ._http import EVENT_STREAM_KEY, STREAM_KEY, StreamContext
-from ._options import BridgeOptions, off_as_zero
-from ._responder import Responder
-from ._resume import ResumeStore, open_store
-from ._resume_http import ResumeEndpoints
-from ._types import ASGIApp, Receive, Scope, Send
+from sse_bridge._http import EVENT_STREAM_KEY, STREAM_KEY, StreamContext
+from sse_bridge._options import BridgeOptions, off_as_zero
+from sse_bridge._responder import Responder
+from sse_bridge._resume import ResumeStore, open_store
+from sse_bridge._resume_http import ResumeEndpoints
+from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._metrics import BridgeMetrics
+    from sse_bridge._metrics import BridgeMetrics
 
 logger = logging.getLogger("sse_bridge")
 

@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from ._translator import (
+from sse_bridge._translator import (
     EMPTY,
     TRUNCATED,
     JSONTranslator,

@@ -19,15 +19,15 @@ from urllib.parse import quote
 
 import httpx
 
-from ._exchange import Exchange
-from ._headers import upstream_request_headers
-from ._types import Receive, Scope, Send
+from sse_bridge._exchange import Exchange
+from sse_bridge._headers import upstream_request_headers
+from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._sidecar_options import SidecarOptions
+    from sse_bridge._sidecar_options import SidecarOptions
 
 try:
-    from ._upstream import HttptoolsTransport
+    from sse_bridge._upstream import HttptoolsTransport
 except ImportError:  # httptools is in the speed extra
     HttptoolsTransport = None  # type: ignore[assignment,misc]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import anyio
 
-from ._types import Message, Receive
+from sse_bridge._types import Message, Receive
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 # What the app's read returns when release() cut it short: the client itself may still be there.

@@ -11,12 +11,19 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._redis_client import CONNECT_TIMEOUT, ERRORS, PubSub, Redis, RedisTimeoutError, close
-from ._redis_keys import text
-from ._resume import StoreUnavailableError, UnknownStreamError
+from sse_bridge._redis_client import (
+    CONNECT_TIMEOUT,
+    ERRORS,
+    PubSub,
+    Redis,
+    RedisTimeoutError,
+    close,
+)
+from sse_bridge._redis_keys import text
+from sse_bridge._resume import StoreUnavailableError, UnknownStreamError
 
 if TYPE_CHECKING:
-    from ._resume_redis import RedisStore
+    from sse_bridge._resume_redis import RedisStore
 
 logger = logging.getLogger("sse_bridge")
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._codec import LineDecoder, LineTooLongError, encode_comment
-from ._headers import (
+from sse_bridge._codec import LineDecoder, LineTooLongError, encode_comment
+from sse_bridge._headers import (
     STREAM_ID_HEADER,
     VARY_ACCEPT,
     converted,
@@ -28,15 +28,15 @@ from ._headers import (
     media_type,
     replaced,
 )
-from ._http import Outcome, StreamContext, on_asyncio
-from ._receive import SharedReceive
-from ._resume import Recording, ResumeError
-from ._resume_http import with_stream_id
-from ._translator import Translator
-from ._types import Message, Receive, Scope, Send
+from sse_bridge._http import Outcome, StreamContext, on_asyncio
+from sse_bridge._receive import SharedReceive
+from sse_bridge._resume import Recording, ResumeError
+from sse_bridge._resume_http import with_stream_id
+from sse_bridge._translator import Translator
+from sse_bridge._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._middleware import SSEBridgeMiddleware
+    from sse_bridge._middleware import SSEBridgeMiddleware
 
 logger = logging.getLogger("sse_bridge")
 

@@ -21,7 +21,7 @@ from typing import Protocol, TypeGuard
 
 import anyio
 
-from ._validate import check_count, check_seconds
+from sse_bridge._validate import check_count, check_seconds
 
 # 16 random bytes (128 bits) as 22 URL-safe characters.
 STREAM_ID_BYTES = 16
@@ -388,7 +388,7 @@ def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | Non
     if resume == "memory":
         return MemoryStore(ttl=ttl)
     if _is_redis_url(resume):
-        from ._resume_redis import RedisStore
+        from sse_bridge._resume_redis import RedisStore
 
         return RedisStore(resume, ttl=ttl)
     return resume  # type: ignore[return-value]

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._codec import encode_comment
-from ._headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
-from ._http import STREAM_KEY, Outcome, StreamContext, send_json
-from ._resume import (
+from sse_bridge._codec import encode_comment
+from sse_bridge._headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
+from sse_bridge._http import STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._resume import (
     STREAM_ID,
     BadPositionError,
     Follower,
@@ -33,10 +33,10 @@ from ._resume import (
     UnknownStreamError,
     parse_position,
 )
-from ._types import Message, Receive, Scope, Send
+from sse_bridge._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._middleware import SSEBridgeMiddleware
+    from sse_bridge._middleware import SSEBridgeMiddleware
 
 logger = logging.getLogger("sse_bridge")
 

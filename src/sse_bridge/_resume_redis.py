@@ -20,12 +20,12 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from ._redis_client import ERRORS, SCHEMES, UNREACHABLE, Redis, connect, reason, redact
-from ._redis_instance import beat, listen, stop_elsewhere, subscribe
-from ._redis_keys import Keys
-from ._redis_reader import RedisFollower, finish_orphan, position
-from ._redis_writer import FLUSH_WINDOW, RedisRecording, Writer
-from ._resume import (
+from sse_bridge._redis_client import ERRORS, SCHEMES, UNREACHABLE, Redis, connect, reason, redact
+from sse_bridge._redis_instance import beat, listen, stop_elsewhere, subscribe
+from sse_bridge._redis_keys import Keys
+from sse_bridge._redis_reader import RedisFollower, finish_orphan, position
+from sse_bridge._redis_writer import FLUSH_WINDOW, RedisRecording, Writer
+from sse_bridge._resume import (
     DEFAULT_MAX_STREAM_BYTES,
     DEFAULT_TTL,
     BadPositionError,
@@ -33,7 +33,7 @@ from ._resume import (
     StoreUnavailableError,
     new_stream_id,
 )
-from ._validate import check_count, check_seconds
+from sse_bridge._validate import check_count, check_seconds
 
 __all__ = ["RedisStore", "redact"]
 

@@ -13,10 +13,10 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from ._http import MULTIPROC_ENV, multiprocess_dir
-from ._resume import ResumeError
-from ._sidecar import SidecarApp, build_sidecar
-from ._sidecar_options import ServerOptions, SidecarOptions
+from sse_bridge._http import MULTIPROC_ENV, multiprocess_dir
+from sse_bridge._resume import ResumeError
+from sse_bridge._sidecar import SidecarApp, build_sidecar
+from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
 
 CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
 
@@ -69,7 +69,7 @@ def _serve(server: ServerOptions, options: SidecarOptions) -> None:
         # Served by this process, apart from the API and its key, for all the workers.
         from prometheus_client import start_http_server
 
-        from ._metrics import collecting_registry
+        from sse_bridge._metrics import collecting_registry
 
         metrics_server, _ = start_http_server(
             options.metrics_port, addr=server.host, registry=collecting_registry(None)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
-from ._dialects import Dialect
-from ._headers import (
+from sse_bridge._dialects import Dialect
+from sse_bridge._headers import (
     CORS_ALLOW_HEADERS,
     CORS_ALLOW_METHODS,
     CORS_EXPOSE_HEADERS,
@@ -27,16 +27,16 @@ from ._headers import (
     bearer_token,
     header,
 )
-from ._http import STREAM_KEY, StreamContext, send_json
-from ._middleware import SSEBridgeMiddleware
-from ._options import off_as_zero
-from ._proxy import ProxyApp
-from ._resume import ResumeStore
-from ._sidecar_options import SidecarOptions
-from ._types import ASGIApp, Receive, Scope, Send
+from sse_bridge._http import STREAM_KEY, StreamContext, send_json
+from sse_bridge._middleware import SSEBridgeMiddleware
+from sse_bridge._options import off_as_zero
+from sse_bridge._proxy import ProxyApp
+from sse_bridge._resume import ResumeStore
+from sse_bridge._sidecar_options import SidecarOptions
+from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ._metrics import BridgeMetrics
+    from sse_bridge._metrics import BridgeMetrics
 
 _DEFAULT: dict[str, Any] = {item.name: item.default for item in fields(SidecarOptions)}
 logger = logging.getLogger("sse_bridge")
@@ -327,7 +327,7 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         try:
             from prometheus_client import CollectorRegistry
 
-            from ._metrics import BridgeMetrics
+            from sse_bridge._metrics import BridgeMetrics
         except ImportError:
             raise ValueError(
                 "metrics need prometheus-client: pip install 'sse-bridge[metrics]'"

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._options import BridgeOptions, Options, Spec, option, required
-from ._proxy import COMMIT_PATHS, parse_upstream
+from sse_bridge._options import BridgeOptions, Options, Spec, option, required
+from sse_bridge._proxy import COMMIT_PATHS, parse_upstream
 
 MiB = 1024 * 1024
 

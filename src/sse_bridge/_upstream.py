@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from ._headers import request_framing
-from ._upstream_connection import Connection, wait_within
+from sse_bridge._headers import request_framing
+from sse_bridge._upstream_connection import Connection, wait_within
 
 
 class _Body(httpx.AsyncByteStream):

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import httptools
 import httpx
 
-from ._headers import body_ends_with_close
+from sse_bridge._headers import body_ends_with_close
 
 if TYPE_CHECKING:
-    from ._upstream import Pool
+    from sse_bridge._upstream import Pool
 
 # Body bytes held for a consumer that has not read them yet before the socket stops being read:
 # the upstream then waits (TCP backpressure), as it would behind a slow client.

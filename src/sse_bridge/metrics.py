@@ -7,11 +7,11 @@ Make one, pass it as ``metrics=`` to :class:`~sse_bridge.SSEBridgeMiddleware`, a
 from __future__ import annotations
 
 try:
-    from ._metrics import BridgeMetrics
+    from sse_bridge._metrics import BridgeMetrics
 except ImportError as exc:  # pragma: no cover - the tests run with the extra installed
     raise ImportError(
         "sse_bridge.metrics needs prometheus-client: pip install 'sse-bridge[metrics]'"
     ) from exc
-from ._http import BUCKETS
+from sse_bridge._http import BUCKETS
 
 __all__ = ["BUCKETS", "BridgeMetrics"]

@@ -8,16 +8,16 @@ The probe (``probe``, ``read_stream``, ``analyse``...) lives in :mod:`sse_bridge
 it from here still works for one release, with a DeprecationWarning.
 """
 
-from ._fake import (
+from sse_bridge._fake import (
     FakeOllama,
     FakeOllamaAbort,
     FakeOllamaConfig,
     RequestRecord,
     answer_tokens,
 )
-from ._loopback import serve_in_thread
-from ._moved import moved
-from ._sse_parser import ParsedEvent, SSEParser, parse_sse
+from sse_bridge._loopback import serve_in_thread
+from sse_bridge._moved import moved
+from sse_bridge._sse_parser import ParsedEvent, SSEParser, parse_sse
 
 __all__ = [
     "FakeOllama",

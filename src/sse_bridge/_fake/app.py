@@ -9,18 +9,25 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .config import FakeOllamaConfig
-from .exchange import Exchange, read_body
-from .generation import Generation
-from .job import Reject, canonical, plan_chat, plan_generate, plan_openai_chat, read_request
-from .records import RecordBook, RequestRecord
-from .wire import JSON, ChatFraming, Framing, GenerateFraming, OpenAIChatFraming
+from sse_bridge._fake.config import FakeOllamaConfig
+from sse_bridge._fake.exchange import Exchange, read_body
+from sse_bridge._fake.generation import Generation
+from sse_bridge._fake.job import (
+    Reject,
+    canonical,
+    plan_chat,
+    plan_generate,
+    plan_openai_chat,
+    read_request,
+)
+from sse_bridge._fake.records import RecordBook, RequestRecord
+from sse_bridge._fake.wire import JSON, ChatFraming, Framing, GenerateFraming, OpenAIChatFraming
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from .._types import Receive, Scope, Send
-    from .job import Job, Request
+    from sse_bridge._fake.job import Job, Request
+    from sse_bridge._types import Receive, Scope, Send
 
 OLLAMA_VERSION = "0.12.0"
 

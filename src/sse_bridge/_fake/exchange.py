@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .wire import JSON, encode
+from sse_bridge._fake.wire import JSON, encode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from .._types import Message, Receive, Scope, Send
-    from .records import RecordBook, RequestRecord
+    from sse_bridge._fake.records import RecordBook, RequestRecord
+    from sse_bridge._types import Message, Receive, Scope, Send
 
 
 async def read_body(receive: Receive) -> bytes | None:
