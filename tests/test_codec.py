@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_bridge import LineDecoder, LineTooLongError, ServerSentEvent
-from sse_bridge._codec import encode_comment, encode_retry
-from sse_bridge._sse_parser import parse_sse
+from sse_bridge._core.codec import encode_comment, encode_retry
+from sse_bridge._core.sse_parser import parse_sse
 
 
 def decode_all(chunks: list[bytes], max_line_bytes: int = 1 << 20) -> list[str]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_bridge import _translator
-from sse_bridge._codec import ServerSentEvent
+from sse_bridge._core.codec import ServerSentEvent
 from sse_bridge._dialects import resolve_dialect
 from sse_bridge._translator import dumps, json_event, json_string
 

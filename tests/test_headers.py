@@ -10,7 +10,8 @@ import pytest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.testclient import TestClient
 
-from sse_bridge._headers import (
+from sse_bridge._core.context import NDJSON_TYPES
+from sse_bridge._core.headers import (
     BODY_HEADERS,
     CORS_ALLOW_HEADERS,
     CORS_ALLOW_METHODS,
@@ -32,7 +33,6 @@ from sse_bridge._headers import (
     upstream_request_headers,
     without_hop_by_hop,
 )
-from sse_bridge._http import NDJSON_TYPES
 from sse_bridge._types import Receive, Scope, Send
 
 KEPT = (b"x-kept", b"1")

@@ -78,7 +78,7 @@ def reach(module: str) -> frozenset[str]:
     return frozenset(seen)
 
 
-SSE = {"_codec", "_dialects", "_translator", "_openai", "_middleware", "_responder"}
+SSE = {"_core.codec", "_dialects", "_translator", "_openai", "_middleware", "_responder"}
 SIDECAR = {
     "_proxy",
     "_exchange",
@@ -94,11 +94,11 @@ COMMANDS = {"_cli", "_server", "_demo"}
     ("modules", "never"),
     [
         # The codec: bytes in, lines and events out; no I/O.
-        ({"_codec"}, IO | SSE - {"_codec"} | SIDECAR | COMMANDS),
+        ({"_core.codec"}, IO | SSE - {"_core.codec"} | SIDECAR | COMMANDS),
         # The dialects: one object to events; pure.
         ({"_dialects", "_translator", "_openai"}, IO | SIDECAR | COMMANDS | {"_middleware"}),
         # The header rules: pure.
-        ({"_headers"}, IO | SSE | SIDECAR | COMMANDS),
+        ({"_core.headers"}, IO | SSE | SIDECAR | COMMANDS),
         # The middleware knows nothing of the proxy, the sidecar or the commands.
         ({"_middleware", "_responder", "_receive", "_resume_http"}, {"httpx", "click"} | SIDECAR),
         # The proxy knows no SSE.
@@ -126,8 +126,8 @@ def test_production_code_never_imports_the_fake() -> None:
 
 def test_the_rules_are_checked_against_real_imports() -> None:
     # A rule over modules that do not exist, or imports not found, would pass for nothing.
-    assert {"_codec", "_middleware", "_proxy", "_cli", "_fake"} <= set(MODULES)
-    assert "_codec" in reach("_middleware")
+    assert {"_core.codec", "_middleware", "_proxy", "_cli", "_fake"} <= set(MODULES)
+    assert "_core.codec" in reach("_middleware")
     assert "httpx" in reach("_proxy")
     assert "_proxy" in reach("_sidecar")
     assert "_fake" in reach("_demo")

@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 
 from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
-from sse_bridge._http import BUCKETS, StreamContext
+from sse_bridge._core.context import BUCKETS, StreamContext
 from sse_bridge.metrics import BridgeMetrics
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._servers import serve

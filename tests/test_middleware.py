@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from sse_bridge import SSEBridgeMiddleware
-from sse_bridge._http import EVENT_STREAM_KEY as SCOPE_KEY
+from sse_bridge._core.context import EVENT_STREAM_KEY as SCOPE_KEY
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data, httpx_sse_json
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from sse_bridge import ServerSentEvent, SSEBridgeMiddleware
-from sse_bridge._http import STREAM_KEY, Outcome, StreamContext
+from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._receive import SharedReceive
 from sse_bridge._resume import (
     ATTENDED_FOR,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sse_bridge._sse_parser import ParsedEvent, SSEParser, parse_sse
+from sse_bridge._core.sse_parser import ParsedEvent, SSEParser, parse_sse
 
 
 @pytest.mark.parametrize(

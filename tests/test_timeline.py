@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from sse_bridge._cli import main
-from sse_bridge._sse_parser import ParsedEvent
+from sse_bridge._core.sse_parser import ParsedEvent
 from sse_bridge._timeline import render_timeline, timeline_format, write_timeline
 from sse_bridge.probe import ProbeResult, Stream, analyse
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig

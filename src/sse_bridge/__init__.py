@@ -2,7 +2,7 @@
 
 import importlib.metadata
 
-from sse_bridge._codec import LineDecoder, LineTooLongError, ServerSentEvent
+from sse_bridge._core.codec import LineDecoder, LineTooLongError, ServerSentEvent
 from sse_bridge._dialects import DialectFunc
 from sse_bridge._middleware import SSEBridgeMiddleware
 from sse_bridge._sidecar import SidecarApp, create_proxy

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from sse_bridge._codec import ServerSentEvent, encode_data, encode_json_data
+from sse_bridge._core.codec import ServerSentEvent, encode_data, encode_json_data
 from sse_bridge._openai import OpenAITranslator
 from sse_bridge._translator import (
     EMPTY,

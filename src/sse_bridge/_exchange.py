@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import anyio
 import httpx
 
-from sse_bridge._headers import RETRY_AFTER, header, media_type, passed_back
-from sse_bridge._http import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._core.context import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._core.headers import RETRY_AFTER, header, media_type, passed_back
 from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:

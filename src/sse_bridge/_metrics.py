@@ -25,7 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from sse_bridge._http import BUCKETS, Outcome, StreamContext, multiprocess_dir
+from sse_bridge._core.context import BUCKETS, Outcome, StreamContext, multiprocess_dir
 from sse_bridge._types import ASGIApp
 
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "broken", "status")

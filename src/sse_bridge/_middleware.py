@@ -6,15 +6,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from sse_bridge._codec import (
+from sse_bridge._core.codec import (
     encode_retry,
 )
-from sse_bridge._dialects import Dialect, resolve_dialect
-from sse_bridge._headers import (
+from sse_bridge._core.context import EVENT_STREAM_KEY, STREAM_KEY, StreamContext
+from sse_bridge._core.headers import (
     accepts_event_stream,
     for_app,
 )
-from sse_bridge._http import EVENT_STREAM_KEY, STREAM_KEY, StreamContext
+from sse_bridge._dialects import Dialect, resolve_dialect
 from sse_bridge._options import BridgeOptions, off_as_zero
 from sse_bridge._responder import Responder
 from sse_bridge._resume import ResumeStore, open_store

@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 import h11
 
-from sse_bridge._sse_parser import ParsedEvent, SSEParser
+from sse_bridge._core.sse_parser import ParsedEvent, SSEParser
 
 if TYPE_CHECKING:
     import h2.connection

@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
+from sse_bridge._core.headers import upstream_request_headers
 from sse_bridge._exchange import Exchange
-from sse_bridge._headers import upstream_request_headers
 from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from sse_bridge._codec import LineDecoder, LineTooLongError, encode_comment
-from sse_bridge._headers import (
+from sse_bridge._core.codec import LineDecoder, LineTooLongError, encode_comment
+from sse_bridge._core.context import Outcome, StreamContext, on_asyncio
+from sse_bridge._core.headers import (
     STREAM_ID_HEADER,
     VARY_ACCEPT,
     converted,
@@ -28,7 +29,6 @@ from sse_bridge._headers import (
     media_type,
     replaced,
 )
-from sse_bridge._http import Outcome, StreamContext, on_asyncio
 from sse_bridge._receive import SharedReceive
 from sse_bridge._resume import Recording, ResumeError
 from sse_bridge._resume_http import with_stream_id

@@ -21,7 +21,7 @@ from typing import Protocol, TypeGuard
 
 import anyio
 
-from sse_bridge._validate import check_count, check_seconds
+from sse_bridge._core.validate import check_count, check_seconds
 
 # 16 random bytes (128 bits) as 22 URL-safe characters.
 STREAM_ID_BYTES = 16

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from sse_bridge._codec import encode_comment
-from sse_bridge._headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
-from sse_bridge._http import STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._core.codec import encode_comment
+from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
 from sse_bridge._resume import (
     STREAM_ID,
     BadPositionError,

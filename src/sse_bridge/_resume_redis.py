@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from sse_bridge._core.validate import check_count, check_seconds
 from sse_bridge._redis_client import ERRORS, SCHEMES, UNREACHABLE, Redis, connect, reason, redact
 from sse_bridge._redis_instance import beat, listen, stop_elsewhere, subscribe
 from sse_bridge._redis_keys import Keys
@@ -33,7 +34,6 @@ from sse_bridge._resume import (
     StoreUnavailableError,
     new_stream_id,
 )
-from sse_bridge._validate import check_count, check_seconds
 
 __all__ = ["RedisStore", "redact"]
 

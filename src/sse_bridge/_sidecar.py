@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
-from sse_bridge._dialects import Dialect
-from sse_bridge._headers import (
+from sse_bridge._core.context import STREAM_KEY, StreamContext, send_json
+from sse_bridge._core.headers import (
     CORS_ALLOW_HEADERS,
     CORS_ALLOW_METHODS,
     CORS_EXPOSE_HEADERS,
@@ -27,7 +27,7 @@ from sse_bridge._headers import (
     bearer_token,
     header,
 )
-from sse_bridge._http import STREAM_KEY, StreamContext, send_json
+from sse_bridge._dialects import Dialect
 from sse_bridge._middleware import SSEBridgeMiddleware
 from sse_bridge._options import off_as_zero
 from sse_bridge._proxy import ProxyApp

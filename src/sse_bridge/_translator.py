@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from json.encoder import encode_basestring
 from typing import Any
 
-from sse_bridge._codec import encode_data
+from sse_bridge._core.codec import encode_data
 
 try:
     import orjson

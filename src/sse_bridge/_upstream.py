@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from sse_bridge._headers import request_framing
+from sse_bridge._core.headers import request_framing
 from sse_bridge._upstream_connection import Connection, wait_within
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import httptools
 import httpx
 
-from sse_bridge._headers import body_ends_with_close
+from sse_bridge._core.headers import body_ends_with_close
 
 if TYPE_CHECKING:
     from sse_bridge._upstream import Pool

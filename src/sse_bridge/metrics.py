@@ -12,6 +12,6 @@ except ImportError as exc:  # pragma: no cover - the tests run with the extra in
     raise ImportError(
         "sse_bridge.metrics needs prometheus-client: pip install 'sse-bridge[metrics]'"
     ) from exc
-from sse_bridge._http import BUCKETS
+from sse_bridge._core.context import BUCKETS
 
 __all__ = ["BUCKETS", "BridgeMetrics"]

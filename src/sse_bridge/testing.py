@@ -8,6 +8,7 @@ The probe (``probe``, ``read_stream``, ``analyse``...) lives in :mod:`sse_bridge
 it from here still works for one release, with a DeprecationWarning.
 """
 
+from sse_bridge._core.sse_parser import ParsedEvent, SSEParser, parse_sse
 from sse_bridge._fake import (
     FakeOllama,
     FakeOllamaAbort,
@@ -17,7 +18,6 @@ from sse_bridge._fake import (
 )
 from sse_bridge._loopback import serve_in_thread
 from sse_bridge._moved import moved
-from sse_bridge._sse_parser import ParsedEvent, SSEParser, parse_sse
 
 __all__ = [
     "FakeOllama",

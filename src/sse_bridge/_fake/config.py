@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from sse_bridge._validate import check_count, check_seconds
+from sse_bridge._core.validate import check_count, check_seconds
 
 Failure = Literal["error", "close"]
 

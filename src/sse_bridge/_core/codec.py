@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sse_bridge._validate import check_count
+from sse_bridge._core.validate import check_count
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
 
