@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 
 import sse_bridge
 from sse_bridge import LineDecoder, ServerSentEvent, SSEBridgeMiddleware, Translator
-from sse_bridge._dialects import CallableTranslator, resolve_dialect
-from sse_bridge._translator import JSONTranslator, dumps
+from sse_bridge._dialects.builtin import CallableTranslator, resolve_dialect
+from sse_bridge._dialects.translator import JSONTranslator, dumps
 from sse_bridge._types import Receive, Scope, Send
 from tests._sse import FIXTURES, fixture, httpx_sse_data, httpx_sse_json
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_bridge import _translator
 from sse_bridge._core.codec import ServerSentEvent
-from sse_bridge._dialects import resolve_dialect
-from sse_bridge._translator import dumps, json_event, json_string
+from sse_bridge._dialects import translator as _translator
+from sse_bridge._dialects.builtin import resolve_dialect
+from sse_bridge._dialects.translator import dumps, json_event, json_string
 
 # Text with what JSON and SSE find awkward: quotes, controls, line separators, lone surrogates.
 awkward = st.text(

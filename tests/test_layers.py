@@ -78,7 +78,14 @@ def reach(module: str) -> frozenset[str]:
     return frozenset(seen)
 
 
-SSE = {"_core.codec", "_dialects", "_translator", "_openai", "_middleware", "_responder"}
+SSE = {
+    "_core.codec",
+    "_dialects.builtin",
+    "_dialects.translator",
+    "_dialects.openai",
+    "_middleware",
+    "_responder",
+}
 SIDECAR = {
     "_proxy",
     "_exchange",
@@ -96,7 +103,10 @@ COMMANDS = {"_cli", "_server", "_demo"}
         # The codec: bytes in, lines and events out; no I/O.
         ({"_core.codec"}, IO | SSE - {"_core.codec"} | SIDECAR | COMMANDS),
         # The dialects: one object to events; pure.
-        ({"_dialects", "_translator", "_openai"}, IO | SIDECAR | COMMANDS | {"_middleware"}),
+        (
+            {"_dialects.builtin", "_dialects.translator", "_dialects.openai"},
+            IO | SIDECAR | COMMANDS | {"_middleware"},
+        ),
         # The header rules: pure.
         ({"_core.headers"}, IO | SSE | SIDECAR | COMMANDS),
         # The middleware knows nothing of the proxy, the sidecar or the commands.

@@ -3,10 +3,10 @@
 import importlib.metadata
 
 from sse_bridge._core.codec import LineDecoder, LineTooLongError, ServerSentEvent
-from sse_bridge._dialects import DialectFunc
+from sse_bridge._dialects.builtin import DialectFunc
+from sse_bridge._dialects.translator import Translator
 from sse_bridge._middleware import SSEBridgeMiddleware
 from sse_bridge._sidecar import SidecarApp, create_proxy
-from sse_bridge._translator import Translator
 
 __all__ = [
     "DialectFunc",

@@ -14,7 +14,7 @@ from sse_bridge._core.headers import (
     accepts_event_stream,
     for_app,
 )
-from sse_bridge._dialects import Dialect, resolve_dialect
+from sse_bridge._dialects.builtin import Dialect, resolve_dialect
 from sse_bridge._options import BridgeOptions, off_as_zero
 from sse_bridge._responder import Responder
 from sse_bridge._resume import ResumeStore, open_store

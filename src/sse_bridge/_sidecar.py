@@ -27,7 +27,7 @@ from sse_bridge._core.headers import (
     bearer_token,
     header,
 )
-from sse_bridge._dialects import Dialect
+from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware import SSEBridgeMiddleware
 from sse_bridge._options import off_as_zero
 from sse_bridge._proxy import ProxyApp

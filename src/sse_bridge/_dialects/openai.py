@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from sse_bridge._translator import (
+from sse_bridge._dialects.translator import (
     EMPTY,
     TRUNCATED,
     JSONTranslator,

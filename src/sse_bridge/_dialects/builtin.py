@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from sse_bridge._core.codec import ServerSentEvent, encode_data, encode_json_data
-from sse_bridge._openai import OpenAITranslator
-from sse_bridge._translator import (
+from sse_bridge._dialects.openai import OpenAITranslator
+from sse_bridge._dialects.translator import (
     EMPTY,
     TRUNCATED,
     JSONTranslator,
