@@ -257,8 +257,8 @@ def redis_missing() -> str | None:
         return "redis-server is not installed (apt-get install redis-server)"
     if importlib.util.find_spec("redis") is None:
         return "the redis package is not installed (pip install 'redis>=5')"
-    if importlib.util.find_spec("sse_bridge._resume_redis") is None:
-        return "this checkout has no Redis store (sse_bridge._resume_redis)"
+    if importlib.util.find_spec("sse_bridge._resume.redis.store") is None:
+        return "this checkout has no Redis store (sse_bridge._resume.redis.store)"
     return None
 
 

@@ -110,7 +110,7 @@ COMMANDS = {"_cli", "_server", "_demo"}
         # The header rules: pure.
         ({"_core.headers"}, IO | SSE | SIDECAR | COMMANDS),
         # The middleware knows nothing of the proxy, the sidecar or the commands.
-        ({"_middleware", "_responder", "_receive", "_resume_http"}, {"httpx", "click"} | SIDECAR),
+        ({"_middleware", "_responder", "_receive", "_resume.http"}, {"httpx", "click"} | SIDECAR),
         # The proxy knows no SSE.
         ({"_proxy", "_exchange", "_upstream", "_upstream_connection"}, SSE | COMMANDS | {"click"}),
     ],

@@ -14,7 +14,7 @@ import pytest
 from sse_bridge import ServerSentEvent, SSEBridgeMiddleware
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._receive import SharedReceive
-from sse_bridge._resume import (
+from sse_bridge._resume.store import (
     ATTENDED_FOR,
     BadPositionError,
     EventsGoneError,
@@ -28,7 +28,7 @@ from sse_bridge._resume import (
     open_store,
     parse_position,
 )
-from sse_bridge._resume_http import OPEN_RETRY
+from sse_bridge._resume.http import OPEN_RETRY
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data
 from tests.test_middleware import NDJSON, Client, http_scope
@@ -789,7 +789,7 @@ async def test_a_server_that_raises_for_a_gone_client_leaves_the_generation_runn
 
 def test_the_public_module_names_the_stores() -> None:
     from sse_bridge import resume
-    from sse_bridge._resume_redis import RedisStore
+    from sse_bridge._resume.redis.store import RedisStore
 
     assert resume.MemoryStore is MemoryStore
     assert resume.RedisStore is RedisStore

@@ -24,7 +24,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 from openai.types.chat import ChatCompletionMessageParam
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
-from sse_bridge._resume import STREAM_ID
+from sse_bridge._resume.store import STREAM_ID
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, answer_tokens
 from tests._redis import redis_server

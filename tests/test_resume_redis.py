@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 
 from loadtests.stack import free_port
 from sse_bridge import _redis_writer
-from sse_bridge._redis_keys import Keys, entries, parse_id, text
-from sse_bridge._resume import (
+from sse_bridge._resume.redis.keys import Keys, entries, parse_id, text
+from sse_bridge._resume.store import (
     BadPositionError,
     Batch,
     EventsGoneError,
@@ -29,7 +29,7 @@ from sse_bridge._resume import (
     StoreUnavailableError,
     UnknownStreamError,
 )
-from sse_bridge._resume_redis import RedisStore, redact
+from sse_bridge._resume.redis.store import RedisStore, redact
 from tests._redis import RedisServer, ping, redis_binary, redis_server, running_redis
 
 pytestmark = pytest.mark.anyio
@@ -380,7 +380,7 @@ async def test_attended_sees_readers_on_this_and_other_instances(url: str) -> No
 
 CHILD = """
 import asyncio, sys
-from sse_bridge._resume_redis import RedisStore, redact
+from sse_bridge._resume.redis.store import RedisStore, redact
 
 async def main() -> None:
     store = RedisStore(sys.argv[1], heartbeat=float(sys.argv[2]))
@@ -658,11 +658,11 @@ def test_bad_options_are_refused(url: str, options: dict[str, Any], message: str
 
 def test_without_redis_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # The import of redis-py is in _redis_client, which every part of the store imports.
-    monkeypatch.delitem(sys.modules, "sse_bridge._resume_redis")
-    monkeypatch.delitem(sys.modules, "sse_bridge._redis_client")
+    monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.store")
+    monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.client")
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(ImportError, match=r"pip install 'sse-bridge\[resume\]'"):
-        importlib.import_module("sse_bridge._resume_redis")
+        importlib.import_module("sse_bridge._resume.redis.store")
 
 
 def test_without_redis_server_the_tests_fail_and_say_how_to_get_it(

@@ -14,7 +14,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from sse_bridge._core.context import MULTIPROC_ENV, multiprocess_dir
-from sse_bridge._resume import ResumeError
+from sse_bridge._resume.store import ResumeError
 from sse_bridge._sidecar import SidecarApp, build_sidecar
 from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
 

@@ -31,7 +31,7 @@ from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware import SSEBridgeMiddleware
 from sse_bridge._options import off_as_zero
 from sse_bridge._proxy import ProxyApp
-from sse_bridge._resume import ResumeStore
+from sse_bridge._resume.store import ResumeStore
 from sse_bridge._sidecar_options import SidecarOptions
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sse_bridge._resume import (
+from sse_bridge._resume.store import (
     BadPositionError,
     EventsGoneError,
     Follower,
@@ -23,7 +23,7 @@ from sse_bridge._resume import (
 )
 
 if TYPE_CHECKING:
-    from sse_bridge._resume_redis import RedisStore
+    from sse_bridge._resume.redis.store import RedisStore
 
 __all__ = [
     "BadPositionError",
@@ -42,7 +42,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "RedisStore":
-        from sse_bridge._resume_redis import RedisStore
+        from sse_bridge._resume.redis.store import RedisStore
 
         return RedisStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from sse_bridge._redis_client import (
+from sse_bridge._resume.redis.client import (
     CONNECT_TIMEOUT,
     ERRORS,
     PubSub,
@@ -19,11 +19,11 @@ from sse_bridge._redis_client import (
     RedisTimeoutError,
     close,
 )
-from sse_bridge._redis_keys import text
-from sse_bridge._resume import StoreUnavailableError, UnknownStreamError
+from sse_bridge._resume.redis.keys import text
+from sse_bridge._resume.store import StoreUnavailableError, UnknownStreamError
 
 if TYPE_CHECKING:
-    from sse_bridge._resume_redis import RedisStore
+    from sse_bridge._resume.redis.store import RedisStore
 
 logger = logging.getLogger("sse_bridge")
 

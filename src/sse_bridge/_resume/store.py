@@ -388,7 +388,7 @@ def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | Non
     if resume == "memory":
         return MemoryStore(ttl=ttl)
     if _is_redis_url(resume):
-        from sse_bridge._resume_redis import RedisStore
+        from sse_bridge._resume.redis.store import RedisStore
 
         return RedisStore(resume, ttl=ttl)
     return resume  # type: ignore[return-value]

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 
-from sse_bridge._redis_client import ERRORS, UNREACHABLE, Pipeline, reason
+from sse_bridge._resume.redis.client import ERRORS, UNREACHABLE, Pipeline, reason
 
 if TYPE_CHECKING:
-    from sse_bridge._resume_redis import RedisStore
+    from sse_bridge._resume.redis.store import RedisStore
 
 logger = logging.getLogger("sse_bridge")
 

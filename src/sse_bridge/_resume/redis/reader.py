@@ -7,12 +7,12 @@ import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
-from sse_bridge._redis_client import ERRORS, WatchError, start_transaction
-from sse_bridge._redis_keys import entries, parse_id, text
-from sse_bridge._resume import Batch, EventsGoneError, OwnerLostError, UnknownStreamError
+from sse_bridge._resume.redis.client import ERRORS, WatchError, start_transaction
+from sse_bridge._resume.redis.keys import entries, parse_id, text
+from sse_bridge._resume.store import Batch, EventsGoneError, OwnerLostError, UnknownStreamError
 
 if TYPE_CHECKING:
-    from sse_bridge._resume_redis import RedisStore
+    from sse_bridge._resume.redis.store import RedisStore
 
 # Entries one XREAD returns: bounds a round trip.
 READ_COUNT = 1000

@@ -21,7 +21,7 @@ import anyio
 from sse_bridge._core.codec import encode_comment
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext, send_json
 from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
-from sse_bridge._resume import (
+from sse_bridge._resume.store import (
     STREAM_ID,
     BadPositionError,
     Follower,

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 import anyio
 
 from sse_bridge._core.validate import check_count, check_seconds
-from sse_bridge._redis_client import ERRORS, SCHEMES, UNREACHABLE, Redis, connect, reason, redact
-from sse_bridge._redis_instance import beat, listen, stop_elsewhere, subscribe
-from sse_bridge._redis_keys import Keys
-from sse_bridge._redis_reader import RedisFollower, finish_orphan, position
-from sse_bridge._redis_writer import FLUSH_WINDOW, RedisRecording, Writer
-from sse_bridge._resume import (
+from sse_bridge._resume.redis.client import ERRORS, SCHEMES, UNREACHABLE, Redis, connect, reason, redact
+from sse_bridge._resume.redis.instance import beat, listen, stop_elsewhere, subscribe
+from sse_bridge._resume.redis.keys import Keys
+from sse_bridge._resume.redis.reader import RedisFollower, finish_orphan, position
+from sse_bridge._resume.redis.writer import FLUSH_WINDOW, RedisRecording, Writer
+from sse_bridge._resume.store import (
     DEFAULT_MAX_STREAM_BYTES,
     DEFAULT_TTL,
     BadPositionError,

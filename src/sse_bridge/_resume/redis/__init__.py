@@ -1,0 +1,1 @@
+"""The Redis store (the ``resume`` extra): several bridge instances share their streams."""
