@@ -14,6 +14,7 @@ import pytest
 from sse_bridge import ServerSentEvent, SSEBridgeMiddleware
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._receive import SharedReceive
+from sse_bridge._resume.http import OPEN_RETRY
 from sse_bridge._resume.store import (
     ATTENDED_FOR,
     BadPositionError,
@@ -28,7 +29,6 @@ from sse_bridge._resume.store import (
     open_store,
     parse_position,
 )
-from sse_bridge._resume.http import OPEN_RETRY
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data
 from tests.test_middleware import NDJSON, Client, http_scope

@@ -17,8 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from loadtests.stack import free_port
-from sse_bridge import _redis_writer
+from sse_bridge._resume.redis import writer as _redis_writer
 from sse_bridge._resume.redis.keys import Keys, entries, parse_id, text
+from sse_bridge._resume.redis.store import RedisStore, redact
 from sse_bridge._resume.store import (
     BadPositionError,
     Batch,
@@ -29,7 +30,6 @@ from sse_bridge._resume.store import (
     StoreUnavailableError,
     UnknownStreamError,
 )
-from sse_bridge._resume.redis.store import RedisStore, redact
 from tests._redis import RedisServer, ping, redis_binary, redis_server, running_redis
 
 pytestmark = pytest.mark.anyio

@@ -31,8 +31,8 @@ from sse_bridge._core.headers import (
 )
 from sse_bridge._dialects.translator import Translator
 from sse_bridge._receive import SharedReceive
-from sse_bridge._resume.store import Recording, ResumeError
 from sse_bridge._resume.http import with_stream_id
+from sse_bridge._resume.store import Recording, ResumeError
 from sse_bridge._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -69,7 +69,7 @@ def _serve(server: ServerOptions, options: SidecarOptions) -> None:
         # Served by this process, apart from the API and its key, for all the workers.
         from prometheus_client import start_http_server
 
-        from sse_bridge._metrics import collecting_registry
+        from sse_bridge._metrics.prometheus import collecting_registry
 
         metrics_server, _ = start_http_server(
             options.metrics_port, addr=server.host, registry=collecting_registry(None)

@@ -36,7 +36,7 @@ from sse_bridge._sidecar_options import SidecarOptions
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from sse_bridge._metrics import BridgeMetrics
+    from sse_bridge._metrics.prometheus import BridgeMetrics
 
 _DEFAULT: dict[str, Any] = {item.name: item.default for item in fields(SidecarOptions)}
 logger = logging.getLogger("sse_bridge")
@@ -327,7 +327,7 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         try:
             from prometheus_client import CollectorRegistry
 
-            from sse_bridge._metrics import BridgeMetrics
+            from sse_bridge._metrics.prometheus import BridgeMetrics
         except ImportError:
             raise ValueError(
                 "metrics need prometheus-client: pip install 'sse-bridge[metrics]'"

@@ -7,7 +7,7 @@ Make one, pass it as ``metrics=`` to :class:`~sse_bridge.SSEBridgeMiddleware`, a
 from __future__ import annotations
 
 try:
-    from sse_bridge._metrics import BridgeMetrics
+    from sse_bridge._metrics.prometheus import BridgeMetrics
 except ImportError as exc:  # pragma: no cover - the tests run with the extra installed
     raise ImportError(
         "sse_bridge.metrics needs prometheus-client: pip install 'sse-bridge[metrics]'"

@@ -21,7 +21,15 @@ from urllib.parse import urlsplit
 import anyio
 
 from sse_bridge._core.validate import check_count, check_seconds
-from sse_bridge._resume.redis.client import ERRORS, SCHEMES, UNREACHABLE, Redis, connect, reason, redact
+from sse_bridge._resume.redis.client import (
+    ERRORS,
+    SCHEMES,
+    UNREACHABLE,
+    Redis,
+    connect,
+    reason,
+    redact,
+)
 from sse_bridge._resume.redis.instance import beat, listen, stop_elsewhere, subscribe
 from sse_bridge._resume.redis.keys import Keys
 from sse_bridge._resume.redis.reader import RedisFollower, finish_orphan, position
