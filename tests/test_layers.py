@@ -83,8 +83,8 @@ SSE = {
     "_dialects.builtin",
     "_dialects.translator",
     "_dialects.openai",
-    "_middleware",
-    "_responder",
+    "_middleware.app",
+    "_middleware.responder",
 }
 SIDECAR = {
     "_proxy",
@@ -105,12 +105,15 @@ COMMANDS = {"_cli", "_server", "_demo"}
         # The dialects: one object to events; pure.
         (
             {"_dialects.builtin", "_dialects.translator", "_dialects.openai"},
-            IO | SIDECAR | COMMANDS | {"_middleware"},
+            IO | SIDECAR | COMMANDS | {"_middleware.app"},
         ),
         # The header rules: pure.
         ({"_core.headers"}, IO | SSE | SIDECAR | COMMANDS),
         # The middleware knows nothing of the proxy, the sidecar or the commands.
-        ({"_middleware", "_responder", "_receive", "_resume.http"}, {"httpx", "click"} | SIDECAR),
+        (
+            {"_middleware.app", "_middleware.responder", "_middleware.receive", "_resume.http"},
+            {"httpx", "click"} | SIDECAR,
+        ),
         # The proxy knows no SSE.
         ({"_proxy", "_exchange", "_upstream", "_upstream_connection"}, SSE | COMMANDS | {"click"}),
     ],
@@ -136,8 +139,8 @@ def test_production_code_never_imports_the_fake() -> None:
 
 def test_the_rules_are_checked_against_real_imports() -> None:
     # A rule over modules that do not exist, or imports not found, would pass for nothing.
-    assert {"_core.codec", "_middleware", "_proxy", "_cli", "_fake"} <= set(MODULES)
-    assert "_core.codec" in reach("_middleware")
+    assert {"_core.codec", "_middleware.app", "_proxy", "_cli", "_fake"} <= set(MODULES)
+    assert "_core.codec" in reach("_middleware.app")
     assert "httpx" in reach("_proxy")
     assert "_proxy" in reach("_sidecar")
     assert "_fake" in reach("_demo")

@@ -13,7 +13,7 @@ import pytest
 
 from sse_bridge import ServerSentEvent, SSEBridgeMiddleware
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
-from sse_bridge._receive import SharedReceive
+from sse_bridge._middleware.receive import SharedReceive
 from sse_bridge._resume.http import OPEN_RETRY
 from sse_bridge._resume.store import (
     ATTENDED_FOR,

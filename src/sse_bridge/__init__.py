@@ -5,7 +5,7 @@ import importlib.metadata
 from sse_bridge._core.codec import LineDecoder, LineTooLongError, ServerSentEvent
 from sse_bridge._dialects.builtin import DialectFunc
 from sse_bridge._dialects.translator import Translator
-from sse_bridge._middleware import SSEBridgeMiddleware
+from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._sidecar import SidecarApp, create_proxy
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The sidecar's options (``create_proxy``, ``sse-bridge serve``): the middleware's and the proxy's.
 
-As for :mod:`sse_bridge._options`, each option's default, check and help live in one field
-here; the command line, ``create_proxy`` and the worker hand-off all read them.
+As for :mod:`sse_bridge._middleware.options`, each option's default, check and help live in one
+field here; the command line, ``create_proxy`` and the worker hand-off all read them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sse_bridge._options import BridgeOptions, Options, Spec, option, required
+from sse_bridge._middleware.options import BridgeOptions, Options, Spec, option, required
 from sse_bridge._proxy import COMMIT_PATHS, parse_upstream
 
 MiB = 1024 * 1024

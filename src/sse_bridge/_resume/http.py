@@ -36,7 +36,7 @@ from sse_bridge._resume.store import (
 from sse_bridge._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from sse_bridge._middleware import SSEBridgeMiddleware
+    from sse_bridge._middleware.app import SSEBridgeMiddleware
 
 logger = logging.getLogger("sse_bridge")
 

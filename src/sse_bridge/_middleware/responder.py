@@ -30,13 +30,13 @@ from sse_bridge._core.headers import (
     replaced,
 )
 from sse_bridge._dialects.translator import Translator
-from sse_bridge._receive import SharedReceive
+from sse_bridge._middleware.receive import SharedReceive
 from sse_bridge._resume.http import with_stream_id
 from sse_bridge._resume.store import Recording, ResumeError
 from sse_bridge._types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from sse_bridge._middleware import SSEBridgeMiddleware
+    from sse_bridge._middleware.app import SSEBridgeMiddleware
 
 logger = logging.getLogger("sse_bridge")
 
