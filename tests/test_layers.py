@@ -87,12 +87,12 @@ SSE = {
     "_middleware.responder",
 }
 SIDECAR = {
-    "_proxy",
-    "_exchange",
+    "_proxy.app",
+    "_proxy.exchange",
     "_sidecar",
     "_sidecar_options",
-    "_upstream",
-    "_upstream_connection",
+    "_proxy.upstream.transport",
+    "_proxy.upstream.connection",
 }
 COMMANDS = {"_cli", "_server", "_demo"}
 
@@ -115,7 +115,15 @@ COMMANDS = {"_cli", "_server", "_demo"}
             {"httpx", "click"} | SIDECAR,
         ),
         # The proxy knows no SSE.
-        ({"_proxy", "_exchange", "_upstream", "_upstream_connection"}, SSE | COMMANDS | {"click"}),
+        (
+            {
+                "_proxy.app",
+                "_proxy.exchange",
+                "_proxy.upstream.transport",
+                "_proxy.upstream.connection",
+            },
+            SSE | COMMANDS | {"click"},
+        ),
     ],
 )
 def test_layers_import_one_way(modules: set[str], never: set[str]) -> None:
@@ -139,8 +147,8 @@ def test_production_code_never_imports_the_fake() -> None:
 
 def test_the_rules_are_checked_against_real_imports() -> None:
     # A rule over modules that do not exist, or imports not found, would pass for nothing.
-    assert {"_core.codec", "_middleware.app", "_proxy", "_cli", "_fake"} <= set(MODULES)
+    assert {"_core.codec", "_middleware.app", "_proxy.app", "_cli", "_fake"} <= set(MODULES)
     assert "_core.codec" in reach("_middleware.app")
-    assert "httpx" in reach("_proxy")
-    assert "_proxy" in reach("_sidecar")
+    assert "httpx" in reach("_proxy.app")
+    assert "_proxy.app" in reach("_sidecar")
     assert "_fake" in reach("_demo")

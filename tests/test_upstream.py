@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from sse_bridge import create_proxy
-from sse_bridge._upstream import HttptoolsTransport
-from sse_bridge._upstream_connection import READ_HIGH_WATER
+from sse_bridge._proxy.upstream.connection import READ_HIGH_WATER
+from sse_bridge._proxy.upstream.transport import HttptoolsTransport
 from tests._servers import serve
 from tests._wire import fetch
 

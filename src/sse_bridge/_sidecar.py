@@ -30,7 +30,7 @@ from sse_bridge._core.headers import (
 from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._middleware.options import off_as_zero
-from sse_bridge._proxy import ProxyApp
+from sse_bridge._proxy.app import ProxyApp
 from sse_bridge._resume.store import ResumeStore
 from sse_bridge._sidecar_options import SidecarOptions
 from sse_bridge._types import ASGIApp, Receive, Scope, Send

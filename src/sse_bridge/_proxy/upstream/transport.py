@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from sse_bridge._core.headers import request_framing
-from sse_bridge._upstream_connection import Connection, wait_within
+from sse_bridge._proxy.upstream.connection import Connection, wait_within
 
 
 class _Body(httpx.AsyncByteStream):

@@ -23,7 +23,7 @@ from sse_bridge._core.headers import RETRY_AFTER, header, media_type, passed_bac
 from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from sse_bridge._proxy import Answer, ProxyApp
+    from sse_bridge._proxy.app import Answer, ProxyApp
 
 logger = logging.getLogger("sse_bridge")
 

@@ -16,7 +16,7 @@ import httpx
 from sse_bridge._core.headers import body_ends_with_close
 
 if TYPE_CHECKING:
-    from sse_bridge._upstream import Pool
+    from sse_bridge._proxy.upstream.transport import Pool
 
 # Body bytes held for a consumer that has not read them yet before the socket stops being read:
 # the upstream then waits (TCP backpressure), as it would behind a slow client.

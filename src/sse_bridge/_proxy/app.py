@@ -20,14 +20,14 @@ from urllib.parse import quote
 import httpx
 
 from sse_bridge._core.headers import upstream_request_headers
-from sse_bridge._exchange import Exchange
+from sse_bridge._proxy.exchange import Exchange
 from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from sse_bridge._sidecar_options import SidecarOptions
 
 try:
-    from sse_bridge._upstream import HttptoolsTransport
+    from sse_bridge._proxy.upstream.transport import HttptoolsTransport
 except ImportError:  # httptools is in the speed extra
     HttptoolsTransport = None  # type: ignore[assignment,misc]
 
