@@ -89,8 +89,8 @@ SSE = {
 SIDECAR = {
     "_proxy.app",
     "_proxy.exchange",
-    "_sidecar",
-    "_sidecar_options",
+    "_sidecar.app",
+    "_sidecar.options",
     "_proxy.upstream.transport",
     "_proxy.upstream.connection",
 }
@@ -150,5 +150,5 @@ def test_the_rules_are_checked_against_real_imports() -> None:
     assert {"_core.codec", "_middleware.app", "_proxy.app", "_cli", "_fake"} <= set(MODULES)
     assert "_core.codec" in reach("_middleware.app")
     assert "httpx" in reach("_proxy.app")
-    assert "_proxy.app" in reach("_sidecar")
+    assert "_proxy.app" in reach("_sidecar.app")
     assert "_fake" in reach("_demo")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from loadtests.stack import free_port
 from sse_bridge import _server, create_proxy
 from sse_bridge._cli import main
-from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
+from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._redis import redis_server, running_redis
 from tests._servers import serve

@@ -6,7 +6,7 @@ from sse_bridge._core.codec import LineDecoder, LineTooLongError, ServerSentEven
 from sse_bridge._dialects.builtin import DialectFunc
 from sse_bridge._dialects.translator import Translator
 from sse_bridge._middleware.app import SSEBridgeMiddleware
-from sse_bridge._sidecar import SidecarApp, create_proxy
+from sse_bridge._sidecar.app import SidecarApp, create_proxy
 
 __all__ = [
     "DialectFunc",

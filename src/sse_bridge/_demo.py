@@ -22,7 +22,7 @@ from sse_bridge._core.headers import header
 from sse_bridge._core.sse_parser import SSEParser
 from sse_bridge._fake import FakeOllama, FakeOllamaConfig
 from sse_bridge._loopback import base_url, listening_socket, serve_in_task
-from sse_bridge._sidecar import SidecarApp, create_proxy
+from sse_bridge._sidecar.app import SidecarApp, create_proxy
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("sse_bridge")

@@ -15,8 +15,8 @@ from uvicorn.config import LOGGING_CONFIG
 
 from sse_bridge._core.context import MULTIPROC_ENV, multiprocess_dir
 from sse_bridge._resume.store import ResumeError
-from sse_bridge._sidecar import SidecarApp, build_sidecar
-from sse_bridge._sidecar_options import ServerOptions, SidecarOptions
+from sse_bridge._sidecar.app import SidecarApp, build_sidecar
+from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 
 CONFIG_ENV = "SSE_BRIDGE_SERVE_CONFIG"
 

@@ -24,7 +24,7 @@ from sse_bridge._proxy.exchange import Exchange
 from sse_bridge._types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from sse_bridge._sidecar_options import SidecarOptions
+    from sse_bridge._sidecar.options import SidecarOptions
 
 try:
     from sse_bridge._proxy.upstream.transport import HttptoolsTransport

@@ -32,7 +32,7 @@ from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._middleware.options import off_as_zero
 from sse_bridge._proxy.app import ProxyApp
 from sse_bridge._resume.store import ResumeStore
-from sse_bridge._sidecar_options import SidecarOptions
+from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
