@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sse_bridge._cli import main
 from sse_bridge._core.sse_parser import ParsedEvent
-from sse_bridge._timeline import render_timeline, timeline_format, write_timeline
+from sse_bridge._probe.timeline import render_timeline, timeline_format, write_timeline
 from sse_bridge.probe import ProbeResult, Stream, analyse
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._servers import serve
@@ -246,7 +246,7 @@ def test_probe_plot_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def cannot(*args: object) -> None:
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr("sse_bridge._timeline.write_timeline", cannot)
+    monkeypatch.setattr("sse_bridge._probe.timeline.write_timeline", cannot)
     unwritable = CliRunner().invoke(
         main, ["probe", "http://127.0.0.1:9/", "--plot", str(written), "--timeout", "5"]
     )

@@ -269,8 +269,8 @@ def probe(
 
     import anyio
 
-    from sse_bridge._probe import probe as run_probe
-    from sse_bridge._timeline import timeline_format
+    from sse_bridge._probe.client import probe as run_probe
+    from sse_bridge._probe.timeline import timeline_format
 
     if plot is not None:
         try:
@@ -304,8 +304,8 @@ def probe(
 
 def _probe_hints(result: Any) -> list[str]:
     """The library's advice in this command's terms: its messages name keyword arguments."""
-    from sse_bridge._analysis import PACE_UNKNOWN
-    from sse_bridge._probe import UNTRUSTED
+    from sse_bridge._probe.analysis import PACE_UNKNOWN
+    from sse_bridge._probe.client import UNTRUSTED
 
     hints = []
     if any(UNTRUSTED in (stream.error or "") for stream in result.streams):
@@ -323,8 +323,8 @@ def _probe_output(result: Any, *, as_json: bool, plot: str | None) -> int:
     """
     import json
 
-    from sse_bridge._analysis import format_report
-    from sse_bridge._timeline import write_timeline
+    from sse_bridge._probe.analysis import format_report
+    from sse_bridge._probe.timeline import write_timeline
 
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))

@@ -7,9 +7,9 @@ judges arrival times measured elsewhere; :func:`format_report` is the report the
 
 from __future__ import annotations
 
-from sse_bridge._analysis import Analysis, ProbeResult, analyse, format_report
-from sse_bridge._probe import probe, read_stream
-from sse_bridge._probe_wire import Stream
+from sse_bridge._probe.analysis import Analysis, ProbeResult, analyse, format_report
+from sse_bridge._probe.client import probe, read_stream
+from sse_bridge._probe.wire import Stream
 
 __all__ = [
     "Analysis",

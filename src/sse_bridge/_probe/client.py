@@ -18,8 +18,8 @@ import anyio.abc
 import h11
 from anyio.streams.tls import TLSAttribute
 
-from sse_bridge._analysis import Analysis, ProbeResult, analyse
-from sse_bridge._probe_wire import Stream, exchange_h1, exchange_h2
+from sse_bridge._probe.analysis import Analysis, ProbeResult, analyse
+from sse_bridge._probe.wire import Stream, exchange_h1, exchange_h2
 
 HTTP2_MISSING = "HTTP/2 needs the h2 package: pip install 'sse-bridge[http2]'"
 # After a certificate the probe could not verify; the command line adds its flags.

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 from xml.sax.saxutils import escape, quoteattr
 
-from sse_bridge._analysis import ProbeResult, Verdict, analyse, format_report
-from sse_bridge._probe_wire import Stream
+from sse_bridge._probe.analysis import ProbeResult, Verdict, analyse, format_report
+from sse_bridge._probe.wire import Stream
 
 TimelineFormat = Literal["svg", "html"]
 SVG_NS = "http://www.w3.org/2000/svg"

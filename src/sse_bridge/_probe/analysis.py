@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sse_bridge._probe_wire import Stream
+from sse_bridge._probe.wire import Stream
 
 Verdict = Literal["streaming", "buffered", "inconclusive"]
 EXIT_STATUS: dict[Verdict, int] = {"streaming": 0, "buffered": 1, "inconclusive": 2}
