@@ -169,7 +169,7 @@ class Fleet:
         program = (
             [str(script)]
             if script.exists()
-            else [sys.executable, "-c", "from sse_bridge._cli import main; main()"]
+            else [sys.executable, "-c", "from sse_bridge._cli.main import main; main()"]
         )
         command = [
             *program,

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from loadtests.stack import BIN, DEADLINE, running
-from sse_bridge import _server
-from sse_bridge._cli import main
+from sse_bridge._cli import server as _server
+from sse_bridge._cli.main import main
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, SSEParser
 from tests._servers import serve
 

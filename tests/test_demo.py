@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sse_bridge._demo import PAGE, demo_app
+from sse_bridge._cli.demo import PAGE, demo_app
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, answer_tokens, parse_sse
 from tests._servers import serve
 
@@ -63,7 +63,7 @@ def test_everything_else_goes_to_the_bridge(demo: str) -> None:
 async def test_the_terminal_reader_reports_an_error_status(demo: str) -> None:
     from io import StringIO
 
-    from sse_bridge._demo import stream_answer
+    from sse_bridge._cli.demo import stream_answer
 
     out = StringIO()
     body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}

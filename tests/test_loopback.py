@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from sse_bridge import _loopback
-from sse_bridge._demo import bind
+from sse_bridge._cli.demo import bind
 from sse_bridge._loopback import (
     accepts,
     free_port,

@@ -15,7 +15,7 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
-from sse_bridge._cli import main
+from sse_bridge._cli.main import main
 from sse_bridge.probe import probe
 from sse_bridge.testing import answer_tokens
 from tests._servers import serve

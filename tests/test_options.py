@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
-from sse_bridge._cli import main
+from sse_bridge._cli.main import main
 from sse_bridge._middleware.options import BridgeOptions, Spec, check, spec_of
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sse_bridge._cli import main
+from sse_bridge._cli.main import main
 from sse_bridge.probe import Stream, analyse, format_report, probe, read_stream
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._h2 import misbehaving_h2c, paced_sse, self_signed_cert, serve_hypercorn
@@ -432,7 +432,7 @@ def test_the_command_gives_the_library_advice_in_its_own_flags(
 ) -> None:
     from types import SimpleNamespace
 
-    from sse_bridge._cli import _probe_hints
+    from sse_bridge._cli.main import _probe_hints
 
     result = SimpleNamespace(
         streams=[SimpleNamespace(error=error)],

@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from loadtests.stack import free_port
-from sse_bridge import _server, create_proxy
-from sse_bridge._cli import main
+from sse_bridge import create_proxy
+from sse_bridge._cli import server as _server
+from sse_bridge._cli.main import main
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._redis import redis_server, running_redis

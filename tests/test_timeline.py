@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sse_bridge._cli import main
+from sse_bridge._cli.main import main
 from sse_bridge._core.sse_parser import ParsedEvent
 from sse_bridge._probe.timeline import render_timeline, timeline_format, write_timeline
 from sse_bridge.probe import ProbeResult, Stream, analyse

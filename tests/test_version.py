@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import sse_bridge
 from loadtests.stack import BIN, DEADLINE
-from sse_bridge._cli import main
+from sse_bridge._cli.main import main
 
 PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
 

@@ -101,7 +101,7 @@ def _serve(server: ServerOptions, options: SidecarOptions) -> None:
 
 def _run(server: ServerOptions, log_config: dict[str, Any], *, grace: float) -> None:
     uvicorn.run(
-        "sse_bridge._server:app_from_env",
+        "sse_bridge._cli.server:app_from_env",
         factory=True,
         host=server.host,
         port=server.port,

@@ -98,7 +98,7 @@ def _options_from_click(cls: type[OptionsT], values: dict[str, Any]) -> OptionsT
 @_from_options(SidecarOptions, ServerOptions)
 def serve(**values: Any) -> None:
     """Run the bridge as a reverse proxy in front of an NDJSON server such as Ollama."""
-    from sse_bridge._server import serve as run
+    from sse_bridge._cli.server import serve as run
 
     try:
         server = _options_from_click(ServerOptions, values)
@@ -185,7 +185,7 @@ def demo(**options: Any) -> None:
 
     import anyio
 
-    from sse_bridge._demo import run_demo
+    from sse_bridge._cli.demo import run_demo
 
     answer = anyio.run(lambda: run_demo(**options, out=sys.stdout))
     if answer.error or not answer.tokens:
