@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _stream_client import HOST
 
-from sse_bridge._loopback import free_port, wait_until
+from sse_bridge._testing.loopback import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
 CLIENT_CPU = 0  # the client and the upstream

@@ -49,7 +49,7 @@ from _stream_servers import DONE_LINE, TOKEN_LINES
 from prometheus_client import CollectorRegistry
 
 from sse_bridge import SSEBridgeMiddleware
-from sse_bridge._loopback import free_port, wait_until
+from sse_bridge._testing.loopback import free_port, wait_until
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 from sse_bridge.metrics import BridgeMetrics
 

@@ -334,7 +334,7 @@ def main() -> None:
     logging.getLogger("sse_bridge").setLevel(logging.WARNING)
     app = build(args.role, args.upstream)
     # Bound here rather than by uvicorn, so that the parent learns the port from a free one (0).
-    # Not with sse_bridge._loopback: --before runs this file with an earlier sse_bridge.
+    # Not with sse_bridge._testing.loopback: --before runs this file with an earlier sse_bridge.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     print(f"port {sock.getsockname()[1]}", flush=True)

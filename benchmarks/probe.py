@@ -39,7 +39,7 @@ from _stream_client import StreamProtocol, StreamResult, request_bytes
 from _stream_servers import DONE_LINE, TOKEN_LINES
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
-from sse_bridge._loopback import accepts, serve_in_task, wait_until
+from sse_bridge._testing.loopback import accepts, serve_in_task, wait_until
 from sse_bridge._types import Message, Receive, Scope, Send
 
 HERE = Path(__file__).parent

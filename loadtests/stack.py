@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 
 # free_port is the tests' too (`from loadtests.stack import free_port`).
-from sse_bridge._loopback import accepts, wait_until
-from sse_bridge._loopback import free_port as free_port
+from sse_bridge._testing.loopback import accepts, wait_until
+from sse_bridge._testing.loopback import free_port as free_port
 
 BIN = Path(sys.executable).parent / "sse-bridge"
 DEADLINE = 15.0

@@ -140,15 +140,17 @@ def test_production_code_never_imports_the_fake() -> None:
     # module are the fake's users; nothing the bridge runs in production reaches it.
     users = {"_cli.main", "_cli.demo", "testing"}
     for name in MODULES:
-        if name.startswith("_fake") or name in users:
+        if name.startswith("_testing.fake") or name in users:
             continue
-        assert "_fake" not in reach(name), name
+        assert "_testing.fake" not in reach(name), name
 
 
 def test_the_rules_are_checked_against_real_imports() -> None:
     # A rule over modules that do not exist, or imports not found, would pass for nothing.
-    assert {"_core.codec", "_middleware.app", "_proxy.app", "_cli.main", "_fake"} <= set(MODULES)
+    assert {"_core.codec", "_middleware.app", "_proxy.app", "_cli.main", "_testing.fake"} <= set(
+        MODULES
+    )
     assert "_core.codec" in reach("_middleware.app")
     assert "httpx" in reach("_proxy.app")
     assert "_proxy.app" in reach("_sidecar.app")
-    assert "_fake" in reach("_cli.demo")
+    assert "_testing.fake" in reach("_cli.demo")

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_bridge import _loopback
 from sse_bridge._cli.demo import bind
-from sse_bridge._loopback import (
+from sse_bridge._testing import loopback as _loopback
+from sse_bridge._testing.loopback import (
     accepts,
     free_port,
     listening_socket,

@@ -9,15 +9,15 @@ it from here still works for one release, with a DeprecationWarning.
 """
 
 from sse_bridge._core.sse_parser import ParsedEvent, SSEParser, parse_sse
-from sse_bridge._fake import (
+from sse_bridge._moved import moved
+from sse_bridge._testing.fake import (
     FakeOllama,
     FakeOllamaAbort,
     FakeOllamaConfig,
     RequestRecord,
     answer_tokens,
 )
-from sse_bridge._loopback import serve_in_thread
-from sse_bridge._moved import moved
+from sse_bridge._testing.loopback import serve_in_thread
 
 __all__ = [
     "FakeOllama",

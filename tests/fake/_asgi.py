@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 
-from sse_bridge._fake import FakeOllama
-from sse_bridge._fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
+from sse_bridge._testing.fake import FakeOllama
+from sse_bridge._testing.fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
 from sse_bridge._types import Message
 
 ANSWER_TOKENS = re.findall(r"\s*\S+", SAMPLE_ANSWER)

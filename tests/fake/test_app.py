@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sse_bridge._fake import FakeOllama, FakeOllamaConfig, RequestRecord
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaConfig, RequestRecord
 from sse_bridge._types import Message
 from tests.fake._asgi import CHAT, call
 

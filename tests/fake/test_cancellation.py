@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from sse_bridge._fake import FakeOllama
+from sse_bridge._testing.fake import FakeOllama
 from sse_bridge._types import Message
 from tests.fake._asgi import body_count, call, chat
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sse_bridge._fake import FakeOllama, FakeOllamaConfig
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaConfig
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_bridge._fake import FakeOllama, FakeOllamaAbort, FakeOllamaConfig
-from sse_bridge._fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaAbort, FakeOllamaConfig
+from sse_bridge._testing.fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
 from tests.fake._asgi import (
     ANSWER_TOKENS,
     CHAT,

@@ -15,8 +15,8 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from sse_bridge._fake import RecordBook, RequestRecord
-from sse_bridge._fake.records import Outcome
+from sse_bridge._testing.fake import RecordBook, RequestRecord
+from sse_bridge._testing.fake.records import Outcome
 
 # A waiter must be woken within WAKE seconds. Its own timeout is far longer: a missed wake-up
 # must fail the test, not pass late because the timeout makes the waiter look once more.

@@ -13,8 +13,8 @@ import ollama
 import openai
 import pytest
 
-from sse_bridge._fake import FakeOllama, FakeOllamaConfig
-from sse_bridge._fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaConfig
+from sse_bridge._testing.fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
 from tests._servers import serve
 from tests.fake._asgi import ANSWER_TOKENS, WEATHER_TOOL, chat
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from sse_bridge._fake import FakeOllama, FakeOllamaConfig
-from sse_bridge._fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
-from sse_bridge._fake.wire import rfc3339
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaConfig
+from sse_bridge._testing.fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
+from sse_bridge._testing.fake.wire import rfc3339
 from tests.fake._asgi import (
     ANSWER_TOKENS,
     CHAT,

@@ -20,9 +20,9 @@ import httpx
 from sse_bridge._core.context import send_json
 from sse_bridge._core.headers import header
 from sse_bridge._core.sse_parser import SSEParser
-from sse_bridge._fake import FakeOllama, FakeOllamaConfig
-from sse_bridge._loopback import base_url, listening_socket, serve_in_task
 from sse_bridge._sidecar.app import SidecarApp, create_proxy
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaConfig
+from sse_bridge._testing.loopback import base_url, listening_socket, serve_in_task
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("sse_bridge")

@@ -155,7 +155,7 @@ def fake_ollama(**options: Any) -> None:
     """
     import uvicorn
 
-    from sse_bridge._fake import FakeOllama, FakeOllamaConfig
+    from sse_bridge._testing.fake import FakeOllama, FakeOllamaConfig
 
     server = {key: options.pop(key) for key in ("host", "port", "log_level")}
     try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from sse_bridge._fake.job import Job, Token
+    from sse_bridge._testing.fake.job import Job, Token
 
 ERROR_MESSAGE = "an error was encountered while running the model"
 MALFORMED_LINE = "this is not json"

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
-from sse_bridge._fake.wire import ERROR_MESSAGE, JSON, nanoseconds
+from sse_bridge._testing.fake.wire import ERROR_MESSAGE, JSON, nanoseconds
 
 if TYPE_CHECKING:
-    from sse_bridge._fake.exchange import Exchange
-    from sse_bridge._fake.job import Job, Token
-    from sse_bridge._fake.records import Phase, RequestRecord
-    from sse_bridge._fake.wire import Framing
+    from sse_bridge._testing.fake.exchange import Exchange
+    from sse_bridge._testing.fake.job import Job, Token
+    from sse_bridge._testing.fake.records import Phase, RequestRecord
+    from sse_bridge._testing.fake.wire import Framing
 
 
 class FakeOllamaAbort(Exception):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from sse_bridge._fake.wire import JSON, encode
+from sse_bridge._testing.fake.wire import JSON, encode
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from sse_bridge._fake.records import RecordBook, RequestRecord
+    from sse_bridge._testing.fake.records import RecordBook, RequestRecord
     from sse_bridge._types import Message, Receive, Scope, Send
 
 

@@ -9,10 +9,10 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from sse_bridge._fake.config import FakeOllamaConfig
-from sse_bridge._fake.exchange import Exchange, read_body
-from sse_bridge._fake.generation import Generation
-from sse_bridge._fake.job import (
+from sse_bridge._testing.fake.config import FakeOllamaConfig
+from sse_bridge._testing.fake.exchange import Exchange, read_body
+from sse_bridge._testing.fake.generation import Generation
+from sse_bridge._testing.fake.job import (
     Reject,
     canonical,
     plan_chat,
@@ -20,13 +20,19 @@ from sse_bridge._fake.job import (
     plan_openai_chat,
     read_request,
 )
-from sse_bridge._fake.records import RecordBook, RequestRecord
-from sse_bridge._fake.wire import JSON, ChatFraming, Framing, GenerateFraming, OpenAIChatFraming
+from sse_bridge._testing.fake.records import RecordBook, RequestRecord
+from sse_bridge._testing.fake.wire import (
+    JSON,
+    ChatFraming,
+    Framing,
+    GenerateFraming,
+    OpenAIChatFraming,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from sse_bridge._fake.job import Job, Request
+    from sse_bridge._testing.fake.job import Job, Request
     from sse_bridge._types import Receive, Scope, Send
 
 OLLAMA_VERSION = "0.12.0"

@@ -26,11 +26,11 @@ canned answer and what a request asks for), ``wire`` (the bytes of each endpoint
 (one request and response), ``generation`` (the paced answer and its faults), ``app`` (routing).
 """
 
-from sse_bridge._fake.app import FakeOllama
-from sse_bridge._fake.config import FakeOllamaConfig
-from sse_bridge._fake.generation import FakeOllamaAbort
-from sse_bridge._fake.job import answer_tokens
-from sse_bridge._fake.records import RecordBook, RequestRecord
+from sse_bridge._testing.fake.app import FakeOllama
+from sse_bridge._testing.fake.config import FakeOllamaConfig
+from sse_bridge._testing.fake.generation import FakeOllamaAbort
+from sse_bridge._testing.fake.job import answer_tokens
+from sse_bridge._testing.fake.records import RecordBook, RequestRecord
 
 __all__ = [
     "FakeOllama",

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from sse_bridge._fake.config import FakeOllamaConfig, apply_overrides
+from sse_bridge._testing.fake.config import FakeOllamaConfig, apply_overrides
 
 SAMPLE_ANSWER = (
     "Hello! This answer is streamed token by token from sse_bridge's fake Ollama \u2014 no model "
