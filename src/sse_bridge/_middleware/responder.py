@@ -1,9 +1,10 @@
 """The middleware's per-request responder: it watches the app's response and rewrites it as SSE.
 
 One :class:`Responder` per request: it holds ``http.response.start`` back until it knows whether
-the response is NDJSON to convert, then turns each body message into events as it arrives,
-sends keepalives in the silences, watches for the client leaving, and ends a stream the app
-left unfinished with a final error event.
+the response is NDJSON to convert, then has each body message converted (``convert.py``) and
+writes the events as they arrive, records them for resume, and ends a stream the app left
+unfinished with a final error event. Keepalives and the client leaving are the watch's
+(``watch.py``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import anyio
 
-from sse_bridge._core.codec import LineDecoder, LineTooLongError, encode_comment
 from sse_bridge._core.context import Outcome, StreamContext, on_asyncio
 from sse_bridge._core.headers import (
     STREAM_ID_HEADER,
@@ -29,36 +28,42 @@ from sse_bridge._core.headers import (
     media_type,
     replaced,
 )
-from sse_bridge._dialects.translator import Translator
+from sse_bridge._middleware.convert import Converter
 from sse_bridge._middleware.receive import SharedReceive
-from sse_bridge._resume.http import with_stream_id
-from sse_bridge._resume.store import Recording, ResumeError
-from sse_bridge._types import Message, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from sse_bridge._middleware.app import SSEBridgeMiddleware
+from sse_bridge._middleware.watch import ClientWatch
+from sse_bridge._resume.http import EndpointBridge, ResumeEndpoints
+from sse_bridge._resume.store import Recording, ResumeStore
+from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("sse_bridge")
 
-PING = encode_comment("ping")
 APP_FAILED = "the stream failed inside the server; the answer is incomplete"
 APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
 
 
+class Bridge(EndpointBridge, Protocol):
+    """What a request reads of the middleware it runs in (:class:`SSEBridgeMiddleware`)."""
+
+    app: ASGIApp
+    convert: Literal["negotiate", "always"]
+    max_line_bytes: int
+    ndjson_types: frozenset[str]
+    resume_grace: float
+    store: ResumeStore | None
+    endpoints: ResumeEndpoints | None
+
+
 class Responder:
     """Per-request state: watches ``http.response.start`` and rewrites what follows if needed."""
 
     __slots__ = (
-        "background",
         "bridge",
+        "converter",
         "converting",
-        "decoder",
         "ended",
         "last_write",
-        "next_id",
-        "pinging",
         "receive",
         "recording",
         "scope",
@@ -67,37 +72,29 @@ class Responder:
         "stats",
         "tasks",
         "translator",
-        "wait_scope",
         "wanted",
-        "watching",
+        "watch",
         "write_turn",
         "writing",
     )
 
-    def __init__(
-        self, bridge: SSEBridgeMiddleware, scope: Scope, wanted: bool, context: StreamContext
-    ) -> None:
+    def __init__(self, bridge: Bridge, scope: Scope, wanted: bool, context: StreamContext) -> None:
         self.bridge = bridge
         self.scope = scope
         self.wanted = wanted
         self.converting = False
         self.ended = False
         self.last_write = 0.0
-        self.next_id = 0
         # Writes take turns: only a ping ever competes with the app's writes, so a flag and an
         # event made only when one has to wait do what a lock would, without an acquire that
         # yields or a deque per stream (docs/benchmarks.md).
         self.writing = False
         self.write_turn: anyio.Event | None = None
-        self.background = anyio.CancelScope()
-        self.pinging: anyio.CancelScope | None = None
-        self.decoder = LineDecoder(bridge.max_line_bytes)
-        self.translator: Translator = bridge.new_translator()
+        self.translator = bridge.new_translator()
+        self.converter = Converter(self.translator, bridge.max_line_bytes, context)
         self.stats = context
         self.recording: Recording | None = None
-        self.watching = False
-        # The watch's current wait, cancelled to make it look again (say, at the first byte).
-        self.wait_scope: anyio.CancelScope | None = None
+        self.watch = ClientWatch(self, bridge.keepalive, bridge.resume_grace)
 
     async def run(self, receive: Receive, send: Send) -> None:
         self.send = send
@@ -106,7 +103,7 @@ class Responder:
         if self.wanted:
             # Watch the client from the moment the app has read the request body: a proxy
             # behind us hears of a disconnect while the upstream is still silent.
-            self.receive.on_body_complete = self.start_watch
+            self.receive.on_body_complete = self.watch.start
         if on_asyncio():
             # Plain asyncio tasks: an anyio task group and its task handles cost about 3 KiB
             # per open stream and a tenth of a stream's setup here (docs/benchmarks.md).
@@ -115,7 +112,7 @@ class Responder:
             try:
                 error = await self.serve()
             finally:
-                self.stop_background()
+                self.watch.stop()
                 await self.join()
                 self.end_recording()
         else:
@@ -125,7 +122,7 @@ class Responder:
                     try:
                         error = await self.serve()
                     finally:
-                        self.stop_background()
+                        self.watch.stop()
             finally:
                 self.end_recording()
         if error is not None:
@@ -138,7 +135,7 @@ class Responder:
             if self.converting and not self.closed:
                 # The app returned without ending its body: deliver what it sent, then say
                 # that the stream broke off, whatever the dialect.
-                events = self.translate(self.decoder.flush())
+                events = self.converter.rest()
                 if not (self.translator.finished or self.translator.completed):
                     self.settle(Outcome.UPSTREAM_TRUNCATED)
                     events += self.translator.fail(APP_ENDED)
@@ -171,7 +168,7 @@ class Responder:
         if kind == "http.response.body" and self.converting:
             # The hot path, once per body message: no further coroutine layers before send().
             more = message.get("more_body", False)
-            events, more = self.events(message.get("body", b""), more)
+            events, more = self.converter.events(message.get("body", b""), more)
             await self.write_bytes(self.payload(events), more=more)
         elif kind == "http.response.start":
             await self.start(message)
@@ -180,7 +177,7 @@ class Responder:
             if kind == "http.response.body":
                 self.stats.bytes += len(message.get("body", b""))
                 if not message.get("more_body", False):
-                    self.stop_background()
+                    self.watch.stop()
 
     async def start(self, message: Message) -> None:
         self.stats.status = message["status"]
@@ -231,52 +228,9 @@ class Responder:
             # EventSource keeps an id without data: a stream that drops before its first event
             # (a model still loading) then resumes too, rather than start a second generation.
             await self.write_bytes(b"id: %s:0\n\n" % recording.stream_id.encode(), more=True)
-        self.start_watch()
-        if self.wait_scope is not None and self.bridge.keepalive:
-            # The watch began before the response: its keepalive clock starts now.
-            self.wait_scope.deadline = anyio.current_time() + self.bridge.keepalive
-
-    def events(self, chunk: bytes, more: bool) -> tuple[list[bytes], bool]:
-        """Every event of the lines this body message completes, and whether more may follow."""
-        translator = self.translator
-        try:
-            lines = self.decoder.decode(chunk)
-            if not more:
-                lines += self.decoder.flush()
-        except LineTooLongError as exc:
-            events = self.translate(exc.lines)
-            if not translator.finished:
-                self.settle(Outcome.UPSTREAM_ERROR)
-                events += translator.fail(str(exc))
-        else:
-            events = self.translate(lines) if lines else []
-            if not more and not translator.finished:
-                events += translator.end()
-                if translator.finished:
-                    self.settle(Outcome.UPSTREAM_TRUNCATED)
-        if translator.finished:
-            self.settle(Outcome.UPSTREAM_ERROR)
-            more = False
-        elif not more and translator.completed:
-            self.settle(Outcome.COMPLETED)
-        return events, more
-
-    def translate(self, lines: list[str]) -> list[bytes]:
-        translator = self.translator
-        translate_line = translator.translate
-        events: list[bytes] = []
-        for line in lines:
-            try:
-                events += translate_line(line)
-            except Exception as exc:
-                # Valid JSON of an unexpected shape (say "tool_calls": 5) must not end the
-                # stream: report that line and go on.
-                logger.exception("sse_bridge: %s failed on a line", type(translator).__name__)
-                reason = f"the bridge could not translate this line ({type(exc).__name__})"
-                events += translator.bad_line(line, reason)
-            if translator.finished:
-                break
-        return events
+        self.watch.start()
+        # The watch may have begun before the response: its keepalive clock starts now.
+        self.watch.restart_clock()
 
     async def write(self, events: list[bytes], *, more: bool) -> None:
         await self.write_bytes(self.payload(events), more=more)
@@ -289,9 +243,9 @@ class Responder:
         if recording is not None and not self.ended:
             recording.append(events)
             if self.bridge.event_ids:
-                events = self.with_stream_ids(events, recording.stream_id)
+                events = self.converter.with_stream_ids(events, recording.stream_id)
         elif self.bridge.event_ids:
-            events = [self.with_id(event) for event in events]
+            events = self.converter.with_ids(events)
         if not (self.closed or self.receive.client_gone):
             stats = self.stats
             stats.events += len(events)
@@ -308,22 +262,6 @@ class Responder:
 
     def settle(self, outcome: Outcome) -> None:
         self.stats.settle(outcome)
-
-    def with_stream_ids(self, events: list[bytes], stream_id: str) -> list[bytes]:
-        # The same numbers the recording gives these events, so that Last-Event-ID resumes.
-        prefix = b"id: %s:" % stream_id.encode()
-        numbered = []
-        for event in events:
-            self.next_id += 1
-            numbered.append(with_stream_id(prefix, self.next_id, event))
-        return numbered
-
-    def with_id(self, event: bytes) -> bytes:
-        # An event the dialect gave an id of its own keeps it; the encoder writes the id first.
-        if event.startswith(b"id:"):
-            return event
-        self.next_id += 1
-        return b"id: %d\n%b" % (self.next_id, event)
 
     async def write_bytes(self, payload: bytes, *, more: bool) -> None:
         # An empty body message with more_body=True flushes nothing (uvicorn writes no chunk).
@@ -370,7 +308,7 @@ class Responder:
     def close(self) -> None:
         self.ended = True
         self.receive.close()
-        self.stop_background()
+        self.watch.stop()
         if self.recording is not None:
             self.recording.finish()
 
@@ -400,64 +338,6 @@ class Responder:
             self.stats.on_disconnect()
         await self.write(events, more=False)
 
-    def stop_background(self) -> None:
-        self.background.cancel()
-        if self.pinging is not None:
-            self.pinging.cancel()
-
-    def start_watch(self) -> None:
-        if not self.watching:
-            self.watching = True
-            self.spawn(self.watch)
-
-    async def watch(self) -> None:
-        """Until the client leaves; it also starts the keepalives in the silences."""
-        with self.background:
-            while True:
-                interval = self.bridge.keepalive if self.converting else 0.0
-                delay = self.last_write + interval - time.monotonic()
-                if interval and delay <= 0:
-                    # A short task per ping, so that this one goes on watching while a slow
-                    # client holds the ping's write (a write queued behind it must see the
-                    # disconnect).
-                    if self.pinging is None:
-                        self.pinging = anyio.CancelScope()
-                        self.spawn(self.ping, self.pinging)
-                    delay = interval
-                with anyio.CancelScope(
-                    deadline=anyio.current_time() + delay if interval else math.inf
-                ) as self.wait_scope:
-                    await self.receive.watch()
-                    break
-            self.wait_scope = None
-            if self.recording is not None and not self.receive.disconnected:
-                await self.linger()
-                self.receive.release()
-                await self.write(self.last_events(Outcome.CLIENT_DISCONNECTED), more=False)
-            if self.stats.on_disconnect is not None:
-                self.stats.on_disconnect()
-            if not self.ended:
-                # The client has gone: stop writing at once; the app's receive() says so.
-                self.settle(Outcome.CLIENT_DISCONNECTED)
-                self.close()
-
-    async def linger(self) -> None:
-        """Return once nobody has followed the stream for the grace period."""
-        assert self.recording is not None
-        grace = self.bridge.resume_grace
-        quiet_since = time.monotonic()
-        while True:
-            left = quiet_since + grace - time.monotonic()
-            if left <= 0:
-                return
-            await anyio.sleep(min(left, 1.0))
-            try:
-                attended = await self.recording.attended()
-            except ResumeError:
-                attended = False
-            if attended:
-                quiet_since = time.monotonic()
-
     def last_events(self, outcome: Outcome) -> list[bytes]:
         """The events that end a stream stopped (``STOPPED``) or abandoned by its client
         (``CLIENT_DISCONNECTED``): none if its final or terminal event has gone out already
@@ -475,10 +355,3 @@ class Responder:
 
     def abandoned(self) -> str:
         return ABANDONED.format(grace=self.bridge.resume_grace)
-
-    async def ping(self, scope: anyio.CancelScope) -> None:
-        with scope:
-            await self.write_bytes(PING, more=True)
-            if not self.closed:
-                self.stats.keepalives += 1
-        self.pinging = None

@@ -14,13 +14,14 @@ import math
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
 from sse_bridge._core.codec import encode_comment
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext, send_json
 from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
+from sse_bridge._dialects.translator import Translator
 from sse_bridge._resume.store import (
     STREAM_ID,
     BadPositionError,
@@ -34,9 +35,6 @@ from sse_bridge._resume.store import (
     parse_position,
 )
 from sse_bridge._types import Message, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from sse_bridge._middleware.app import SSEBridgeMiddleware
 
 logger = logging.getLogger("sse_bridge")
 
@@ -61,10 +59,20 @@ def with_stream_id(prefix: bytes, seq: int, event: bytes) -> bytes:
     return b"%b%d\n%b" % (prefix, seq, event)
 
 
+class EndpointBridge(Protocol):
+    """What the endpoints read of the middleware that mounts them: how its streams are written."""
+
+    event_ids: bool
+    keepalive: float
+    # The encoded ``retry:`` field, or None.
+    retry: bytes | None
+    new_translator: Callable[[], Translator]
+
+
 class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
-    def __init__(self, bridge: SSEBridgeMiddleware, store: ResumeStore, path: str) -> None:
+    def __init__(self, bridge: EndpointBridge, store: ResumeStore, path: str) -> None:
         self.bridge = bridge
         self.store = store
         self.prefix = path.rstrip("/") + "/"
