@@ -2,25 +2,32 @@
 
 One socket read is one ``data_received`` call, one call into the parser and one wake-up of the
 task that reads the body, which then takes every body byte of that read joined, as one piece. A
-connection reads one response at a time, and tells its pool (``_upstream``) when it is lost.
+connection reads one response at a time, and tells its pool (``transport.py``) when it is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 import httpx
 
 from sse_bridge._core.headers import body_ends_with_close
 
-if TYPE_CHECKING:
-    from sse_bridge._proxy.upstream.transport import Pool
-
 # Body bytes held for a consumer that has not read them yet before the socket stops being read:
 # the upstream then waits (TCP backpressure), as it would behind a slow client.
 READ_HIGH_WATER = 256 * 1024
+
+
+class Pool(Protocol):
+    """The pool that opened a connection, as the connection and its body see it."""
+
+    def release(self, connection: Connection) -> None:
+        """A response is over: keep the connection for the next request, unless it closed."""
+
+    def forget(self, connection: Connection) -> None:
+        """The connection is lost: it is never handed out again."""
 
 
 class Response:
