@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sse_bridge import create_proxy
-from sse_bridge._proxy.exchange import REPLAYABLE_BYTES
+from sse_bridge._proxy.body import REPLAYABLE_BYTES
 from sse_bridge._types import Receive, Scope, Send
 from sse_bridge.probe import Stream
 from tests._servers import serve

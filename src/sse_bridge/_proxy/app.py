@@ -5,26 +5,25 @@ front will turn NDJSON into an event stream (its ``StreamContext`` says so) and 
 silent before its headers (Ollama writes none until the model has loaded), it commits a 200
 NDJSON response itself after ``commit_after`` seconds, so that the client gets headers and
 keepalives, and reports a later failure as an Ollama-style ``{"error": ...}`` line. It runs on
-asyncio (uvicorn), which its upstream transport is written for. This module holds the app, its
-client and the upstream's answer; one request through it is an :class:`Exchange`
-(``_exchange.py``).
+asyncio (uvicorn), which its upstream transport is written for. This module holds the app and
+its client; one request through it is an :class:`Exchange` (``exchange.py``), and the upstream's
+answer an :class:`Answer` (``answer.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from sse_bridge._core.headers import upstream_request_headers
+from sse_bridge._proxy.answer import Answer, HttpxAnswer
 from sse_bridge._proxy.exchange import Exchange
+from sse_bridge._proxy.target import parse_upstream
 from sse_bridge._types import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from sse_bridge._sidecar.options import SidecarOptions
 
 try:
     from sse_bridge._proxy.upstream.transport import HttptoolsTransport
@@ -33,21 +32,28 @@ except ImportError:  # httptools is in the speed extra
 
 logger = logging.getLogger("sse_bridge")
 
-# Ollama's endpoints that stream NDJSON and may stay silent for minutes while a model loads.
-COMMIT_PATHS = ("/api/chat", "/api/generate")
 
+class ProxySettings(Protocol):
+    """The options the proxy reads (the sidecar's options object has them all)."""
 
-def parse_upstream(url: str) -> httpx.URL:
-    """Validate the upstream base URL; the only host the proxy ever talks to."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ValueError(f"upstream must be a URL such as http://127.0.0.1:11434: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"upstream must be an http:// or https:// URL with a host, not {url!r}")
-    if parsed.query or parsed.fragment or parsed.userinfo:
-        raise ValueError(f"upstream must not carry a query, fragment or credentials: {url!r}")
-    return parsed
+    @property
+    def upstream(self) -> str: ...
+    @property
+    def commit_after(self) -> float: ...
+    @property
+    def commit_paths(self) -> Sequence[str]: ...
+    @property
+    def max_body(self) -> int: ...
+    @property
+    def max_line_bytes(self) -> int: ...
+    @property
+    def api_key(self) -> str | None: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def read_timeout(self) -> float: ...
+    @property
+    def max_streams(self) -> int: ...
 
 
 def _fast_transport(upstream: httpx.URL, limits: httpx.Limits) -> httpx.AsyncBaseTransport | None:
@@ -56,60 +62,10 @@ def _fast_transport(upstream: httpx.URL, limits: httpx.Limits) -> httpx.AsyncBas
     return HttptoolsTransport(limits=limits)
 
 
-class Answer(Protocol):
-    """The upstream's answer as the proxy reads it, from either transport."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def raw_headers(self) -> list[tuple[bytes, bytes]]: ...
-
-    def aiter_raw(self) -> AsyncIterator[bytes]: ...
-
-    async def read(self) -> bytes:
-        """The body bytes that arrived since the last call (waiting for some); b"" at the end."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class _HttpxAnswer:
-    """An ``httpx.Response`` in the shape of :class:`Answer`."""
-
-    __slots__ = ("chunks", "response")
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.chunks: AsyncIterator[bytes] | None = None
-
-    @property
-    def status_code(self) -> int:
-        return self.response.status_code
-
-    @property
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        return self.response.headers.raw
-
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        return self.response.aiter_raw()
-
-    async def read(self) -> bytes:
-        if self.chunks is None:
-            self.chunks = self.response.aiter_raw()
-        async for chunk in self.chunks:
-            if chunk:
-                return chunk
-        return b""
-
-    async def aclose(self) -> None:
-        await self.response.aclose()
-
-
 class ProxyApp:
     """Forward HTTP requests to ``upstream``; see :func:`sse_bridge.create_proxy` for options."""
 
-    def __init__(self, options: SidecarOptions) -> None:
+    def __init__(self, options: ProxySettings) -> None:
         self.upstream = parse_upstream(options.upstream)
         self.base_path = self.upstream.raw_path.rstrip(b"/")
         self.commit_after = options.commit_after
@@ -195,7 +151,7 @@ class ProxyApp:
         request = client.build_request(
             method, self.upstream.copy_with(raw_path=target), headers=headers, content=content
         )
-        return _HttpxAnswer(await client.send(request, stream=True))
+        return HttpxAnswer(await client.send(request, stream=True))
 
     def request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         return upstream_request_headers(

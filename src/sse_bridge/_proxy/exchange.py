@@ -1,8 +1,9 @@
-"""One request through the proxy: the body up, the answer down, and what to do when either fails.
+"""One request through the proxy: the answer down, and what to do when the body or it fails.
 
 It commits a 200 NDJSON response itself when the middleware in front converts the stream and
 the upstream is silent before its headers (Ollama writes none until the model has loaded), and
-reports a later failure as an Ollama-style ``{"error": ...}`` line.
+reports a later failure as an Ollama-style ``{"error": ...}`` line. The request body going up
+is ``body.py``'s.
 """
 
 from __future__ import annotations
@@ -13,26 +14,20 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import anyio
 import httpx
 
 from sse_bridge._core.context import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
 from sse_bridge._core.headers import RETRY_AFTER, header, media_type, passed_back
+from sse_bridge._proxy.answer import Answer, error_message, read_some, reason
+from sse_bridge._proxy.body import BodyTooLargeError, ClientGoneError, RequestBody
 from sse_bridge._types import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from sse_bridge._proxy.app import Answer, ProxyApp
 
 logger = logging.getLogger("sse_bridge")
 
 NDJSON = b"application/x-ndjson"
-# A body this small with a known length is read before forwarding, so that a request that failed
-# on a stale pooled connection can be sent once more (uvicorn and httpx both expire idle
-# connections at 5 s, and a reuse at that moment fails before any response;
-# tests/test_proxy.py::test_a_stale_pooled_connection_is_retried_once_for_small_bodies).
-REPLAYABLE_BYTES = 64 * 1024
 # How much of an error body is read to find its message once the stream was committed.
 ERROR_BODY_BYTES = 64 * 1024
 _RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -41,12 +36,24 @@ _RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 STALE_FAILURE_SECONDS = 0.5
 
 
-class BodyTooLargeError(Exception):
-    pass
+class Upstream(Protocol):
+    """What an exchange reads of the proxy it runs in (:class:`ProxyApp`)."""
 
+    max_body: int
+    commit_after: float
+    commit_paths: frozenset[str]
+    max_line_bytes: int
+    exchanges: set[Exchange]
 
-class ClientGoneError(Exception):
-    pass
+    def target(self, scope: Scope) -> bytes: ...
+
+    def url(self, scope: Scope) -> httpx.URL: ...
+
+    def request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]: ...
+
+    async def send(
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], content: Any
+    ) -> Answer: ...
 
 
 class Exchange:
@@ -72,7 +79,7 @@ class Exchange:
         "stats",
     )
 
-    def __init__(self, proxy: ProxyApp, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, proxy: Upstream, scope: Scope, receive: Receive, send: Send) -> None:
         self.proxy = proxy
         self.scope = scope
         self.receive = receive
@@ -107,7 +114,8 @@ class Exchange:
             await self.too_large()
             return
         try:
-            content = await self.request_body(declared)
+            body = RequestBody(self.receive, self.proxy.max_body, self.body_done)
+            content = await body.read(declared)
         except ClientGoneError:
             self.stats.settle(Outcome.CLIENT_DISCONNECTED)
             return
@@ -161,45 +169,6 @@ class Exchange:
         self.stats.refused = "body_too_large"
         message = f"request body larger than {self.proxy.max_body} bytes (max_body)"
         await send_json(self.send, 413, {"error": message})
-
-    async def request_body(self, declared: int | None) -> bytes | AsyncIterator[bytes]:
-        first = await self.receive()
-        if first["type"] == "http.disconnect":
-            raise ClientGoneError
-        body = first.get("body", b"")
-        if not first.get("more_body", False):
-            if self.body_done is not None:
-                self.body_done.set()
-            return self.check_size(body, 0)
-        if declared is not None and declared <= REPLAYABLE_BYTES:
-            chunks = [body]
-            async for chunk in self.rest_of_body(len(body)):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        return self.streamed_body(body)
-
-    def check_size(self, chunk: bytes, seen: int) -> bytes:
-        if seen + len(chunk) > self.proxy.max_body:
-            raise BodyTooLargeError
-        return chunk
-
-    async def rest_of_body(self, seen: int) -> AsyncIterator[bytes]:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGoneError
-            chunk = self.check_size(message.get("body", b""), seen)
-            seen += len(chunk)
-            yield chunk
-            if not message.get("more_body", False):
-                if self.body_done is not None:
-                    self.body_done.set()
-                return
-
-    async def streamed_body(self, first: bytes) -> AsyncIterator[bytes]:
-        yield self.check_size(first, 0)
-        async for chunk in self.rest_of_body(len(first)):
-            yield chunk
 
     async def watch_disconnect(self) -> None:
         # Only once the body is read: a second reader would steal it.
@@ -343,10 +312,10 @@ class Exchange:
                 await self.too_large()
             return
         if isinstance(exc, httpx.TimeoutException):
-            status, message = 504, f"upstream timed out: {_reason(exc)}"
+            status, message = 504, f"upstream timed out: {reason(exc)}"
             self.stats.upstream_error = "timeout"
         else:
-            status, message = 502, f"upstream unreachable: {_reason(exc)}"
+            status, message = 502, f"upstream unreachable: {reason(exc)}"
             self.stats.upstream_error = "unreachable"
         logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))
         if self.committed:
@@ -372,7 +341,7 @@ class Exchange:
             while chunk := await read():
                 await self.body(chunk)
         except httpx.HTTPError as exc:
-            message = f"upstream connection lost mid-stream: {_reason(exc)}"
+            message = f"upstream connection lost mid-stream: {reason(exc)}"
             logger.warning("sse_bridge: %s (%s)", message, self.proxy.url(self.scope))
             self.stats.upstream_error = "broken"
             if self.ndjson:
@@ -397,10 +366,10 @@ class Exchange:
         answer = response.status_code == 200 and media == "application/json"
         limit = self.proxy.max_line_bytes if answer else ERROR_BODY_BYTES
         try:
-            raw = await _read_some(response, limit + 1)
+            raw = await read_some(response, limit + 1)
         except httpx.HTTPError as exc:
             self.stats.upstream_error = "broken"
-            await self.error_line(f"upstream connection lost: {_reason(exc)}")
+            await self.error_line(f"upstream connection lost: {reason(exc)}")
             return
         if answer:
             if len(raw) > limit:
@@ -416,33 +385,9 @@ class Exchange:
         if response.status_code >= 400:
             if response.status_code >= 500:
                 self.stats.upstream_error = "status"
-            await self.error_line(_error_message(response.status_code, raw))
+            await self.error_line(error_message(response.status_code, raw))
         else:
             await self.error_line(
                 f"upstream answered {response.status_code} {media or 'without a content type'}, "
                 "which cannot continue an event stream"
             )
-
-
-async def _read_some(response: Answer, limit: int) -> bytes:
-    data = b""
-    async for chunk in response.aiter_raw():
-        data += chunk
-        if len(data) >= limit:
-            break
-    return data[:limit]
-
-
-def _error_message(status: int, raw: bytes) -> str:
-    try:
-        error = json.loads(raw)["error"]
-    except (ValueError, KeyError, TypeError):
-        text = raw.decode("utf-8", errors="replace").strip()[:500]
-        return f"upstream answered {status}: {text}" if text else f"upstream answered {status}"
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return error if isinstance(error, str) else json.dumps(error)
-
-
-def _reason(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__

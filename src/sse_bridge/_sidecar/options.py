@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sse_bridge._middleware.options import BridgeOptions, Options, Spec, option, required
-from sse_bridge._proxy.app import COMMIT_PATHS, parse_upstream
+from sse_bridge._proxy.target import COMMIT_PATHS, parse_upstream
 
 MiB = 1024 * 1024
 
