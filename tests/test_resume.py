@@ -15,18 +15,17 @@ from sse_bridge import ServerSentEvent, SSEBridgeMiddleware
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._middleware.receive import SharedReceive
 from sse_bridge._resume.http import OPEN_RETRY
+from sse_bridge._resume.memory import MemoryStore, _MemoryRecording
+from sse_bridge._resume.open import open_store
 from sse_bridge._resume.store import (
     ATTENDED_FOR,
     BadPositionError,
     EventsGoneError,
-    MemoryStore,
     OwnerLostError,
     ResumeError,
     StoreUnavailableError,
     UnknownStreamError,
-    _MemoryRecording,
     new_stream_id,
-    open_store,
     parse_position,
 )
 from sse_bridge._types import Message, Receive, Scope, Send

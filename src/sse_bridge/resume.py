@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sse_bridge._resume.memory import MemoryStore
 from sse_bridge._resume.store import (
     BadPositionError,
     EventsGoneError,
     Follower,
-    MemoryStore,
     OwnerLostError,
     Recording,
     ResumeError,

@@ -18,7 +18,8 @@ from sse_bridge._dialects.builtin import Dialect, resolve_dialect
 from sse_bridge._middleware.options import BridgeOptions, off_as_zero
 from sse_bridge._middleware.responder import Responder
 from sse_bridge._resume.http import ResumeEndpoints
-from sse_bridge._resume.store import ResumeStore, open_store
+from sse_bridge._resume.open import open_store
+from sse_bridge._resume.store import ResumeStore
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from sse_bridge._core.codec import DEFAULT_MAX_LINE_BYTES
 from sse_bridge._core.context import NDJSON_TYPES
 from sse_bridge._core.validate import check_count, check_seconds
 from sse_bridge._dialects.builtin import DIALECTS, Dialect, resolve_dialect
-from sse_bridge._resume.store import DEFAULT_TTL, ResumeStore, check_resume
+from sse_bridge._resume.open import check_resume
+from sse_bridge._resume.store import DEFAULT_TTL, ResumeStore
 
 Kind = Literal["seconds", "count", "port", "flag", "choice", "text", "texts", "object"]
 

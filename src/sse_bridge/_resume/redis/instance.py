@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import anyio
 
@@ -20,15 +21,36 @@ from sse_bridge._resume.redis.client import (
     close,
 )
 from sse_bridge._resume.redis.keys import text
+from sse_bridge._resume.redis.shared import Shared
 from sse_bridge._resume.store import StoreUnavailableError, UnknownStreamError
-
-if TYPE_CHECKING:
-    from sse_bridge._resume.redis.store import RedisStore
 
 logger = logging.getLogger("sse_bridge")
 
 
-async def beat(store: RedisStore) -> None:
+class LiveStream(Protocol):
+    """One of this instance's own streams, as its heartbeat and its stop channel see it."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    @property
+    def events_key(self) -> str: ...
+
+    @property
+    def meta_key(self) -> str: ...
+
+    def take_stop(self) -> Callable[[], None] | None:
+        """The stream's stop, once: None after the first call."""
+
+
+class InstanceStore(Shared, Protocol):
+    """The store as this instance's heartbeat and stop channel see it."""
+
+    @property
+    def live(self) -> Mapping[str, LiveStream]: ...
+
+
+async def beat(store: InstanceStore) -> None:
     """Tell Redis every heartbeat that this instance lives; it also probes Redis, so it is what
     notices that Redis is back, and it keeps the live streams' keys from expiring."""
     redis = store.client()
@@ -57,7 +79,7 @@ async def beat(store: RedisStore) -> None:
                 next_refresh = loop.time() + store.refresh_every
 
 
-async def subscribe(store: RedisStore, redis: Redis) -> PubSub:
+async def subscribe(store: InstanceStore, redis: Redis) -> PubSub:
     pubsub = redis.pubsub()
     try:
         await pubsub.subscribe(store.keys.stop_channel(store.instance_id))
@@ -73,7 +95,7 @@ async def subscribe(store: RedisStore, redis: Redis) -> PubSub:
         raise
 
 
-async def listen(store: RedisStore, pubsub: PubSub | None) -> None:
+async def listen(store: InstanceStore, pubsub: PubSub | None) -> None:
     """Stop the local streams whose ids other instances publish on this one's channel."""
     redis = store.client()
     try:
@@ -104,7 +126,7 @@ async def listen(store: RedisStore, pubsub: PubSub | None) -> None:
                 await close(pubsub)
 
 
-def stop_here(store: RedisStore, stream_id: str) -> None:
+def stop_here(store: InstanceStore, stream_id: str) -> None:
     recording = store.live.get(stream_id)
     stop = recording.take_stop() if recording is not None else None
     if stop is not None:
@@ -114,7 +136,7 @@ def stop_here(store: RedisStore, stream_id: str) -> None:
             logger.exception("sse_bridge: stopping stream %s failed", stream_id)
 
 
-async def stop_elsewhere(store: RedisStore, stream_id: str) -> None:
+async def stop_elsewhere(store: InstanceStore, stream_id: str) -> None:
     """Publish ``stream_id`` on the channel of the instance that runs it (see
     :meth:`RedisStore.stop`)."""
     store.check_available()

@@ -5,20 +5,41 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from sse_bridge._resume.redis.client import ERRORS, WatchError, start_transaction
 from sse_bridge._resume.redis.keys import entries, parse_id, text
+from sse_bridge._resume.redis.shared import Shared
 from sse_bridge._resume.store import Batch, EventsGoneError, OwnerLostError, UnknownStreamError
-
-if TYPE_CHECKING:
-    from sse_bridge._resume.redis.store import RedisStore
 
 # Entries one XREAD returns: bounds a round trip.
 READ_COUNT = 1000
 
 
-async def position(store: RedisStore, stream_id: str) -> tuple[str | None, int | None, int]:
+class OwnStream(Protocol):
+    """One of this instance's own streams, as a reader here sees it before Redis does."""
+
+    @property
+    def first(self) -> int:
+        """The first event still kept."""
+
+    @property
+    def last(self) -> int:
+        """The last event appended."""
+
+    @property
+    def ended(self) -> bool: ...
+
+
+class ReaderStore(Shared, Protocol):
+    """The store as its readers see it."""
+
+    @property
+    def live(self) -> Mapping[str, OwnStream]: ...
+
+
+async def position(store: ReaderStore, stream_id: str) -> tuple[str | None, int | None, int]:
     """The stream's owner, its last event once it has ended, and its first event kept."""
     recording = store.live.get(stream_id)
     if recording is not None:
@@ -49,7 +70,7 @@ async def position(store: RedisStore, stream_id: str) -> tuple[str | None, int |
 
 
 class RedisFollower:
-    def __init__(self, store: RedisStore, stream_id: str, after: int, owner: str | None) -> None:
+    def __init__(self, store: ReaderStore, stream_id: str, after: int, owner: str | None) -> None:
         self.store = store
         self.stream_id = stream_id
         self.owner = owner
@@ -154,7 +175,7 @@ class RedisFollower:
 
 
 async def finish_orphan(
-    store: RedisStore, stream_id: str, last_seq: int, events: list[bytes]
+    store: ReaderStore, stream_id: str, last_seq: int, events: list[bytes]
 ) -> None:
     """See :meth:`RedisStore.finish_orphan`."""
     store.check_available()

@@ -1,11 +1,11 @@
 """Resumable streams in Redis, shared by every bridge instance behind a load balancer.
 
 :class:`RedisStore` holds the options, opens and closes, knows whether Redis answers, and answers
-the store protocol. Its parts: ``_redis_keys`` (the keys of a stream and of an instance),
-``_redis_writer`` (the owner's recording and the one writer that sends every stream's events in
-one pipelined round trip), ``_redis_reader`` (a reader's follower, and ending a stream whose owner
-died), ``_redis_instance`` (this instance's heartbeat and its stop channel) and ``_redis_client``
-(redis-py and its errors).
+the store protocol. Its parts: ``keys.py`` (the keys of a stream and of an instance),
+``writer.py`` (the owner's recording and the one writer that sends every stream's events in one
+pipelined round trip), ``reader.py`` (a reader's follower, and ending a stream whose owner died),
+``instance.py`` (this instance's heartbeat and its stop channel) and ``client.py`` (redis-py and
+its errors). Each part sees the store through the Protocols of ``shared.py`` and its own.
 """
 
 from __future__ import annotations

@@ -15,14 +15,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import anyio
 
 from sse_bridge._resume.redis.client import ERRORS, UNREACHABLE, Pipeline, reason
-
-if TYPE_CHECKING:
-    from sse_bridge._resume.redis.store import RedisStore
+from sse_bridge._resume.redis.shared import Shared
 
 logger = logging.getLogger("sse_bridge")
 
@@ -37,10 +35,21 @@ FLUSH_WINDOW = 0.005
 ROUND_COMMANDS = 10_000
 
 
+class WriterStore(Shared, Protocol):
+    """The store as the writer and the recordings see it."""
+
+    @property
+    def live(self) -> dict[str, RedisRecording]:
+        """This instance's streams that have not ended."""
+
+    @property
+    def writer(self) -> Writer: ...
+
+
 class Writer:
     """The store's one writer: every round sends what all streams hold, in one round trip."""
 
-    def __init__(self, store: RedisStore) -> None:
+    def __init__(self, store: WriterStore) -> None:
         self.store = store
         # The streams with something to send, in the order they first had it.
         self.dirty: dict[str, RedisRecording] = {}
@@ -117,7 +126,7 @@ class Writer:
 class RedisRecording:
     """The owner's side: events wait in ``pending`` for the writer task to send them."""
 
-    def __init__(self, store: RedisStore, stream_id: str, stop: Callable[[], None]) -> None:
+    def __init__(self, store: WriterStore, stream_id: str, stop: Callable[[], None]) -> None:
         self.store = store
         self.writer = store.writer
         self.stream_id = stream_id
