@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._cli.main import main
-from sse_bridge._middleware.options import BridgeOptions, Spec, check, spec_of
+from sse_bridge._core.options import Spec, check, spec_of
+from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 
 README = Path(__file__).parent.parent / "README.md"

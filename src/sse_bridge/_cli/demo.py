@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import anyio
 import httpx
 
-from sse_bridge._core.context import send_json
+from sse_bridge._core.asgi import send_json
 from sse_bridge._core.headers import header
 from sse_bridge._core.sse_parser import SSEParser
 from sse_bridge._sidecar.app import SidecarApp, create_proxy

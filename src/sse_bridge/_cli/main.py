@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sse_bridge._middleware.options import Options, spec_of
+from sse_bridge._core.options import Options, spec_of
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 
 F = TypeVar("F", bound=Callable[..., Any])

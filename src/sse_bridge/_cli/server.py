@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from sse_bridge._core.context import MULTIPROC_ENV, multiprocess_dir
+from sse_bridge._metrics.multiprocess import MULTIPROC_ENV, multiprocess_dir
 from sse_bridge._resume.store import ResumeError
 from sse_bridge._sidecar.app import SidecarApp, build_sidecar
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions

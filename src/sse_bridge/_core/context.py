@@ -1,18 +1,17 @@
-"""Small ASGI helpers shared by the proxy and the sidecar's front layer."""
+"""The per-stream contract: the :class:`StreamContext` every layer of one request shares.
+
+The front layer makes it, the middleware says whether it converts, the proxy reads that, and
+each fills in what it knows; the metrics read it at the end. Also the scope keys it travels
+under, the NDJSON media types and the histogram buckets the gaps between events are counted in.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
-
-from sse_bridge._types import Send
 
 # The one contract between the layers of a request (front layer, middleware, proxy): a
 # StreamContext on the scope under this key.
@@ -42,44 +41,6 @@ BUCKETS = (
     60.0,
     120.0,
 )
-
-# Where the workers of one bridge write their metrics when prometheus-client's multiprocess mode
-# is on. Read here, without prometheus-client: it must be set before that is first imported.
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def multiprocess_dir() -> str | None:
-    """The multiprocess directory, if the mode is on."""
-    return os.environ.get(MULTIPROC_ENV) or None
-
-
-def on_asyncio() -> bool:
-    """Whether this runs on asyncio, where plain tasks are cheaper than anyio's task groups."""
-    try:
-        return asyncio.current_task() is not None
-    except RuntimeError:  # another event loop, such as trio's
-        return False
-
-
-async def send_json(
-    send: Send,
-    status: int,
-    body: dict[str, Any],
-    headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 class Outcome(str, Enum):

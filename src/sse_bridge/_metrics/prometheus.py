@@ -25,7 +25,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from sse_bridge._core.context import BUCKETS, Outcome, StreamContext, multiprocess_dir
+from sse_bridge._core.context import BUCKETS, Outcome, StreamContext
+from sse_bridge._metrics.multiprocess import multiprocess_dir
 from sse_bridge._types import ASGIApp
 
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "broken", "status")

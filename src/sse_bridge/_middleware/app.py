@@ -14,8 +14,9 @@ from sse_bridge._core.headers import (
     accepts_event_stream,
     for_app,
 )
+from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect, resolve_dialect
-from sse_bridge._middleware.options import BridgeOptions, off_as_zero
+from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._middleware.responder import Responder
 from sse_bridge._resume.http import ResumeEndpoints
 from sse_bridge._resume.open import open_store

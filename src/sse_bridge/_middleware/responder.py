@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
-from sse_bridge._core.context import Outcome, StreamContext, on_asyncio
+from sse_bridge._core.context import Outcome, StreamContext
 from sse_bridge._core.headers import (
     STREAM_ID_HEADER,
     VARY_ACCEPT,
@@ -41,6 +41,14 @@ APP_FAILED = "the stream failed inside the server; the answer is incomplete"
 APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
+
+
+def on_asyncio() -> bool:
+    """Whether this runs on asyncio, where plain tasks are cheaper than anyio's task groups."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # another event loop, such as trio's
+        return False
 
 
 class Bridge(EndpointBridge, Protocol):

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import anyio
 import httpx
 
-from sse_bridge._core.context import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._core.asgi import send_json
+from sse_bridge._core.context import NDJSON_TYPES, STREAM_KEY, Outcome, StreamContext
 from sse_bridge._core.headers import RETRY_AFTER, header, media_type, passed_back
 from sse_bridge._proxy.answer import Answer, error_message, read_some, reason
 from sse_bridge._proxy.body import BodyTooLargeError, ClientGoneError, RequestBody

@@ -18,8 +18,9 @@ from typing import Protocol
 
 import anyio
 
+from sse_bridge._core.asgi import send_json
 from sse_bridge._core.codec import encode_comment
-from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext, send_json
+from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
 from sse_bridge._dialects.translator import Translator
 from sse_bridge._resume.store import (

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from starlette.middleware.cors import CORSMiddleware
 
-from sse_bridge._core.context import STREAM_KEY, StreamContext, send_json
+from sse_bridge._core.asgi import send_json
+from sse_bridge._core.context import STREAM_KEY, StreamContext
 from sse_bridge._core.headers import (
     CORS_ALLOW_HEADERS,
     CORS_ALLOW_METHODS,
@@ -27,9 +28,9 @@ from sse_bridge._core.headers import (
     bearer_token,
     header,
 )
+from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware.app import SSEBridgeMiddleware
-from sse_bridge._middleware.options import off_as_zero
 from sse_bridge._proxy.app import ProxyApp
 from sse_bridge._resume.store import ResumeStore
 from sse_bridge._sidecar.options import SidecarOptions

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sse_bridge._middleware.options import BridgeOptions, Options, Spec, option, required
+from sse_bridge._core.options import Options, Spec, option, required
+from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._proxy.target import COMMIT_PATHS, parse_upstream
 
 MiB = 1024 * 1024
