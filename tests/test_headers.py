@@ -1,4 +1,4 @@
-"""The header rules of ``_headers.py``: one table per rule, headers in, headers out.
+"""The header rules of ``_core/headers.py``: one table per rule, headers in, headers out.
 
 The layers that apply them (the proxy, the middleware, the sidecar) are tested end to end in
 their own files; these tables pin each rule down on its own.

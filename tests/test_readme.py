@@ -174,16 +174,3 @@ def test_every_quoted_error_is_known() -> None:
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for quote in re.findall(r'"(?:error|message)": "([^"]*)"', flat(doc.read_text())):
             assert quote in known, (doc.name, quote)
-
-
-def test_the_architecture_map_names_every_module() -> None:
-    text = (ROOT / "docs" / "architecture.md").read_text()
-    package = ROOT / "src" / "sse_bridge"
-    private = [
-        p.relative_to(package).as_posix()
-        for p in package.rglob("*.py")
-        if p.name != "__init__.py" and any(part.startswith("_") for part in p.parts[-2:])
-    ]
-    assert len(private) > 25
-    missing = [name for name in private if f"`{name}`" not in text]
-    assert not missing, f"docs/architecture.md does not place {missing}"

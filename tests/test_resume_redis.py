@@ -657,7 +657,7 @@ def test_bad_options_are_refused(url: str, options: dict[str, Any], message: str
 
 
 def test_without_redis_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The import of redis-py is in _redis_client, which every part of the store imports.
+    # The import of redis-py is in redis/client.py, which every part of the store imports.
     monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.store")
     monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.client")
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)

@@ -3,7 +3,7 @@
 A dialect is a name, a callable applied to each decoded JSON value (:data:`DialectFunc`), or a
 :class:`Translator` subclass; :func:`resolve_dialect` turns each into a factory of per-stream
 translators. The JSON dialects are hooks of one template, :class:`JSONTranslator` (in
-``_translator.py``, with the event writers they share); ``openai`` lives in ``_openai.py``.
+``translator.py``, with the event writers they share); ``openai`` lives in ``openai.py``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Measure whether a chain of servers streams: read the socket, timestamp every read.
 
-:func:`probe` opens concurrent requests, reads each as it arrives (:mod:`._probe_wire`) and
-judges the arrival times (:mod:`._analysis`). HTTP/1.1 is read with h11; with ``http2=True`` the
+:func:`probe` opens concurrent requests, reads each as it arrives (``wire.py``) and
+judges the arrival times (``analysis.py``). HTTP/1.1 is read with h11; with ``http2=True`` the
 probe offers HTTP/2 (ALPN ``h2`` over TLS, prior knowledge on plain http://) and reads it with
 h2's state machine, timestamping reads the same way.
 """

@@ -12,7 +12,7 @@ failures exactly as with httpx's own transport, and gets httpx's exceptions. Sco
 and pool timeouts of each request, request bodies of known length or streamed (chunked).
 
 Here: the pool, the request, and the answer's body; one connection, its protocol and its parser,
-are ``_upstream_connection``.
+are ``connection.py``'s.
 """
 
 from __future__ import annotations
