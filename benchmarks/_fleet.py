@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from _stream_client import HOST
+from _stream_client import HOST, SIDECAR_MAX_STREAMS
 
 from sse_bridge._testing.loopback import free_port, wait_until
 
@@ -38,8 +38,6 @@ PROXY_ROLES = ("sidecar-raw", "sidecar-ollama", "tutorial", "sse-starlette")
 BEFORE_ROLES = {"sidecar-raw-before": "sidecar-raw", "sidecar-ollama-before": "sidecar-ollama"}
 WORKERS_ROLE = "workers2"
 WORKERS = 2
-# The sidecar answers 503 past max_streams (1,000 by default); the sweep goes past that.
-SIDECAR_MAX_STREAMS = 4000
 
 
 def _child_setup(cpu: int | None) -> Callable[[], None]:

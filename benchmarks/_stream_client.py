@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 HOST = "127.0.0.1"
+# The sidecar answers 503 past max_streams (1,000 by default); the sweep goes past that. Here, not
+# in _fleet.py: _stream_servers.py runs with an earlier checkout's sse_bridge too (--before), so
+# it imports nothing that reaches into the package's private modules.
+SIDECAR_MAX_STREAMS = 4000
 
 
 class ProtocolError(Exception):

@@ -34,8 +34,7 @@ from urllib.parse import parse_qs
 
 import httpx
 import uvicorn
-from _fleet import SIDECAR_MAX_STREAMS
-from _stream_client import raise_fd_limit
+from _stream_client import SIDECAR_MAX_STREAMS, raise_fd_limit
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse

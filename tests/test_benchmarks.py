@@ -6,6 +6,7 @@ read side by side in one benchmark run, see docs/benchmarks.md.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -82,3 +83,36 @@ def test_the_quick_resume_probe_runs_and_delivers_everything(tmp_path: Path) -> 
     # A retained stream holds at least its events' bytes.
     assert memory["python_bytes_per_stream"] >= memory["event_bytes_per_stream"] > 0
     assert "ratios" in completed.stdout
+
+
+def sse_bridge_imports(script: Path) -> set[str]:
+    """The sse_bridge modules a benchmark script imports, through the benchmark modules it uses."""
+    found: set[str] = set()
+    todo, seen = [script], set()
+    while todo:
+        path = todo.pop()
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                local = ROOT / "benchmarks" / f"{name}.py"
+                if local.exists() and local not in seen:
+                    todo.append(local)
+                elif name.split(".")[0] == "sse_bridge":
+                    found.add(name)
+    return found
+
+
+def test_the_server_roles_run_on_an_earlier_checkout_too() -> None:
+    # --before runs _stream_servers.py with an earlier checkout's sse_bridge ahead on the path:
+    # it may import only what every layout has, the public modules and the ASGI aliases.
+    public = {"sse_bridge", "sse_bridge.testing", "sse_bridge._types"}
+    found = sse_bridge_imports(ROOT / "benchmarks" / "_stream_servers.py")
+    assert "sse_bridge.testing" in found
+    assert found <= public, sorted(found - public)
+    # The fleet itself runs with this checkout only, and does reach further.
+    assert not sse_bridge_imports(ROOT / "benchmarks" / "_fleet.py") <= public
