@@ -6,14 +6,9 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from sse_bridge._core.codec import (
-    encode_retry,
-)
+from sse_bridge._core.codec import encode_retry
 from sse_bridge._core.context import EVENT_STREAM_KEY, STREAM_KEY, StreamContext
-from sse_bridge._core.headers import (
-    accepts_event_stream,
-    for_app,
-)
+from sse_bridge._core.headers import accepts_event_stream, for_app
 from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect, resolve_dialect
 from sse_bridge._middleware.options import BridgeOptions
