@@ -79,7 +79,6 @@ class Responder:
         "spawn",
         "stats",
         "tasks",
-        "translator",
         "wanted",
         "watch",
         "write_turn",
@@ -98,8 +97,7 @@ class Responder:
         # yields or a deque per stream (docs/benchmarks.md).
         self.writing = False
         self.write_turn: anyio.Event | None = None
-        self.translator = bridge.new_translator()
-        self.converter = Converter(self.translator, bridge.max_line_bytes, context)
+        self.converter = Converter(bridge.new_translator(), bridge.max_line_bytes, context)
         self.stats = context
         self.recording: Recording | None = None
         self.watch = ClientWatch(self, bridge.keepalive, bridge.resume_grace)
@@ -144,14 +142,15 @@ class Responder:
                 # The app returned without ending its body: deliver what it sent, then say
                 # that the stream broke off, whatever the dialect.
                 events = self.converter.rest()
-                if not (self.translator.finished or self.translator.completed):
+                translator = self.converter.translator
+                if not (translator.finished or translator.completed):
                     self.settle(Outcome.UPSTREAM_TRUNCATED)
-                    events += self.translator.fail(APP_ENDED)
+                    events += translator.fail(APP_ENDED)
                 await self.write(events, more=False)
         except Exception as exc:
             if self.converting and not self.closed:
                 self.settle(Outcome.UPSTREAM_ERROR)
-                await self.write(self.translator.fail(APP_FAILED), more=False)
+                await self.write(self.converter.translator.fail(APP_FAILED), more=False)
             return exc
         return None
 
@@ -325,7 +324,7 @@ class Responder:
         recording = self.recording
         if recording is None or self.ended:
             return
-        translator = self.translator
+        translator = self.converter.translator
         if not (translator.finished or translator.completed):
             recording.append(translator.fail(CANCELLED))
         self.ended = True
@@ -350,7 +349,7 @@ class Responder:
         """The events that end a stream stopped (``STOPPED``) or abandoned by its client
         (``CLIENT_DISCONNECTED``): none if its final or terminal event has gone out already
         and only the upstream's end of body was still to come."""
-        translator = self.translator
+        translator = self.converter.translator
         if translator.completed:
             self.settle(Outcome.COMPLETED)
             return []
