@@ -1,9 +1,10 @@
-"""How NDJSON lines become events: the ``raw``, ``ollama`` and ``openai`` dialects, or your own.
+"""How NDJSON lines become events: the raw, ollama, openai and ai-sdk dialects, or your own.
 
 A dialect is a name, a callable applied to each decoded JSON value (:data:`DialectFunc`), or a
 :class:`Translator` subclass; :func:`resolve_dialect` turns each into a factory of per-stream
 translators. The JSON dialects are hooks of one template, :class:`JSONTranslator` (in
-``translator.py``, with the event writers they share); ``openai`` lives in ``openai.py``.
+``translator.py``, with the event writers they share); ``openai`` lives in ``openai.py``, ``ai-sdk``
+in ``ai_sdk.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from sse_bridge._core.codec import ServerSentEvent, encode_data, encode_json_data
+from sse_bridge._dialects.ai_sdk import AISDKTranslator
 from sse_bridge._dialects.openai import OpenAITranslator
 from sse_bridge._dialects.translator import (
     EMPTY,
@@ -128,6 +130,7 @@ DIALECTS: dict[str, Callable[[], Translator]] = {
     "raw": RawTranslator,
     "ollama": OllamaTranslator,
     "openai": OpenAITranslator,
+    "ai-sdk": AISDKTranslator,
 }
 
 

@@ -101,7 +101,12 @@ class Translator(ABC):
             and the stream ends cleanly when the upstream's body does. Leave it ``False`` for a
             format that has no final object; then the end of the body is the end of the answer
             unless :meth:`end` says otherwise.
+        headers: response headers the format needs beyond an event stream's own, as
+            ``(name, value)`` byte pairs in lower case (say a protocol version its clients
+            check); the middleware adds them to every stream of this dialect, resumed ones too.
     """
+
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self) -> None:
         self.finished = False

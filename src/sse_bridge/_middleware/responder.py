@@ -211,6 +211,8 @@ class Responder:
     async def begin(self, message: Message, headers: list[tuple[bytes, bytes]]) -> None:
         self.converting = True
         kept = converted(headers)
+        for name, value in self.converter.translator.headers:
+            kept = replaced(kept, name, value)
         recording = None
         endpoints = self.bridge.endpoints
         if endpoints is not None:

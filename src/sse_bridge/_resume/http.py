@@ -215,9 +215,9 @@ class ResumeEndpoints:
             # Ended, and the reader has every event: 204 also stops EventSource reconnecting.
             await _no_content(send, context, Outcome.COMPLETED)
             return
-        headers = event_stream_headers(
-            [(STREAM_ID_HEADER, stream_id.encode())], scope.get("http_version")
-        )
+        # The dialect's own headers too: its clients may check them on a resumed stream.
+        own = [*self.bridge.new_translator().headers, (STREAM_ID_HEADER, stream_id.encode())]
+        headers = event_stream_headers(own, scope.get("http_version"))
         reader = _Reader(self, send, stream_id, after, follower, context)
         try:
             context.status = 200

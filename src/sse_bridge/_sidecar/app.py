@@ -33,6 +33,7 @@ from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._proxy.app import ProxyApp
 from sse_bridge._resume.store import ResumeStore
+from sse_bridge._sidecar.chat import UIChat
 from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
@@ -255,6 +256,7 @@ def create_proxy(
     resume_path: str = _DEFAULT["resume_path"],
     resume_grace: float = _DEFAULT["resume_grace"],
     resume_ttl: float = _DEFAULT["resume_ttl"],
+    model: str | None = _DEFAULT["model"],
     metrics: bool = _DEFAULT["metrics"],
     metrics_port: int | None = _DEFAULT["metrics_port"],
     log_format: Literal["text", "json"] = _DEFAULT["log_format"],
@@ -285,6 +287,8 @@ def create_proxy(
         grace: seconds open streams get to finish after SIGTERM before they are ended.
         resume, resume_path, resume_grace, resume_ttl: resumable streams, as for the
             middleware (docs/resume.md); the API key guards the resume endpoints too.
+        model: with ``dialect="ai-sdk"``, the Ollama model of a chat request whose body names
+            none (docs/ai-sdk.md); ``None``: each request must name its model.
         metrics: record Prometheus metrics (the ``metrics`` extra; docs/operations.md) and,
             unless ``metrics_port`` is set, serve them at ``/metrics`` (behind the API key).
         metrics_port: the port ``sse-bridge serve`` serves the metrics on instead, apart from
@@ -314,6 +318,7 @@ def create_proxy(
         resume_path=resume_path,
         resume_grace=resume_grace,
         resume_ttl=resume_ttl,
+        model=model,
         metrics=metrics,
         metrics_port=metrics_port or 0,
         log_format=log_format,
@@ -339,6 +344,10 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
     proxy = ProxyApp(options)
     bridge = SSEBridgeMiddleware.with_options(proxy, options)
     app: ASGIApp = bridge
+    if options.dialect == "ai-sdk":
+        # The AI SDK's requests are the sidecar's to read: the middleware converts responses.
+        resume_path = None if bridge.store is None else options.resume_path
+        app = UIChat(app, model=options.model, max_body=options.max_body, resume_path=resume_path)
     app = _Front(
         app,
         proxy,

@@ -79,6 +79,14 @@ class SidecarOptions(BridgeOptions):
         10.0,
         Spec("Seconds streams get to finish on SIGTERM.", "seconds", meaning="after SIGTERM"),
     )
+    model: str | None = option(
+        None,
+        Spec(
+            "With --dialect ai-sdk: the Ollama model for a chat request that names none.",
+            "text",
+            meaning="give a model name, or None: each request's body names its model",
+        ),
+    )
     metrics: bool = option(
         False,
         Spec("Prometheus metrics at /metrics, behind the API key (docs/operations.md).", "flag"),
@@ -103,6 +111,11 @@ class SidecarOptions(BridgeOptions):
     def validate(self) -> None:
         super().validate()
         parse_upstream(self.upstream)
+        if self.model is not None and self.dialect != "ai-sdk":
+            raise ValueError(
+                f"model {self.model!r} is the default of AI SDK chat requests: use it with "
+                "dialect 'ai-sdk'"
+            )
         if self.metrics_port and not self.metrics:
             port = self.metrics_port
             raise ValueError(
