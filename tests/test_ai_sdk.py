@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from loadtests.stack import running
@@ -257,3 +258,59 @@ def test_a_resume_after_a_disconnect_gives_the_whole_text_once(
 def test_a_chat_with_nothing_live_resumes_to_nothing(resumable: str, sdk: str) -> None:
     spec = {"sdk": sdk, "api": f"{resumable}/api/chat", "chatId": "never-seen"}
     assert run_client({**spec, "mode": "reconnect"}) == {"none": True}
+
+
+def ui_body(chat_id: str) -> dict[str, Any]:
+    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}
+    return {"id": chat_id, "messages": [message], "trigger": "submit-message"}
+
+
+def data_lines(lines: Iterator[str], until: str) -> list[str]:
+    """The data of each event read from ``lines``, up to the first whose data holds ``until``."""
+    seen: list[str] = []
+    for line in lines:
+        if line.startswith("data: "):
+            seen.append(line[len("data: ") :])
+            if until in seen[-1]:
+                return seen
+    return seen
+
+
+def test_a_delete_stops_a_chats_generation_for_every_reader(
+    resumable: str, ollama: tuple[str, FakeOllama]
+) -> None:
+    fake = ollama[1]
+    slow = {"num_tokens": 500, "tokens_per_second": 20}
+    chat_url = f"{resumable}/api/chat"
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", chat_url, json=ui_body("stop-me"), headers={"x-fake": json.dumps(slow)}
+        ) as owner,
+    ):
+        assert owner.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        assert owner.headers["content-type"].startswith("text/event-stream")
+        owner_lines = owner.iter_lines()
+        data_lines(owner_lines, "text-delta")
+        with client.stream("GET", f"{chat_url}/stop-me/stream") as follower:
+            # A resumed stream carries the protocol's header too, and starts at the start.
+            assert follower.status_code == 200
+            assert follower.headers["x-vercel-ai-ui-message-stream"] == "v1"
+            follower_lines = follower.iter_lines()
+            assert json.loads(data_lines(follower_lines, "start")[0])["type"] == "start"
+            assert client.delete(f"{chat_url}/stop-me/stream").status_code == 204
+            for lines in (owner_lines, follower_lines):
+                ending = data_lines(lines, "[DONE]")
+                finish = json.loads(ending[-2])
+                assert finish["type"] == "finish"
+                assert finish["messageMetadata"]["finishReason"] == "interrupted"
+    fake.records.wait_for_blocking(
+        path="/api/chat",
+        outcome="cancelled",
+        predicate=lambda r: r.body is not None and r.body.get("fake") == slow,
+    )
+    # The bridge lets go of the chat as its generation ends: ask until it has.
+    deadline = time.monotonic() + 10
+    while (status := httpx.get(f"{chat_url}/stop-me/stream").status_code) != 204:
+        assert status == 200
+        assert time.monotonic() < deadline, "the stopped chat still had a live stream after 10 s"

@@ -349,6 +349,7 @@ async def test_a_client_that_leaves_mid_body_gets_nothing_and_nothing_goes_on() 
     ("method", "path", "status"),
     [
         ("GET", "/api/chat/chat-1/stream", 204),
+        ("DELETE", "/api/chat/chat-1/stream", 204),
         ("POST", "/api/chat/chat-1/stream", 405),
         ("GET", "/api/chat//stream", 400),
         ("GET", "/api/chat/" + "x" * 257 + "/stream", 400),

@@ -6,7 +6,7 @@ read. ``POST /api/chat`` with UI messages becomes an Ollama ``/api/chat`` body
 resume on, each chat id (the body's ``id``) maps to its live stream, and ``GET
 /api/chat/<chat id>/stream``, which ``useChat({resume: true})`` calls on load, follows that stream
 from its first event through the middleware's resume endpoint; it answers 204 when the chat has
-no live stream, as the SDK expects.
+no live stream, as the SDK expects. ``DELETE`` on that path stops the chat's generation.
 """
 
 from __future__ import annotations
@@ -129,15 +129,19 @@ class UIChat:
                 self.chats.release(str(chat_id), stream_id)
 
     async def resume(self, scope: Scope, receive: Receive, send: Send, chat_id: str) -> None:
-        if scope["method"] != "GET":
-            await _refuse(scope, send, 405, "GET resumes a chat's stream", [(b"allow", b"GET")])
+        """GET follows the chat's live stream; DELETE stops it (Chat.stop() only disconnects,
+        which a resumable stream outlives)."""
+        if scope["method"] not in ("GET", "DELETE"):
+            allow = [(b"allow", b"GET, DELETE")]
+            await _refuse(scope, send, 405, "GET resumes a chat's stream, DELETE stops it", allow)
             return
         if not (0 < len(chat_id) <= MAX_ID and chat_id.isprintable()):
             await _refuse(scope, send, 400, f"a chat id is 1 to {MAX_ID} printable characters")
             return
         stream_id = None if self.resume_path is None else self.chats.find(chat_id, scope)
         if stream_id is None:
-            # Nothing live for this chat: the SDK then shows the messages it has.
+            # Nothing live for this chat: the SDK then shows the messages it has (and there is
+            # nothing to stop).
             _context(scope).status = 204
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
