@@ -224,7 +224,9 @@ async def middleware(messages: int) -> None:
         "asgi": {"version": "3.0"},
     }
     configs: list[tuple[str, Any]] = [("no middleware", app)]
-    configs += [(d, SSEBridgeMiddleware(app, dialect=d)) for d in ("raw", "ollama", "openai")]
+    configs += [
+        (d, SSEBridgeMiddleware(app, dialect=d)) for d in ("raw", "ollama", "openai", "ai-sdk")
+    ]
     best = {name: float("inf") for name, _ in configs}
     for _ in range(5):  # rounds, interleaved: the best of each configuration counts
         for name, served in configs:
