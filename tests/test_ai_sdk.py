@@ -160,6 +160,16 @@ def test_a_tool_call_arrives_as_a_tool_part(bridge: str, sdk: str) -> None:
 
 
 @pytest.mark.parametrize("sdk", SDKS)
+def test_a_model_that_loads_slowly_still_streams_the_exact_answer(bridge: str, sdk: str) -> None:
+    # Past --commit-after (1 s) without upstream headers, the bridge commits the event stream
+    # and sends keepalives: the SDK skips them and still assembles the answer.
+    result = chat(bridge, sdk, fake={**FAST, "load_delay": 1.5})
+    assert result["errors"] == []
+    assert result["text"] == ANSWER
+    assert result["chunks"][-1] == "finish"
+
+
+@pytest.mark.parametrize("sdk", SDKS)
 def test_an_unknown_model_reaches_the_client_as_an_error(bridge: str, sdk: str) -> None:
     result = chat(bridge, sdk, model="no-such-model")
     # Ollama's own 404 passes through; the SDK raises with its body (ai 5 without the status).
