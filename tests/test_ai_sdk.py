@@ -198,6 +198,14 @@ def test_a_truncated_stream_reaches_the_client_as_an_error(bridge: str, sdk: str
     assert result["states"] == ["done"]
 
 
+def test_use_chat_can_post_to_a_path_of_its_own(ollama: tuple[str, FakeOllama]) -> None:
+    with sidecar(ollama[0], "--chat-path", "/ui/chat") as (url, _):
+        spec = {"sdk": "ai", "api": f"{url}/ui/chat", "mode": "chat", "chatId": "c"}
+        result = run_client({**spec, "headers": {"x-fake": json.dumps(FAST)}})
+    assert result["errors"] == []
+    assert result["text"] == ANSWER
+
+
 def test_every_chunk_passes_the_strict_schema_of_ai_5_0(bridge: str) -> None:
     # ai 5.0.0 refused any key its schema does not name: one extra key and the SDK errors.
     for body in ({"think": True}, {"tools": [WEATHER]}):

@@ -415,3 +415,26 @@ def test_a_newer_stream_of_a_chat_replaces_the_older_one() -> None:
     assert chats.find("c", scope) == "new"
     chats.release("c", "new")
     assert chats.find("c", scope) is None
+
+
+@pytest.mark.anyio
+async def test_a_chat_path_of_its_own_goes_on_to_ollamas_chat() -> None:
+    behind = Behind(stream_id="S" * 22)
+    behind.release.set()
+    app = UIChat(behind, model="m", max_body=1000, resume_path="/streams", path="/ui/chat")
+    sent = await call(app, http("POST", "/ui/chat"), [CHAT])
+    assert sent[0]["status"] == 200
+    assert behind.scopes[0]["path"] == "/api/chat"
+    assert behind.scopes[0]["raw_path"] == b"/api/chat"
+    # The resume path follows the chat path; the default path is Ollama's own again.
+    sent = await call(app, http("GET", "/ui/chat/chat-1/stream"))
+    assert sent[0]["status"] == 204
+    ollama = http("POST", "/api/chat")
+    await call(app, ollama, [b"{}"])
+    assert behind.scopes[-1] is ollama
+
+
+@pytest.mark.parametrize("path", ["api/chat", "/api/chat/", "/", "/chat?x=1", ""])
+def test_a_chat_path_must_be_a_path(path: str) -> None:
+    with pytest.raises(ValueError, match="chat_path"):
+        SidecarOptions(upstream="http://127.0.0.1:1", dialect="ai-sdk", chat_path=path)

@@ -257,6 +257,7 @@ def create_proxy(
     resume_grace: float = _DEFAULT["resume_grace"],
     resume_ttl: float = _DEFAULT["resume_ttl"],
     model: str | None = _DEFAULT["model"],
+    chat_path: str = _DEFAULT["chat_path"],
     metrics: bool = _DEFAULT["metrics"],
     metrics_port: int | None = _DEFAULT["metrics_port"],
     log_format: Literal["text", "json"] = _DEFAULT["log_format"],
@@ -289,6 +290,8 @@ def create_proxy(
             middleware (docs/resume.md); the API key guards the resume endpoints too.
         model: with ``dialect="ai-sdk"``, the Ollama model of a chat request whose body names
             none (docs/ai-sdk.md); ``None``: each request must name its model.
+        chat_path: with ``dialect="ai-sdk"``, the path ``useChat`` posts its requests to (its
+            ``api`` option's path); they go on to the upstream's ``/api/chat``.
         metrics: record Prometheus metrics (the ``metrics`` extra; docs/operations.md) and,
             unless ``metrics_port`` is set, serve them at ``/metrics`` (behind the API key).
         metrics_port: the port ``sse-bridge serve`` serves the metrics on instead, apart from
@@ -319,6 +322,7 @@ def create_proxy(
         resume_grace=resume_grace,
         resume_ttl=resume_ttl,
         model=model,
+        chat_path=chat_path,
         metrics=metrics,
         metrics_port=metrics_port or 0,
         log_format=log_format,
@@ -347,7 +351,13 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
     if options.dialect == "ai-sdk":
         # The AI SDK's requests are the sidecar's to read: the middleware converts responses.
         resume_path = None if bridge.store is None else options.resume_path
-        app = UIChat(app, model=options.model, max_body=options.max_body, resume_path=resume_path)
+        app = UIChat(
+            app,
+            model=options.model,
+            max_body=options.max_body,
+            resume_path=resume_path,
+            path=options.chat_path,
+        )
     app = _Front(
         app,
         proxy,

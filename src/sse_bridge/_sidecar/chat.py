@@ -1,9 +1,9 @@
 """The AI SDK's side of a request, for ``--dialect ai-sdk``: the chat POST and its resume GET.
 
 The middleware converts responses only; what a ``useChat`` client sends is the sidecar's to
-read. ``POST /api/chat`` with UI messages becomes an Ollama ``/api/chat`` body
-(``ui_messages.py``) asking for an event stream, so the ``ai-sdk`` dialect answers it. With
-resume on, each chat id (the body's ``id``) maps to its live stream, and ``GET
+read. ``POST /api/chat`` (or the ``chat_path`` option's path) with UI messages becomes an Ollama
+``/api/chat`` body (``ui_messages.py``) asking for an event stream, so the ``ai-sdk`` dialect
+answers it. With resume on, each chat id (the body's ``id``) maps to its live stream, and ``GET
 /api/chat/<chat id>/stream``, which ``useChat({resume: true})`` calls on load, follows that stream
 from its first event through the middleware's resume endpoint; it answers 204 when the chat has
 no live stream, as the SDK expects. ``DELETE`` on that path stops the chat's generation.
@@ -17,6 +17,7 @@ from sse_bridge._core.headers import STREAM_ID_HEADER, header
 from sse_bridge._sidecar.ui_messages import MAX_ID, BadChatRequest, chat_request
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 
+# Ollama's chat endpoint, where every rewritten request goes, and useChat's default path.
 CHAT_PATH = "/api/chat"
 # What the request that goes on carries instead of the client's: the body is a new one.
 _REPLACED = frozenset({b"content-length", b"transfer-encoding", b"content-type", b"accept"})
@@ -59,22 +60,31 @@ class UIChat:
         max_body: the largest request body read, in bytes; larger ones get 413.
         resume_path: the middleware's resume endpoint when resume is on, else None (and every
             resume GET gets 204).
+        path: where useChat posts (its ``api`` option); the chat then goes to Ollama's
+            ``/api/chat`` whatever this path is.
     """
 
     def __init__(
-        self, app: ASGIApp, *, model: str | None, max_body: int, resume_path: str | None
+        self,
+        app: ASGIApp,
+        *,
+        model: str | None,
+        max_body: int,
+        resume_path: str | None,
+        path: str = CHAT_PATH,
     ) -> None:
         self.app = app
         self.model = model
         self.max_body = max_body
         self.resume_path = None if resume_path is None else resume_path.rstrip("/") + "/"
-        self.prefix = CHAT_PATH + "/"
+        self.path = path
+        self.prefix = path + "/"
         self.chats = ChatStreams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path == CHAT_PATH and scope["method"] == "POST":
+            if path == self.path and scope["method"] == "POST":
                 await self.chat(scope, receive, send)
                 return
             if path.startswith(self.prefix) and path.endswith("/stream"):
@@ -101,7 +111,7 @@ class UIChat:
             (b"content-length", str(len(upstream)).encode()),
             (b"accept", b"text/event-stream"),
         ]
-        scope = {**scope, "headers": headers}
+        scope = {**scope, "path": CHAT_PATH, "raw_path": CHAT_PATH.encode(), "headers": headers}
         replayed = False
 
         async def replay() -> Message:

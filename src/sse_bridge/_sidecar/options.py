@@ -87,6 +87,15 @@ class SidecarOptions(BridgeOptions):
             meaning="give a model name, or None: each request's body names its model",
         ),
     )
+    chat_path: str = option(
+        "/api/chat",
+        Spec(
+            "With --dialect ai-sdk: the path useChat posts to (its api option); sent on to "
+            "Ollama's /api/chat.",
+            "text",
+            meaning="a path such as '/api/chat'",
+        ),
+    )
     metrics: bool = option(
         False,
         Spec("Prometheus metrics at /metrics, behind the API key (docs/operations.md).", "flag"),
@@ -111,6 +120,9 @@ class SidecarOptions(BridgeOptions):
     def validate(self) -> None:
         super().validate()
         parse_upstream(self.upstream)
+        path = self.chat_path
+        if not path.startswith("/") or "?" in path or path.endswith("/") or path == "/":
+            raise ValueError(f"chat_path must be a path such as '/api/chat', not {path!r}")
         if self.model is not None and self.dialect != "ai-sdk":
             raise ValueError(
                 f"model {self.model!r} is the default of AI SDK chat requests: use it with "
