@@ -38,6 +38,17 @@ def test_the_config_is_valid(tmp_path: Path) -> None:
         pass
 
 
+def test_a_relative_workdir_is_taken_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The load test's default `--results results` is relative; nginx takes `-c` relative to its
+    # `-p`, so a relative path handed to both named results/x/results/x/nginx.conf.
+    monkeypatch.chdir(tmp_path)
+    with nginx(DEPLOY_CONF.read_text(), bridges=[free_port()], workdir=Path("results/x")) as url:
+        assert url.startswith("http://127.0.0.1:")
+    assert (tmp_path / "results" / "x" / "nginx.conf").is_file()
+
+
 @pytest.mark.timing
 async def test_twenty_streams_through_nginx_stay_separate(
     fake: str, bridges: list[int], tmp_path: Path
