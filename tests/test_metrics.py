@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._core.context import BUCKETS, StreamContext
+from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge.metrics import BridgeMetrics
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._servers import serve
@@ -232,6 +233,12 @@ async def test_middleware_users_register_the_metrics_in_their_registry() -> None
     assert registry.get_sample_value("sse_bridge_streams_active") == 0
 
 
+def test_a_metrics_port_turns_the_metrics_on() -> None:
+    assert SidecarOptions(upstream="http://127.0.0.1:9", metrics_port=9100).metrics is True
+    assert SidecarOptions(upstream="http://127.0.0.1:9").metrics is False
+    create_proxy(upstream="http://127.0.0.1:9", metrics_port=9100)
+
+
 def test_two_apps_in_one_process_do_not_collide() -> None:
     create_proxy(upstream="http://127.0.0.1:9", metrics=True)
     create_proxy(upstream="http://127.0.0.1:9", metrics=True)
@@ -240,7 +247,6 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"metrics_port": 9100}, "metrics_port 9100 serves the metrics, which are off"),
         ({"metrics": True, "metrics_port": 70000}, "metrics_port must be a TCP port"),
         ({"metrics": True, "metrics_port": -1}, "metrics_port must be an integer >= 0"),
         ({"log_format": "xml"}, "log_format must be 'text' or 'json'"),
