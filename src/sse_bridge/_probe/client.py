@@ -8,6 +8,7 @@ h2's state machine, timestamping reads the same way.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 from collections.abc import Sequence
@@ -55,7 +56,7 @@ async def read_stream(
     try:
         with anyio.fail_after(deadline):
             connection = await _connect(host, port, context, tls_hostname=host)
-            async with connection:
+            try:
                 alpn = connection.extra(TLSAttribute.alpn_protocol, None)
                 if http2 and (context is None or alpn == "h2"):
                     await exchange_h2(
@@ -63,6 +64,8 @@ async def read_stream(
                     )
                 else:
                     await exchange_h1(connection, request, body, stream, started, stop_after_events)
+            finally:
+                await _close(connection)
     except TimeoutError:
         stream.error = f"timed out after {deadline:g} s"
     except ssl.SSLCertVerificationError as exc:
@@ -70,6 +73,16 @@ async def read_stream(
     except (OSError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
         stream.error = f"{type(exc).__name__}: {exc}"
     return stream
+
+
+async def _close(connection: anyio.abc.ByteStream) -> None:
+    """Close the connection; what the exchange found is recorded by now, and stands.
+
+    A TLS server may close its socket without answering the probe's close_notify (nginx does):
+    anyio's unwrap then raises BrokenResourceError, which says nothing about the response.
+    """
+    with contextlib.suppress(OSError, anyio.BrokenResourceError):
+        await connection.aclose()
 
 
 def tls_context(
