@@ -6,7 +6,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -36,6 +38,37 @@ def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:
         assert f"env var: SSE_BRIDGE_{name[2:].upper().replace('-', '_')}" in block, block
         if name not in ("--upstream", "--api-key", "--cors-origin"):
             assert "default:" in block, block
+
+
+def test_resume_on_redis_without_redis_py_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As --metrics and --http2 without their extras: a usage error naming the extra, no traceback.
+    monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.store", raising=False)
+    monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.client", raising=False)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    args = ["serve", "--upstream", "http://h", "--resume", "redis://127.0.0.1:1/0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is not None
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "Error: the Redis resume store needs redis-py: pip install 'sse-bridge[resume]'" in (
+        result.output
+    )
+
+
+def test_a_busy_metrics_port_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(_server, "_run", lambda *args, **kwargs: None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["serve", "--upstream", "http://h", "--metrics-port", str(port)]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"Error: --metrics-port {port}: cannot listen on 127.0.0.1:{port}" in result.output
+    assert "in use" in result.output
 
 
 def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

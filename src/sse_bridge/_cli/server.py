@@ -71,9 +71,15 @@ def _serve(server: ServerOptions, options: SidecarOptions) -> None:
 
         from sse_bridge._metrics.prometheus import collecting_registry
 
-        metrics_server, _ = start_http_server(
-            options.metrics_port, addr=server.host, registry=collecting_registry(None)
-        )
+        port = options.metrics_port
+        try:
+            metrics_server, _ = start_http_server(
+                port, addr=server.host, registry=collecting_registry(None)
+            )
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-port {port}: cannot listen on {server.host}:{port} ({exc.strerror})"
+            ) from None
     log_level = server.log_level
     log_config = copy.deepcopy(LOGGING_CONFIG)
     # The bridge's own warnings and its one line per stream, next to uvicorn's.

@@ -31,7 +31,11 @@ def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | Non
     if resume == "memory":
         return MemoryStore(ttl=ttl)
     if _is_redis_url(resume):
-        from sse_bridge._resume.redis.store import RedisStore
+        try:
+            from sse_bridge._resume.redis.store import RedisStore
+        except ImportError as exc:
+            # The message names the extra to install: one line, as for a bad option.
+            raise ValueError(str(exc)) from None
 
         return RedisStore(resume, ttl=ttl)
     return resume  # type: ignore[return-value]
