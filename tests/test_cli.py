@@ -104,6 +104,11 @@ def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.Mo
         (["serve", "--upstream", "http://h", "--dialect", "sse"], "'sse' is not one of"),
         (["serve", "--upstream", "http://h", "--keepalive", "-1"], "-1.0 is not in the range x>=0"),
         (["fake-ollama", "--failure", "boom"], "'boom' is not one of"),
+        (
+            ["serve", "--upstream", "http://h", "--resume", "disk"],
+            "--resume must be 'memory', a redis://host:port/db URL, or off (None; 'off' on the "
+            "command line), not 'disk'",
+        ),
     ],
 )
 def test_bad_options_get_a_clear_error(args: list[str], message: str) -> None:

@@ -339,6 +339,20 @@ async def test_two_workers_are_summed_on_the_metrics_port(fake_process: str) -> 
     assert api.status == 404
 
 
+def test_the_metrics_port_shows_the_dialect_series_at_zero_before_any_stream(
+    fake_process: str,
+) -> None:
+    # A fresh dashboard reads "No data" for a series that does not exist yet.
+    metrics_port = free_port()
+    args = ("serve", "--upstream", fake_process, "--dialect", "ollama")
+    with running(*args, "--metrics-port", str(metrics_port), "--log-level", "warning"):
+        found = scrape(metrics_port)
+    completed = (("dialect", "ollama"), ("outcome", "completed"))
+    assert found.get(("sse_bridge_streams_total", completed)) == 0
+    assert value(found, "sse_bridge_events_total", dialect="ollama") == 0
+    assert value(found, "sse_bridge_time_to_first_event_seconds_count", dialect="ollama") == 0
+
+
 async def test_serve_writes_json_lines_alone_on_their_lines(fake_process: str) -> None:
     args = ("serve", "--upstream", fake_process, "--dialect", "ollama", "--log-format", "json")
     with running(*args) as (url, process):

@@ -170,7 +170,8 @@ def test_serve_reads_the_resume_options(monkeypatch: pytest.MonkeyPatch) -> None
 def test_serve_refuses_an_unknown_store() -> None:
     bad = CliRunner().invoke(main, ["serve", "--upstream", "http://h", "--resume", "disk"])
     assert bad.exit_code == 2
-    assert "resume must be 'memory', a redis:// URL" in bad.output
+    assert "--resume must be 'memory', a redis://host:port/db URL, or off" in bad.output
+    assert "store object" not in bad.output
 
 
 # --- through Redis ---------------------------------------------------------------------------

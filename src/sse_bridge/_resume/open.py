@@ -16,6 +16,12 @@ def check_resume(resume: object) -> None:
         hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")
     ):
         return
+    if isinstance(resume, str):
+        # A text may come from the command line, which cannot pass a store object.
+        raise ValueError(
+            "resume must be 'memory', a redis://host:port/db URL, or off "
+            f"(None; 'off' on the command line), not {resume!r}"
+        )
     raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")
 
 
