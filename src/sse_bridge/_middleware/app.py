@@ -79,20 +79,28 @@ class SSEBridgeMiddleware:
         resume_ttl: float = _DEFAULT.resume_ttl,
         metrics: BridgeMetrics | None = None,
     ) -> None:
-        options = BridgeOptions(
-            dialect=dialect,
-            convert=convert,
-            keepalive=off_as_zero(keepalive),
-            max_line_bytes=max_line_bytes,
-            event_ids=event_ids,
-            retry=retry,
-            ndjson_types=ndjson_types,
-            resume=resume,
-            resume_path=resume_path,
-            resume_grace=resume_grace,
-            resume_ttl=resume_ttl,
-        )
-        self._configure(app, options, metrics)
+        try:
+            options = BridgeOptions(
+                dialect=dialect,
+                convert=convert,
+                keepalive=off_as_zero(keepalive),
+                max_line_bytes=max_line_bytes,
+                event_ids=event_ids,
+                retry=retry,
+                ndjson_types=ndjson_types,
+                resume=resume,
+                resume_path=resume_path,
+                resume_grace=resume_grace,
+                resume_ttl=resume_ttl,
+            )
+            self._configure(app, options, metrics)
+        except ValueError as exc:
+            # Starlette and FastAPI build their middleware at the app's first message, the
+            # lifespan startup, whose failure uvicorn's default `--lifespan auto` takes for an app
+            # without lifespan and hides: the server starts, and every request fails. Logged,
+            # the bad option is on the console at startup whatever the server does with it.
+            logger.error("SSEBridgeMiddleware cannot be built: %s", exc)
+            raise
 
     @classmethod
     def with_options(
