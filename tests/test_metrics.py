@@ -229,8 +229,43 @@ async def test_middleware_users_register_the_metrics_in_their_registry() -> None
     assert value(found, "sse_bridge_streams_total", dialect="ollama", outcome="completed") == 2
     assert value(found, "sse_bridge_events_total", dialect="ollama") == 2 * 4
     assert value(found, "sse_bridge_event_gap_seconds_count", dialect="ollama") == 2 * 3
-    # The scrape itself went through the middleware too: it is a request like any other.
     assert registry.get_sample_value("sse_bridge_streams_active") == 0
+
+
+async def test_middleware_metrics_count_streams_not_the_apps_other_routes() -> None:
+    # The snippet of docs/operations.md, with a route that streams: its own /metrics and
+    # FastAPI's /docs are not streams, and no scrape may count itself.
+    from fastapi import FastAPI
+
+    registry = CollectorRegistry()
+    metrics = BridgeMetrics(registry)
+    app = FastAPI()
+    app.add_middleware(SSEBridgeMiddleware, dialect="ollama", metrics=metrics)
+    app.mount("/metrics", metrics.asgi_app())
+
+    @app.post("/api/chat")
+    async def chat() -> StreamingResponse:
+        async def lines() -> Any:
+            yield json.dumps({"response": "a", "done": False}) + "\n"
+            yield json.dumps({"response": "", "done": True}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    with serve(app) as url:
+        for path in ("/docs", "/metrics/", "/openapi.json"):
+            answer = await fetch(f"{url}{path}", method="GET", body=b"")
+            assert answer.status == 200, path
+        # A mount answers its bare path with a redirect (Prometheus follows it; curl needs -L).
+        redirect = await fetch(f"{url}/metrics", method="GET", body=b"")
+        assert redirect.status == 307
+        assert redirect.headers["location"].endswith("/metrics/")
+        await fetch(f"{url}/api/chat", body=b"{}", headers=SSE)
+        await fetch(f"{url}/api/chat", body=b"{}")  # NDJSON, not converted: a stream too
+        scrape = await fetch(f"{url}/metrics/", method="GET", body=b"")
+    found = samples(scrape.body.decode())
+    completed = value(found, "sse_bridge_streams_total", dialect="ollama", outcome="completed")
+    assert completed == 2
+    assert value(found, "sse_bridge_streams_active") == 0
 
 
 def test_a_metrics_port_turns_the_metrics_on() -> None:
