@@ -8,6 +8,7 @@ import logging
 import re
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from starlette.routing import Mount, Route
 
 from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
-from sse_bridge._core.context import BUCKETS, StreamContext
+from sse_bridge._core.context import BUCKETS, Outcome, StreamContext
 from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge.metrics import BridgeMetrics
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
@@ -272,6 +273,15 @@ def test_a_metrics_port_turns_the_metrics_on() -> None:
     assert SidecarOptions(upstream="http://127.0.0.1:9", metrics_port=9100).metrics is True
     assert SidecarOptions(upstream="http://127.0.0.1:9").metrics is False
     create_proxy(upstream="http://127.0.0.1:9", metrics_port=9100)
+
+
+def test_every_outcome_is_documented_as_a_label_value() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| `sse_bridge_streams_total`")]
+    (key,) = [line for line in text.splitlines() if line.startswith("| `outcome` |")]
+    for outcome in Outcome:
+        assert f"`{outcome.value}`" in row, outcome
+        assert f"`{outcome.value}`" in key, outcome
 
 
 def test_two_apps_in_one_process_do_not_collide() -> None:

@@ -119,6 +119,8 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
     lines = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
     chat_line = next(line for line in lines if "path=/api/chat" in line)
     assert chat_line.endswith(f"outcome=stopped stream_id={sid}")
+    # Every event the client got is counted, the stop's final event included.
+    assert f" events={len(events(responses[0].body))} " in chat_line, chat_line
     stop_line = next(line for line in lines if "method=DELETE" in line)
     assert f"path=/streams/{sid} status=204" in stop_line
     assert stop_line.endswith(f"outcome=stopped stream_id={sid}")
