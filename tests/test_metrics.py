@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from starlette.routing import Mount, Route
 
 from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
+from sse_bridge._cli.server import JsonLines
 from sse_bridge._core.context import BUCKETS, Outcome, StreamContext
 from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge.metrics import BridgeMetrics
@@ -406,10 +408,34 @@ async def test_serve_writes_json_lines_alone_on_their_lines(fake_process: str) -
         )
         assert response.status == 200
         stop(process)
-        _, stderr = process.communicate(timeout=10)
-    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert len(records) == 1
-    assert records[0]["path"] == "/api/chat"
-    assert records[0]["events"] == 3
-    # uvicorn's own lines keep their text form.
-    assert "Uvicorn running on" in stderr
+        stdout, stderr = process.communicate(timeout=10)
+    # Every line is one JSON object, uvicorn's own (startup, access, shutdown) too: a log
+    # shipper reading JSON lines drops or garbles any other.
+    lines = (stdout + stderr).splitlines()
+    assert lines
+    records = [json.loads(line) for line in lines]
+    (stream,) = [r for r in records if "path" in r]
+    assert stream["path"] == "/api/chat"
+    assert stream["events"] == 3
+    others = [r for r in records if "path" not in r]
+    assert all(set(r) == {"time", "level", "logger", "message"} for r in others), others
+    messages = [r["message"] for r in others]
+    assert any("Uvicorn running on" in m for m in messages), messages
+    access = [r["message"] for r in others if r["logger"] == "uvicorn.access"]
+    assert any('"POST /api/chat HTTP/1.1" 200' in m for m in access), access
+
+
+def test_a_json_log_line_keeps_its_traceback_on_one_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, "f", 1, "failed %s", ("here",), sys.exc_info()
+        )
+    line = JsonLines().format(record)
+    assert "\n" not in line
+    fields = json.loads(line)
+    assert fields["level"] == "ERROR"
+    assert fields["message"].startswith("failed here\nTraceback")
+    assert fields["message"].endswith("RuntimeError: boom")
+    assert fields["time"].endswith("+00:00")
