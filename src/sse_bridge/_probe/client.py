@@ -53,9 +53,12 @@ async def read_stream(
     context = tls_context(http2=http2, insecure=insecure, cacert=cacert) if tls else None
     stream = Stream()
     started = time.monotonic()
+    # A failure to connect names where: the same message from every stream says nothing else.
+    where = f"cannot connect to {host}:{port}: "
     try:
         with anyio.fail_after(deadline):
             connection = await _connect(host, port, context, tls_hostname=host)
+            where = ""
             try:
                 alpn = connection.extra(TLSAttribute.alpn_protocol, None)
                 if http2 and (context is None or alpn == "h2"):
@@ -71,7 +74,7 @@ async def read_stream(
     except ssl.SSLCertVerificationError as exc:
         stream.error = f"{type(exc).__name__}: {exc} {UNTRUSTED}"
     except (OSError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
-        stream.error = f"{type(exc).__name__}: {exc}"
+        stream.error = f"{where}{type(exc).__name__}: {exc}"
     return stream
 
 
