@@ -261,6 +261,8 @@ def nginx_edge(conf: str, *, bridges: Sequence[int], workdir: Path) -> Iterator[
     A TLS listener in `conf` gets a free port and a throwaway self-signed certificate for
     127.0.0.1, made in `workdir`.
     """
+    # nginx reads `-c` relative to `-p`: a relative workdir handed to both would name itself twice.
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     listen = free_port()
     tls = None

@@ -6,7 +6,9 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -36,6 +38,37 @@ def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:
         assert f"env var: SSE_BRIDGE_{name[2:].upper().replace('-', '_')}" in block, block
         if name not in ("--upstream", "--api-key", "--cors-origin", "--model"):
             assert "default:" in block, block
+
+
+def test_resume_on_redis_without_redis_py_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As --metrics and --http2 without their extras: a usage error naming the extra, no traceback.
+    monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.store", raising=False)
+    monkeypatch.delitem(sys.modules, "sse_bridge._resume.redis.client", raising=False)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    args = ["serve", "--upstream", "http://h", "--resume", "redis://127.0.0.1:1/0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is not None
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert "Error: the Redis resume store needs redis-py: pip install 'sse-bridge[resume]'" in (
+        result.output
+    )
+
+
+def test_a_busy_metrics_port_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(_server, "_run", lambda *args, **kwargs: None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["serve", "--upstream", "http://h", "--metrics-port", str(port)]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"Error: --metrics-port {port}: cannot listen on 127.0.0.1:{port}" in result.output
+    assert "in use" in result.output
 
 
 def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,6 +104,11 @@ def test_serve_forwards_options_and_reads_the_environment(monkeypatch: pytest.Mo
         (["serve", "--upstream", "http://h", "--dialect", "sse"], "'sse' is not one of"),
         (["serve", "--upstream", "http://h", "--keepalive", "-1"], "-1.0 is not in the range x>=0"),
         (["fake-ollama", "--failure", "boom"], "'boom' is not one of"),
+        (
+            ["serve", "--upstream", "http://h", "--resume", "disk"],
+            "--resume must be 'memory', a redis://host:port/db URL, or off (None; 'off' on the "
+            "command line), not 'disk'",
+        ),
     ],
 )
 def test_bad_options_get_a_clear_error(args: list[str], message: str) -> None:
@@ -126,7 +164,9 @@ def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
     assert all("token" in e for e in events[:-1])
     assert 0.9 <= ended_at - sent_at <= 3.0
     assert "Traceback" not in stderr
-    assert "outcome=upstream_error" in stderr
+    # Ended by the bridge itself: not an upstream error, which the error ratio would count.
+    assert "outcome=shutdown" in stderr
+    assert "outcome=upstream_error" not in stderr
     # The upstream request was closed too: the fake stopped generating.
     record = fake.records.wait_for_blocking(path="/api/generate", outcome="cancelled", timeout=5)
     assert record.tokens_sent < 100
@@ -200,7 +240,10 @@ def test_sigterm_while_waiting_for_the_upstream_is_a_503() -> None:
         response = httpx.post(f"{url}/api/generate", json=body, timeout=DEADLINE)
         thread.join(timeout=DEADLINE)
         assert process.wait(timeout=DEADLINE) == BY_SIGTERM
-        assert "Traceback" not in process.communicate()[1]
+        stderr = process.communicate()[1]
+        assert "Traceback" not in stderr
+        assert "status=503" in stderr
+        assert "outcome=shutdown" in stderr
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert response.json() == {"error": "the bridge is shutting down; retry the request"}

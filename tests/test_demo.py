@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -140,3 +141,38 @@ def test_a_fetch_stream_outlives_its_client_for_a_resume(demo: str, ollama: Fake
     assert json.loads(events[-1].data)["finished"] is True
     ollama.records.wait_for_blocking(path="/api/chat", outcome="completed")
     assert len(ollama.records) == 1
+
+
+def test_docs_demo_png_was_drawn_from_todays_page() -> None:
+    from tests._demo_png import KEY, PICTURE, page_hash, text_of
+
+    drawn_from = text_of(PICTURE.read_bytes()).get(KEY)
+    assert drawn_from == page_hash(), (
+        "docs/demo.png shows another version of the demo page: redraw it with "
+        "`bash scripts/demo-png` and commit it"
+    )
+
+
+def test_the_picture_script_draws_the_page_in_chromium(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    from tests._demo_png import KEY, chunks, draw, page_hash, text_of
+
+    picture = tmp_path / "demo.png"
+    draw(picture)
+    png = picture.read_bytes()
+    assert text_of(png) == {KEY: page_hash()}
+    kinds = [kind for kind, _ in chunks(png)]
+    assert kinds[:2] == [b"IHDR", b"tEXt"]
+    assert kinds[-1] == b"IEND"
+    width, height = struct.unpack(">II", chunks(png)[0][1][:8])
+    assert width == 1280
+    assert height >= 720
+    # Every chunk's CRC holds, the one added too: image viewers refuse a broken one.
+    at = 8
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        (crc,) = struct.unpack(">I", png[at + 8 + length : at + 12 + length])
+        assert zlib.crc32(png[at + 4 : at + 8 + length]) == crc
+        at += 12 + length

@@ -207,6 +207,12 @@ def test_what_the_proxy_sends_upstream(
             True,
         ),
         ([(b"transfer-encoding", b"chunked"), (b"keep-alive", b"timeout=5"), KEPT], [KEPT], False),
+        # The server running the proxy writes its own Date and Server: one of each, not two.
+        (
+            [(b"Date", b"Mon, 07 Dec 2026 08:00:00 GMT"), (b"server", b"uvicorn"), KEPT],
+            [KEPT],
+            False,
+        ),
     ],
 )
 def test_what_the_proxy_passes_back(headers: Headers, back: Headers, ndjson: bool) -> None:

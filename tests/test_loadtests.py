@@ -70,3 +70,43 @@ def test_the_gate_fails_a_buffering_stack(tmp_path: Path) -> None:
     # Each answer arrives whole after its 2 s generation, against a few ms on the direct path.
     assert float(rows["time to first event"]["Median Response Time"]) >= 1500
     assert float(rows["time to first event (direct)"]["Median Response Time"]) < 1000
+
+
+def test_the_documented_command_runs_as_written_with_smaller_numbers() -> None:
+    """`bash scripts/loadtest --users 100 --duration 30` (README.md, docs/loadtesting.md), shorter.
+
+    Exactly as typed from a fresh clone: through the script, with its relative default
+    `--results results`. What this asserts does not depend on the machine's speed (every stream
+    whole, events separate, each stream row as long as the answer it timed); the latency lines of
+    the gate are shown when it fails and judged by the test above.
+    """
+    users, duration = 12, 9
+    prefix = f"sse_bridge-{users}u-{duration}s"
+    command = ["bash", "scripts/loadtest", "--users", str(users), "--duration", str(duration)]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False
+    )
+    output = completed.stdout + completed.stderr
+    try:
+        assert "StackError" not in output, output
+        assert f"reports: results/{prefix}*" in output, output
+        figures = gate(output)
+        streams = re.search(
+            r"quality gate: streams (\d+), failed 0; direct: streams (\d+), failed 0", figures
+        )
+        assert streams is not None, figures
+        coalesced = re.search(r"pooled coalesced fraction ([\d.]+)", figures)
+        span = re.search(r"median span ratio ([\d.]+)", figures)
+        assert coalesced is not None, figures
+        assert span is not None, figures
+        assert float(coalesced[1]) <= 0.05, figures
+        assert float(span[1]) >= 0.9, figures
+        with (ROOT / "results" / f"{prefix}_stats.csv").open() as file:
+            rows = {row["Name"]: row for row in csv.DictReader(file)}
+        # Each answer is 40 tokens at 20 a second: the stream row times the whole of it, not the
+        # wait for its headers (a lower bound that no slow machine can break).
+        assert float(rows["/api/chat (stream)"]["Median Response Time"]) >= 1900
+        assert float(rows["/api/chat (direct)"]["Median Response Time"]) >= 1900
+    finally:
+        for report in (ROOT / "results").glob(f"{prefix}*"):
+            report.unlink()

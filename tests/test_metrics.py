@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,7 +23,9 @@ from starlette.routing import Mount, Route
 
 from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
-from sse_bridge._core.context import BUCKETS, StreamContext
+from sse_bridge._cli.server import JsonLines
+from sse_bridge._core.context import BUCKETS, Outcome, StreamContext
+from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge.metrics import BridgeMetrics
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._servers import serve
@@ -228,8 +232,58 @@ async def test_middleware_users_register_the_metrics_in_their_registry() -> None
     assert value(found, "sse_bridge_streams_total", dialect="ollama", outcome="completed") == 2
     assert value(found, "sse_bridge_events_total", dialect="ollama") == 2 * 4
     assert value(found, "sse_bridge_event_gap_seconds_count", dialect="ollama") == 2 * 3
-    # The scrape itself went through the middleware too: it is a request like any other.
     assert registry.get_sample_value("sse_bridge_streams_active") == 0
+
+
+async def test_middleware_metrics_count_streams_not_the_apps_other_routes() -> None:
+    # The snippet of docs/operations.md, with a route that streams: its own /metrics and
+    # FastAPI's /docs are not streams, and no scrape may count itself.
+    from fastapi import FastAPI
+
+    registry = CollectorRegistry()
+    metrics = BridgeMetrics(registry)
+    app = FastAPI()
+    app.add_middleware(SSEBridgeMiddleware, dialect="ollama", metrics=metrics)
+    app.mount("/metrics", metrics.asgi_app())
+
+    @app.post("/api/chat")
+    async def chat() -> StreamingResponse:
+        async def lines() -> Any:
+            yield json.dumps({"response": "a", "done": False}) + "\n"
+            yield json.dumps({"response": "", "done": True}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    with serve(app) as url:
+        for path in ("/docs", "/metrics/", "/openapi.json"):
+            answer = await fetch(f"{url}{path}", method="GET", body=b"")
+            assert answer.status == 200, path
+        # A mount answers its bare path with a redirect (Prometheus follows it; curl needs -L).
+        redirect = await fetch(f"{url}/metrics", method="GET", body=b"")
+        assert redirect.status == 307
+        assert redirect.headers["location"].endswith("/metrics/")
+        await fetch(f"{url}/api/chat", body=b"{}", headers=SSE)
+        await fetch(f"{url}/api/chat", body=b"{}")  # NDJSON, not converted: a stream too
+        scrape = await fetch(f"{url}/metrics/", method="GET", body=b"")
+    found = samples(scrape.body.decode())
+    completed = value(found, "sse_bridge_streams_total", dialect="ollama", outcome="completed")
+    assert completed == 2
+    assert value(found, "sse_bridge_streams_active") == 0
+
+
+def test_a_metrics_port_turns_the_metrics_on() -> None:
+    assert SidecarOptions(upstream="http://127.0.0.1:9", metrics_port=9100).metrics is True
+    assert SidecarOptions(upstream="http://127.0.0.1:9").metrics is False
+    create_proxy(upstream="http://127.0.0.1:9", metrics_port=9100)
+
+
+def test_every_outcome_is_documented_as_a_label_value() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| `sse_bridge_streams_total`")]
+    (key,) = [line for line in text.splitlines() if line.startswith("| `outcome` |")]
+    for outcome in Outcome:
+        assert f"`{outcome.value}`" in row, outcome
+        assert f"`{outcome.value}`" in key, outcome
 
 
 def test_two_apps_in_one_process_do_not_collide() -> None:
@@ -240,7 +294,6 @@ def test_two_apps_in_one_process_do_not_collide() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"metrics_port": 9100}, "metrics_port 9100 serves the metrics, which are off"),
         ({"metrics": True, "metrics_port": 70000}, "metrics_port must be a TCP port"),
         ({"metrics": True, "metrics_port": -1}, "metrics_port must be an integer >= 0"),
         ({"log_format": "xml"}, "log_format must be 'text' or 'json'"),
@@ -333,6 +386,20 @@ async def test_two_workers_are_summed_on_the_metrics_port(fake_process: str) -> 
     assert api.status == 404
 
 
+def test_the_metrics_port_shows_the_dialect_series_at_zero_before_any_stream(
+    fake_process: str,
+) -> None:
+    # A fresh dashboard reads "No data" for a series that does not exist yet.
+    metrics_port = free_port()
+    args = ("serve", "--upstream", fake_process, "--dialect", "ollama")
+    with running(*args, "--metrics-port", str(metrics_port), "--log-level", "warning"):
+        found = scrape(metrics_port)
+    completed = (("dialect", "ollama"), ("outcome", "completed"))
+    assert found.get(("sse_bridge_streams_total", completed)) == 0
+    assert value(found, "sse_bridge_events_total", dialect="ollama") == 0
+    assert value(found, "sse_bridge_time_to_first_event_seconds_count", dialect="ollama") == 0
+
+
 async def test_serve_writes_json_lines_alone_on_their_lines(fake_process: str) -> None:
     args = ("serve", "--upstream", fake_process, "--dialect", "ollama", "--log-format", "json")
     with running(*args) as (url, process):
@@ -341,10 +408,34 @@ async def test_serve_writes_json_lines_alone_on_their_lines(fake_process: str) -
         )
         assert response.status == 200
         stop(process)
-        _, stderr = process.communicate(timeout=10)
-    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
-    assert len(records) == 1
-    assert records[0]["path"] == "/api/chat"
-    assert records[0]["events"] == 3
-    # uvicorn's own lines keep their text form.
-    assert "Uvicorn running on" in stderr
+        stdout, stderr = process.communicate(timeout=10)
+    # Every line is one JSON object, uvicorn's own (startup, access, shutdown) too: a log
+    # shipper reading JSON lines drops or garbles any other.
+    lines = (stdout + stderr).splitlines()
+    assert lines
+    records = [json.loads(line) for line in lines]
+    (stream,) = [r for r in records if "path" in r]
+    assert stream["path"] == "/api/chat"
+    assert stream["events"] == 3
+    others = [r for r in records if "path" not in r]
+    assert all(set(r) == {"time", "level", "logger", "message"} for r in others), others
+    messages = [r["message"] for r in others]
+    assert any("Uvicorn running on" in m for m in messages), messages
+    access = [r["message"] for r in others if r["logger"] == "uvicorn.access"]
+    assert any('"POST /api/chat HTTP/1.1" 200' in m for m in access), access
+
+
+def test_a_json_log_line_keeps_its_traceback_on_one_line() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "x", logging.ERROR, "f", 1, "failed %s", ("here",), sys.exc_info()
+        )
+    line = JsonLines().format(record)
+    assert "\n" not in line
+    fields = json.loads(line)
+    assert fields["level"] == "ERROR"
+    assert fields["message"].startswith("failed here\nTraceback")
+    assert fields["message"].endswith("RuntimeError: boom")
+    assert fields["time"].endswith("+00:00")

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, running
+from loadtests.stack import DEPLOY_CONF, NAIVE_CONF, free_port, nginx, nginx_edge, running
 from sse_bridge._cli.main import main
 from sse_bridge.probe import probe
 from sse_bridge.testing import answer_tokens
@@ -36,6 +36,43 @@ JSON = [("content-type", "application/json")]
 def test_the_config_is_valid(tmp_path: Path) -> None:
     with nginx(DEPLOY_CONF.read_text(), bridges=[free_port(), free_port()], workdir=tmp_path):
         pass
+
+
+def test_a_relative_workdir_is_taken_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The load test's default `--results results` is relative; nginx takes `-c` relative to its
+    # `-p`, so a relative path handed to both named results/x/results/x/nginx.conf.
+    monkeypatch.chdir(tmp_path)
+    with nginx(DEPLOY_CONF.read_text(), bridges=[free_port()], workdir=Path("results/x")) as url:
+        assert url.startswith("http://127.0.0.1:")
+    assert (tmp_path / "results" / "x" / "nginx.conf").is_file()
+
+
+@pytest.mark.parametrize("http2", [False, True])
+async def test_the_probe_keeps_its_result_over_nginx_tls(
+    bridges: list[int], tmp_path: Path, http2: bool
+) -> None:
+    # nginx ends a TLS connection without waiting for the probe's close_notify; closing the
+    # connection then raised BrokenResourceError, and the probe threw away a complete exchange.
+    with nginx_edge(DEPLOY_CONF.read_text(), bridges=bridges, workdir=tmp_path) as edge:
+        assert edge.https is not None
+        result = await probe(
+            f"{edge.https}/api/chat",
+            method="POST",
+            body=BODY,
+            headers=JSON,
+            streams=2,
+            http2=http2,
+            cacert=str(edge.certificate),
+        )
+    assert result.analysis.verdict != "inconclusive", result.analysis.reason
+    for stream in result.streams:
+        assert stream.error is None
+        assert stream.status == 200
+        assert stream.protocol == ("HTTP/2" if http2 else "HTTP/1.1")
+        assert stream.complete
+        assert len(stream.events) == TOKENS + 1
 
 
 @pytest.mark.timing

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 import pytest
 from click.testing import CliRunner
@@ -84,7 +86,6 @@ def test_serve_offers_every_option_the_command_line_can_carry_with_its_default()
         (["--max-streams", "0"], "0 is not in the range x>=1"),
         (["--metrics-port", "70000"], "70000 is not in the range 0<=x<=65535"),
         (["--log-format", "xml"], "'xml' is not one of 'text', 'json'"),
-        (["--metrics-port", "9100"], "--metrics-port 9100 serves the metrics, which are off"),
         (["--api-key", ""], "--api-key must not be empty"),
     ],
 )
@@ -230,7 +231,7 @@ def test_the_readme_table_lists_every_serve_option_with_its_default() -> None:
 
 
 def test_the_readme_table_lists_every_middleware_option_with_its_default() -> None:
-    section = README.read_text().split("### Options", 1)[1].split("\n\n", 3)[2]
+    section = README.read_text().split("### Options", 1)[1].split("\n###", 1)[0]
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| (.+?) \|", section, re.M))
     defaults = fields_of(BridgeOptions)
     # metrics is an object the middleware records in, not an option of the stream.
@@ -253,3 +254,43 @@ def test_older_spellings_are_still_taken() -> None:
     middleware = SSEBridgeMiddleware(app, event_ids=1)  # type: ignore[arg-type]
     assert middleware.options.event_ids is True
     assert SidecarOptions(upstream="http://h", cors_origins=None).cors_origins == ()  # type: ignore[arg-type]
+
+
+def fastapi_with_a_bad_option() -> Any:
+    from fastapi import FastAPI
+
+    bad = FastAPI()
+    bad.add_middleware(SSEBridgeMiddleware, dialect="ollama", keepalive=-1)
+    return bad
+
+
+def test_a_bad_middleware_option_is_logged_when_starlette_builds_the_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # add_middleware only stores the options: Starlette builds the middleware at the app's first
+    # message, the lifespan startup, which uvicorn's default --lifespan auto hides when it fails.
+    bad = fastapi_with_a_bad_option()
+    with (
+        caplog.at_level(logging.ERROR, logger="sse_bridge"),
+        pytest.raises(ValueError, match="keepalive"),
+    ):
+        bad.build_middleware_stack()
+    (record,) = [r for r in caplog.records if r.name == "sse_bridge"]
+    assert record.getMessage() == (
+        "SSEBridgeMiddleware cannot be built: keepalive must be a finite number of seconds >= 0 "
+        "(0 or None sends no keepalives), got -1"
+    )
+
+
+@pytest.mark.anyio
+async def test_uvicorn_with_lifespan_on_refuses_to_start_with_a_bad_middleware_option() -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        fastapi_with_a_bad_option(), port=0, lifespan="on", log_level="critical"
+    )
+    server = uvicorn.Server(config)
+    with anyio.fail_after(10), pytest.raises(SystemExit) as exited:
+        await server.serve()
+    assert exited.value.code == 3
+    assert not server.started

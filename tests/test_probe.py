@@ -86,7 +86,7 @@ async def test_read_stream_reports_errors_instead_of_raising() -> None:
         port = sock.getsockname()[1]
         refused = await read_stream(f"http://127.0.0.1:{port}/")
     assert refused.error is not None
-    assert refused.error.startswith("OSError") or "Connect" in refused.error
+    assert refused.error.startswith(f"cannot connect to 127.0.0.1:{port}: OSError")
     fake = FakeOllama(FakeOllamaConfig(load_delay=5))
     with serve(fake) as url:
         slow = await read_stream(
@@ -180,6 +180,33 @@ def test_probe_command_report_and_json() -> None:
     assert "http:// or https://" in bad_url.output
     assert get.exit_code == 2  # one JSON line from /api/tags: fewer than three events
     assert "fewer than 3 events" in get.output
+
+
+def test_a_closed_port_is_one_line_naming_it() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        result = CliRunner().invoke(main, ["probe", f"http://127.0.0.1:{port}/x", "--streams", "5"])
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    errors = [line for line in lines if line.strip().startswith("error")]
+    assert len(errors) == 1, result.output
+    assert f"cannot connect to 127.0.0.1:{port}" in errors[0]
+    assert errors[0].endswith("(all 5 streams)")
+    assert "status 0" not in result.output
+    assert lines[0].endswith("5 stream(s), no response")
+
+
+def test_an_error_status_shows_its_body_and_no_time_to_first_event() -> None:
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0))
+    body = json.dumps({"model": "nope", "prompt": "x"})
+    with serve(fake) as url:
+        result = CliRunner().invoke(main, ["probe", f"{url}/api/generate", "-d", body])
+    assert result.exit_code == 2, result.output
+    assert "status 4" in result.output.splitlines()[0]
+    assert "time to first event  -" in result.output
+    (shown,) = [line for line in result.output.splitlines() if line.startswith("  body")]
+    assert '{"error":' in shown, result.output
 
 
 def test_a_header_that_cannot_be_sent_is_a_usage_error() -> None:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -30,7 +31,7 @@ def test_the_starlette_example_gives_the_events_shown() -> None:
 def test_every_other_example_runs() -> None:
     from sse_bridge import SidecarApp, SSEBridgeMiddleware
 
-    blocks = python_blocks()[1:]
+    blocks = [b for b in python_blocks()[1:] if not b.startswith("app.build_middleware_stack()")]
     assert len(blocks) == 5
     for block in blocks:
         namespace: dict[str, Any] = {}
@@ -42,6 +43,21 @@ def test_every_other_example_runs() -> None:
             assert [m.cls for m in app.user_middleware] == [SSEBridgeMiddleware]
         else:
             assert namespace["events"][0].data == '{"token":"hi"}'
+
+
+def test_the_startup_check_raises_for_a_bad_option() -> None:
+    from fastapi import FastAPI
+
+    from sse_bridge import SSEBridgeMiddleware
+
+    (check,) = [b for b in python_blocks() if b.startswith("app.build_middleware_stack()")]
+    good = FastAPI()
+    good.add_middleware(SSEBridgeMiddleware, dialect="ollama")
+    exec(check, {"app": good})
+    bad = FastAPI()
+    bad.add_middleware(SSEBridgeMiddleware, dialect="ollama", keepalive=-1)
+    with pytest.raises(ValueError, match="keepalive must be"):
+        exec(check, {"app": bad})
 
 
 ROOT = Path(__file__).parent.parent

@@ -119,6 +119,8 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
     lines = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
     chat_line = next(line for line in lines if "path=/api/chat" in line)
     assert chat_line.endswith(f"outcome=stopped stream_id={sid}")
+    # Every event the client got is counted, the stop's final event included.
+    assert f" events={len(events(responses[0].body))} " in chat_line, chat_line
     stop_line = next(line for line in lines if "method=DELETE" in line)
     assert f"path=/streams/{sid} status=204" in stop_line
     assert stop_line.endswith(f"outcome=stopped stream_id={sid}")
@@ -170,7 +172,8 @@ def test_serve_reads_the_resume_options(monkeypatch: pytest.MonkeyPatch) -> None
 def test_serve_refuses_an_unknown_store() -> None:
     bad = CliRunner().invoke(main, ["serve", "--upstream", "http://h", "--resume", "disk"])
     assert bad.exit_code == 2
-    assert "resume must be 'memory', a redis:// URL" in bad.output
+    assert "--resume must be 'memory', a redis://host:port/db URL, or off" in bad.output
+    assert "store object" not in bad.output
 
 
 # --- through Redis ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -62,6 +63,26 @@ async def test_ndjson_clients_and_sse_clients_through_the_sidecar(
     tokens = [e["token"] for e in data(events)[:-1]]
     assert tokens == [line["message"]["content"] for line in lines[:-1]]
     assert data(events)[-1]["finished"] is True
+
+
+def test_a_proxied_response_has_one_date_and_one_server_header(
+    stack: tuple[FakeOllama, str],
+) -> None:
+    _, url = stack
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        for _ in range(1000):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    head = received.split(b"\r\n\r\n", 1)[0].decode().lower().splitlines()
+    assert head[0] == "http/1.1 200 ok"
+    names = [line.split(":", 1)[0] for line in head[1:]]
+    assert names.count("date") == 1, head
+    assert names.count("server") == 1, head
 
 
 async def test_errors_before_the_stream_keep_their_status(stack: tuple[FakeOllama, str]) -> None:

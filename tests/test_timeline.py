@@ -14,7 +14,13 @@ from click.testing import CliRunner
 
 from sse_bridge._cli.main import main
 from sse_bridge._core.sse_parser import ParsedEvent
-from sse_bridge._probe.timeline import render_timeline, timeline_format, write_timeline
+from sse_bridge._probe.timeline import (
+    HEADER,
+    ROW,
+    render_timeline,
+    timeline_format,
+    write_timeline,
+)
 from sse_bridge.probe import ProbeResult, Stream, analyse
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._servers import serve
@@ -252,3 +258,38 @@ def test_probe_plot_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     assert unwritable.exit_code == 2
     assert "cannot write the timeline: read-only file system" in unwritable.stderr
+
+
+def y_range(element: ET.Element) -> tuple[float, float]:
+    return float(element.attrib["y1"]), float(element.attrib["y2"])
+
+
+def test_the_headers_and_first_event_marks_stay_apart_when_they_coincide() -> None:
+    # The first event came with the headers: both marks at one x, each still visible.
+    stream = stream_of([0.004, *PACED])
+    svg = ET.fromstring(render_timeline(result_of(stream), "svg"))
+    (row,) = rows(svg)
+    (headers,) = lines(row, "headers")
+    (ttfe,) = lines(row, "ttfe")
+    assert headers.attrib["x1"] == ttfe.attrib["x1"]
+    top, bottom = sorted([y_range(headers), y_range(ttfe)])
+    assert top[1] <= bottom[0], (top, bottom)
+
+
+def test_counts_are_singular_for_one() -> None:
+    stream = stream_of([0.1])
+    svg = ET.fromstring(render_timeline(result_of(stream, interval=None), "svg"))
+    (row,) = rows(svg)
+    (label,) = texts(row, "label")
+    assert "1 event in 1 read" in label
+
+
+def test_an_error_after_events_is_written_below_the_first_event_label() -> None:
+    stream = stream_of(PACED, error="the connection closed mid-response (x)")
+    svg = ET.fromstring(render_timeline(result_of(stream), "svg"))
+    (row,) = rows(svg)
+    (first,) = [t for t in row.iter(f"{SVG}text") if "ttfe-label" in classes(t)]
+    (error,) = [t for t in row.iter(f"{SVG}text") if "error" in classes(t)]
+    assert float(error.attrib["y"]) >= float(first.attrib["y"]) + 12
+    # Inside its row, above the axis.
+    assert float(error.attrib["y"]) < HEADER + ROW

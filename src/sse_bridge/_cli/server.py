@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
+import json
+import logging
 import math
 import os
 import shutil
@@ -71,14 +74,24 @@ def _serve(server: ServerOptions, options: SidecarOptions) -> None:
 
         from sse_bridge._metrics.prometheus import collecting_registry
 
-        metrics_server, _ = start_http_server(
-            options.metrics_port, addr=server.host, registry=collecting_registry(None)
-        )
+        port = options.metrics_port
+        try:
+            metrics_server, _ = start_http_server(
+                port, addr=server.host, registry=collecting_registry(None)
+            )
+        except OSError as exc:
+            raise ValueError(
+                f"--metrics-port {port}: cannot listen on {server.host}:{port} ({exc.strerror})"
+            ) from None
     log_level = server.log_level
     log_config = copy.deepcopy(LOGGING_CONFIG)
     # The bridge's own warnings and its one line per stream, next to uvicorn's.
     log_config["loggers"]["sse_bridge"] = {"handlers": ["default"], "level": log_level.upper()}
     if options.log_format == "json":
+        # uvicorn's own lines (startup, access, errors) as JSON objects too: a shipper that
+        # reads JSON lines would drop or garble any other line.
+        for name in ("default", "access"):
+            log_config["formatters"][name] = {"()": "sse_bridge._cli.server.JsonLines"}
         # The line per stream alone on its line, as log shippers read JSON lines.
         log_config["formatters"]["sse_bridge_json"] = {"format": "%(message)s"}
         log_config["handlers"]["sse_bridge_json"] = {
@@ -97,6 +110,24 @@ def _serve(server: ServerOptions, options: SidecarOptions) -> None:
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
+
+
+class JsonLines(logging.Formatter):
+    """A log record as one JSON object: its time (UTC), level, logger and message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        when = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        return json.dumps(
+            {
+                "time": when.isoformat(timespec="milliseconds"),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": message,
+            }
+        )
 
 
 def _run(server: ServerOptions, log_config: dict[str, Any], *, grace: float) -> None:

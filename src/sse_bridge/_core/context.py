@@ -52,6 +52,9 @@ class Outcome(str, Enum):
     UPSTREAM_TRUNCATED = "upstream_truncated"
     # Stopped on purpose, by a DELETE of its resume endpoint.
     STOPPED = "stopped"
+    # Ended by the bridge's own shutdown (SIGTERM, after the grace period): not the upstream's
+    # failure, so not in the error ratio.
+    SHUTDOWN = "shutdown"
 
 
 @dataclass(slots=True)

@@ -134,15 +134,23 @@ def upstream_request_headers(
     return forwarded
 
 
+# The ASGI server running the proxy (uvicorn, hypercorn) writes its own Date and Server on every
+# response: the upstream's copies would make two of each.
+WRITTEN_BY_SERVER = frozenset({b"date", b"server"})
+
+
 def passed_back(
     headers: Iterable[tuple[bytes, bytes]], ndjson_types: Collection[str]
 ) -> tuple[Headers, bool]:
     """What the proxy passes back of the upstream's response headers, and whether it is NDJSON.
 
-    Hop-by-hop headers go (RFC 9110 7.6.1). An NDJSON response loses its Content-Length: a
-    failure mid-stream adds an error line, which a declared length would not allow.
+    Hop-by-hop headers go (RFC 9110 7.6.1), and so do Date and Server, which the server in front
+    writes. An NDJSON response loses its Content-Length: a failure mid-stream adds an error
+    line, which a declared length would not allow.
     """
-    kept = without_hop_by_hop(list(headers))
+    kept = [
+        (k, v) for k, v in without_hop_by_hop(list(headers)) if k.lower() not in WRITTEN_BY_SERVER
+    ]
     ndjson = media_type(kept) in ndjson_types
     if ndjson:
         kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sse_bridge._core.codec import encode_retry
 from sse_bridge._core.context import EVENT_STREAM_KEY, STREAM_KEY, StreamContext
-from sse_bridge._core.headers import accepts_event_stream, for_app
+from sse_bridge._core.headers import accepts_event_stream, for_app, media_type
 from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect, resolve_dialect
 from sse_bridge._middleware.options import BridgeOptions
@@ -16,7 +16,7 @@ from sse_bridge._middleware.responder import Responder
 from sse_bridge._resume.http import ResumeEndpoints
 from sse_bridge._resume.open import open_store
 from sse_bridge._resume.store import ResumeStore
-from sse_bridge._types import ASGIApp, Receive, Scope, Send
+from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from sse_bridge._metrics.prometheus import BridgeMetrics
@@ -79,20 +79,28 @@ class SSEBridgeMiddleware:
         resume_ttl: float = _DEFAULT.resume_ttl,
         metrics: BridgeMetrics | None = None,
     ) -> None:
-        options = BridgeOptions(
-            dialect=dialect,
-            convert=convert,
-            keepalive=off_as_zero(keepalive),
-            max_line_bytes=max_line_bytes,
-            event_ids=event_ids,
-            retry=retry,
-            ndjson_types=ndjson_types,
-            resume=resume,
-            resume_path=resume_path,
-            resume_grace=resume_grace,
-            resume_ttl=resume_ttl,
-        )
-        self._configure(app, options, metrics)
+        try:
+            options = BridgeOptions(
+                dialect=dialect,
+                convert=convert,
+                keepalive=off_as_zero(keepalive),
+                max_line_bytes=max_line_bytes,
+                event_ids=event_ids,
+                retry=retry,
+                ndjson_types=ndjson_types,
+                resume=resume,
+                resume_path=resume_path,
+                resume_grace=resume_grace,
+                resume_ttl=resume_ttl,
+            )
+            self._configure(app, options, metrics)
+        except ValueError as exc:
+            # Starlette and FastAPI build their middleware at the app's first message, the
+            # lifespan startup, whose failure uvicorn's default `--lifespan auto` takes for an app
+            # without lifespan and hides: the server starts, and every request fails. Logged,
+            # the bad option is on the console at startup whatever the server does with it.
+            logger.error("SSEBridgeMiddleware cannot be built: %s", exc)
+            raise
 
     @classmethod
     def with_options(
@@ -137,13 +145,26 @@ class SSEBridgeMiddleware:
         if metrics is None:
             await self.serve(scope, receive, send)
             return
-        # Counted here only as middleware: behind it, the sidecar's front layer counts.
+        # Counted here only as middleware: behind it, the sidecar's front layer counts. Only
+        # streams count (an NDJSON or event-stream response, converted or not, and the resume
+        # endpoints' streams): the app's other routes, its own /metrics among them, are not.
         context = scope[STREAM_KEY] = scope.get(STREAM_KEY) or StreamContext()
-        metrics.start(context)
+        counted = False
+
+        async def send_counted(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start" and not counted:
+                media = media_type(message.get("headers", []))
+                if media == "text/event-stream" or media in self.ndjson_types:
+                    counted = True
+                    metrics.start(context)
+            await send(message)
+
         try:
-            await self.serve(scope, receive, send)
+            await self.serve(scope, receive, send_counted)
         finally:
-            metrics.finish(context, self.dialect_name)
+            if counted:
+                metrics.finish(context, self.dialect_name)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         accepts = accepts_event_stream(scope["headers"])

@@ -341,11 +341,13 @@ class Responder:
         """Stop the generation now: the upstream is cancelled, every reader gets the end."""
         if self.ended:
             return
-        events = self.last_events(Outcome.STOPPED)
+        # Made (and counted as sent) before the app is told the client has gone: after that,
+        # the stream counts as closed and the final event would reach the client uncounted.
+        payload = self.payload(self.last_events(Outcome.STOPPED))
         self.receive.release()
         if self.stats.on_disconnect is not None:
             self.stats.on_disconnect()
-        await self.write(events, more=False)
+        await self.write_bytes(payload, more=False)
 
     def last_events(self, outcome: Outcome) -> list[bytes]:
         """The events that end a stream stopped (``STOPPED``) or abandoned by its client

@@ -117,7 +117,10 @@ class ProbeResult:
             "streams": len(self.streams),
             "status": sorted({s.status for s in self.streams}),
             "time_to_headers_ms": _median_ms([s.time_to_headers for s in self.streams]),
-            "time_to_first_event_ms": _median_ms([s.time_to_first_event for s in self.streams]),
+            # An error status's body is not events: its lines say nothing about streaming.
+            "time_to_first_event_ms": _median_ms(
+                [s.time_to_first_event for s in self.streams if s.status == 200]
+            ),
             "events": a.events,
             "reads": sum(len(s.reads) for s in self.streams),
             "interval_ms": round(a.interval * 1000, 3),
@@ -127,12 +130,28 @@ class ProbeResult:
             "verdict": a.verdict,
             "reason": a.reason,
             "errors": [s.error for s in self.streams if s.error],
+            "error_body": next(
+                (_shown(s.body) for s in self.streams if s.status and s.status != 200), None
+            ),
         }
+
+
+def _shown(body: bytes, limit: int = 300) -> str:
+    """The start of an error response's body, as text on one line."""
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _median_ms(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return round(statistics.median(known) * 1000, 1) if known else None
+
+
+def _times(count: int, streams: int) -> str:
+    """How many streams had one error, when more than one did."""
+    if count == 1:
+        return ""
+    return f" (all {count} streams)" if count == streams else f" ({count} of {streams} streams)"
 
 
 def format_report(result: ProbeResult) -> str:
@@ -145,8 +164,14 @@ def format_report(result: ProbeResult) -> str:
     protocol = s["protocol"] or "-"
     if result.http2 and "HTTP/2" not in protocol:
         protocol += " (HTTP/2 was offered; the server did not take it)"
+    statuses = [str(status) for status in s["status"] if status]
+    if 0 in s["status"]:
+        statuses.append("no response")
+    errors = [(error, s["errors"].count(error)) for error in dict.fromkeys(s["errors"])]
     lines = [
-        f"probe {s['url']}: {s['streams']} stream(s), status {', '.join(map(str, s['status']))}",
+        f"probe {s['url']}: {s['streams']} stream(s), "
+        + ("status " if statuses[0] != "no response" else "")
+        + ", ".join(statuses),
         f"  protocol             {protocol}",
         f"  time to headers      {ms(s['time_to_headers_ms'])}",
         f"  time to first event  {ms(s['time_to_first_event_ms'])}",
@@ -155,7 +180,11 @@ def format_report(result: ProbeResult) -> str:
         f"  coalesced            {s['coalesced']:.3f}  (gaps below a quarter of the pace)",
         f"  span ratio           {s['span_ratio']:.3f}",
         f"  longest burst        {s['longest_burst']} event(s)",
-        *[f"  error                {error}" for error in s["errors"]],
+        *[
+            f"  error                {error}{_times(count, s['streams'])}"
+            for error, count in errors
+        ],
+        *([f"  body                 {s['error_body']}"] if s["error_body"] else []),
         f"verdict: {s['verdict']} ({s['reason']})",
     ]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ h2's state machine, timestamping reads the same way.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 from collections.abc import Sequence
@@ -52,10 +53,13 @@ async def read_stream(
     context = tls_context(http2=http2, insecure=insecure, cacert=cacert) if tls else None
     stream = Stream()
     started = time.monotonic()
+    # A failure to connect names where: the same message from every stream says nothing else.
+    where = f"cannot connect to {host}:{port}: "
     try:
         with anyio.fail_after(deadline):
             connection = await _connect(host, port, context, tls_hostname=host)
-            async with connection:
+            where = ""
+            try:
                 alpn = connection.extra(TLSAttribute.alpn_protocol, None)
                 if http2 and (context is None or alpn == "h2"):
                     await exchange_h2(
@@ -63,13 +67,25 @@ async def read_stream(
                     )
                 else:
                     await exchange_h1(connection, request, body, stream, started, stop_after_events)
+            finally:
+                await _close(connection)
     except TimeoutError:
         stream.error = f"timed out after {deadline:g} s"
     except ssl.SSLCertVerificationError as exc:
         stream.error = f"{type(exc).__name__}: {exc} {UNTRUSTED}"
     except (OSError, anyio.BrokenResourceError, h11.ProtocolError) as exc:
-        stream.error = f"{type(exc).__name__}: {exc}"
+        stream.error = f"{where}{type(exc).__name__}: {exc}"
     return stream
+
+
+async def _close(connection: anyio.abc.ByteStream) -> None:
+    """Close the connection; what the exchange found is recorded by now, and stands.
+
+    A TLS server may close its socket without answering the probe's close_notify (nginx does):
+    anyio's unwrap then raises BrokenResourceError, which says nothing about the response.
+    """
+    with contextlib.suppress(OSError, anyio.BrokenResourceError):
+        await connection.aclose()
 
 
 def tls_context(

@@ -26,7 +26,7 @@ LEFT = 24
 RIGHT = 24
 PLOT = WIDTH - LEFT - RIGHT
 HEADER = 78  # title, verdict and figures
-ROW = 76  # a stream's label, its band of ticks and the first-event label
+ROW = 90  # a stream's label, its band of ticks, the first-event label and an error
 BAND_TOP = 24  # from the top of a row
 BAND = 30
 AXIS = 52
@@ -148,11 +148,12 @@ def _svg(result: ProbeResult) -> str:
 def _row(result: ProbeResult, index: int, stream: Stream, top: float, span: float) -> str:
     verdict, reason = stream_verdict(result, stream)
     band_top, band_bottom = top + BAND_TOP, top + BAND_TOP + BAND
+    middle = band_top + BAND / 2
     ttfe = stream.time_to_first_event
     label = [f"stream {index + 1}", stream.protocol or "no response"]
     if stream.status:
         label.append(f"status {stream.status}")
-    label.append(f"{len(stream.events)} events in {len(stream.reads)} reads")
+    label.append(f"{_count(len(stream.events), 'event')} in {_count(len(stream.reads), 'read')}")
     if ttfe is not None:
         label.append(f"first event {_ms(ttfe * 1000)}")
     parts = [
@@ -174,7 +175,9 @@ def _row(result: ProbeResult, index: int, stream: Stream, top: float, span: floa
         at = stream.time_to_headers * 1000
         x = _x(at, span)
         parts.append(
-            f'<line class="headers" x1="{x}" x2="{x}" y1="{band_top - 4}" y2="{band_bottom + 4}" '
+            # The upper half of the band and above it; the first event's mark has the lower
+            # half and below, so the two stay visible when the first event came with the headers.
+            f'<line class="headers" x1="{x}" x2="{x}" y1="{band_top - 6}" y2="{middle}" '
             f'data-t-ms="{at:.3f}"><title>headers at {_ms(at)}</title></line>'
         )
     # Events that came in one read share an x: a box and a count show how many.
@@ -202,12 +205,14 @@ def _row(result: ProbeResult, index: int, stream: Stream, top: float, span: floa
         at = ttfe * 1000
         x = _x(at, span)
         parts.append(
-            f'<line class="ttfe" x1="{x}" x2="{x}" y1="{band_top - 6}" y2="{band_bottom + 6}" '
+            f'<line class="ttfe" x1="{x}" x2="{x}" y1="{middle}" y2="{band_bottom + 6}" '
             f'data-t-ms="{at:.3f}"/>'
         )
         parts.append(_beside("ttfe-label", x, band_bottom + 15, f"first event {_ms(at)}", 0.7))
     if stream.error:
-        parts.append(_text("error", LEFT, band_bottom + 15, f"error: {stream.error}"))
+        # Below the first event's label, when there is one, rather than over it.
+        y = band_bottom + (29 if ttfe is not None else 15)
+        parts.append(_text("error", LEFT, y, f"error: {stream.error}"))
     parts.append("</g>")
     return "\n".join(parts)
 
@@ -234,6 +239,10 @@ def _axis(top: float, span: float, step: float) -> str:
     parts.append(_text("caption", LEFT + PLOT / 2, y + 34, caption, anchor="middle"))
     parts.append("</g>")
     return "\n".join(parts)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _x(at_ms: float, span_ms: float) -> float:

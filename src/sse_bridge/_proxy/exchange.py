@@ -157,8 +157,8 @@ class Exchange:
 
     async def shut_down(self) -> None:
         message = "the bridge is shutting down; retry the request"
+        self.stats.settle(Outcome.SHUTDOWN)
         if not self.started:
-            self.stats.settle(Outcome.UPSTREAM_ERROR)
             await send_json(self.send, 503, {"error": message}, [RETRY_AFTER])
         elif self.ndjson:
             await self.error_line(message)

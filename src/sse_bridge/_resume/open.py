@@ -16,6 +16,12 @@ def check_resume(resume: object) -> None:
         hasattr(resume, name) for name in ("record", "follow", "stop", "finished_at")
     ):
         return
+    if isinstance(resume, str):
+        # A text may come from the command line, which cannot pass a store object.
+        raise ValueError(
+            "resume must be 'memory', a redis://host:port/db URL, or off "
+            f"(None; 'off' on the command line), not {resume!r}"
+        )
     raise ValueError(f"resume must be 'memory', a redis:// URL or a store object, not {resume!r}")
 
 
@@ -31,7 +37,11 @@ def open_store(resume: object, *, ttl: float = DEFAULT_TTL) -> ResumeStore | Non
     if resume == "memory":
         return MemoryStore(ttl=ttl)
     if _is_redis_url(resume):
-        from sse_bridge._resume.redis.store import RedisStore
+        try:
+            from sse_bridge._resume.redis.store import RedisStore
+        except ImportError as exc:
+            # The message names the extra to install: one line, as for a bad option.
+            raise ValueError(str(exc)) from None
 
         return RedisStore(resume, ttl=ttl)
     return resume  # type: ignore[return-value]

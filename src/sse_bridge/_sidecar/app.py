@@ -347,6 +347,10 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         recorder = BridgeMetrics(CollectorRegistry())
     proxy = ProxyApp(options)
     bridge = SSEBridgeMiddleware.with_options(proxy, options)
+    if recorder is not None:
+        # The dialect's series exist at zero from the start, on the metrics port too (whose
+        # worker files hold only the series a worker has made): a fresh dashboard has data.
+        recorder.label(bridge.dialect_name)
     app: ASGIApp = bridge
     if options.dialect == "ai-sdk":
         # The AI SDK's requests are the sidecar's to read: the middleware converts responses.

@@ -103,7 +103,7 @@ class SidecarOptions(BridgeOptions):
     metrics_port: int = option(
         0,
         Spec(
-            "With --metrics: serve them on this port instead, apart from the API; 0: /metrics.",
+            "Serve the metrics on this port, apart from the API (implies --metrics); 0: /metrics.",
             "port",
             meaning="/metrics on the main port",
         ),
@@ -129,10 +129,9 @@ class SidecarOptions(BridgeOptions):
                 "dialect 'ai-sdk'"
             )
         if self.metrics_port and not self.metrics:
-            port = self.metrics_port
-            raise ValueError(
-                f"metrics_port {port} serves the metrics, which are off: turn metrics on"
-            )
+            # A port for the metrics asks for them: SSE_BRIDGE_METRICS_PORT alone was a bridge
+            # that refused to start, with a message naming neither --metrics nor its variable.
+            object.__setattr__(self, "metrics", True)
 
     def to_json(self) -> str:
         """These options as JSON, for worker processes: ``from_json`` gives them back."""
