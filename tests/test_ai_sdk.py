@@ -23,9 +23,11 @@ import pytest
 from loadtests.stack import running
 from sse_bridge._testing.fake.job import SAMPLE_THINKING
 from sse_bridge._testing.fake.wire import ERROR_MESSAGE
+from sse_bridge._testing.loopback import free_port
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig, answer_tokens
 from tests._servers import serve
+from tests.test_docs import on_port, shell_server, snippets
 
 CLIENT = Path(__file__).parent / "js" / "ai_sdk_client.mjs"
 SDKS = ["ai5", "ai"]
@@ -202,6 +204,20 @@ def test_use_chat_can_post_to_a_path_of_its_own(ollama: tuple[str, FakeOllama]) 
     with sidecar(ollama[0], "--chat-path", "/ui/chat") as (url, _):
         spec = {"sdk": "ai", "api": f"{url}/ui/chat", "mode": "chat", "chatId": "c"}
         result = run_client({**spec, "headers": {"x-fake": json.dumps(FAST)}})
+    assert result["errors"] == []
+    assert result["text"] == ANSWER
+
+
+def test_the_documented_command_answers_use_chat(ollama: tuple[str, FakeOllama]) -> None:
+    command = next(
+        s.key for s in snippets() if s.doc == "docs/ai-sdk.md" and s.key.startswith("sse-bridge")
+    )
+    port = free_port()
+    upstream = ollama[0].rsplit(":", 1)[1]
+    with shell_server(f"{on_port(command, 11434, int(upstream))} --port {port}", port):
+        spec = {"sdk": "ai", "api": f"http://127.0.0.1:{port}/api/chat", "chatId": "doc"}
+        result = run_client({**spec, "mode": "chat", "headers": {"x-fake": json.dumps(FAST)}})
+        assert run_client({**spec, "mode": "reconnect"}) == {"none": True}
     assert result["errors"] == []
     assert result["text"] == ANSWER
 

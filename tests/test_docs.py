@@ -171,6 +171,14 @@ RUN: dict[tuple[str, str], tuple[str, str]] = {
         "nginx's TLS listener (deploy/nginx.conf) for chat.example.com, a chat for '...', "
         "and --cacert for its throwaway certificate",
     ),
+    (
+        "docs/ai-sdk.md",
+        "sse-bridge serve --upstream http://127.0.0.1:11434 --dialect ai-sdk --model llama3.2 \\\n"
+        "--cors-origin http://localhost:3000 --resume memory",
+    ): (
+        "test_ai_sdk.py::test_the_documented_command_answers_use_chat",
+        "the fake's port for 11434, and --port with a free one (8000 may be taken)",
+    ),
     ("README.md", ".venv/bin/pytest tests/test_codec.py -q"): (
         "test_docs.py::test_one_test_module_runs",
         "as written",
