@@ -117,8 +117,7 @@ class AISDKTranslator(JSONTranslator):
 
     def stop(self) -> list[bytes]:
         self.finished = True
-        events = self._begin()
-        return events + self._finish({"finishReason": _REASONS["stopped"], "doneReason": "stopped"})
+        return self._finish({"finishReason": _REASONS["stopped"], "doneReason": "stopped"})
 
     def _begin(self) -> list[bytes]:
         if self._started:
@@ -140,7 +139,8 @@ class AISDKTranslator(JSONTranslator):
         self._open = kind
         self._part_id = b"%s-%d" % (kind[:4].encode(), self._parts)
         events.append(b'data: {"type":"%s-start","id":"%s"}\n\n' % (kind.encode(), self._part_id))
-        self._text_delta = b'data: {"type":"text-delta","id":"%s","delta":' % self._part_id
+        if kind == "text":
+            self._text_delta = b'data: {"type":"text-delta","id":"%s","delta":' % self._part_id
 
     def _delta(self, kind: str, text: str) -> bytes:
         return b'data: {"type":"%s-delta","id":"%s","delta":%b}\n\n' % (
