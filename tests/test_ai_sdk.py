@@ -132,7 +132,6 @@ def test_the_sdk_assembles_the_exact_answer(bridge: str, sdk: str) -> None:
     assert chunks[:3] == ["start", "start-step", "text-start"]
     assert chunks[3:-3] == ["text-delta"] * TOKENS
     assert chunks[-3:] == ["text-end", "finish-step", "finish"]
-    assert result["id"].startswith("msg-")
     metadata = result["metadata"]
     assert metadata["finishReason"] == "stop"
     assert metadata["usage"]["outputTokens"] == TOKENS
@@ -159,6 +158,42 @@ def test_a_tool_call_arrives_as_a_tool_part(bridge: str, sdk: str) -> None:
     assert tool["input"] == {"city": "example"}
     assert tool["toolCallId"].startswith("call_")
     assert result["metadata"]["finishReason"] == "tool-calls"
+
+
+@pytest.mark.parametrize("sdk", SDKS)
+def test_a_tool_run_in_the_page_goes_back_and_the_answer_continues_the_message(
+    bridge: str, ollama: tuple[str, FakeOllama], sdk: str
+) -> None:
+    fake = ollama[1]
+    tokens = 5 + SDKS.index(sdk)  # to tell this test's requests from the other SDK's
+    spec = {"sdk": sdk, "api": f"{bridge}/api/chat", "mode": "tools", "chatId": f"tools-{sdk}"}
+    headers = {"x-fake": json.dumps({**FAST, "num_tokens": tokens})}
+    output = {"temperature": 20}
+    result = run_client(
+        {**spec, "headers": headers, "body": {"tools": [WEATHER]}, "output": output}
+    )
+    assert result["errors"] == []
+    assert result["status"] == "ready"
+    # One assistant message: the tool's step, then the answer's.
+    assert result["roles"] == ["user", "assistant"]
+    assert result["partTypes"] == ["step-start", "tool-get_weather", "step-start", "text"]
+    assert result["tools"][0]["state"] == "output-available"
+    assert result["text"] == "".join(answer_tokens(tokens))
+    calls = [
+        r
+        for r in fake.records
+        if r.body is not None and r.body.get("fake", {}).get("num_tokens") == tokens
+    ]
+    assert len(calls) == 2
+    assert calls[1].body is not None
+    assert calls[1].body["messages"][-2:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "example"}}}],
+        },
+        {"role": "tool", "tool_name": "get_weather", "content": '{"temperature": 20}'},
+    ]
 
 
 @pytest.mark.parametrize("sdk", SDKS)

@@ -133,6 +133,34 @@ def test_a_whole_conversation_maps_roles_reasoning_tools_and_images() -> None:
     ]
 
 
+def test_an_assistants_steps_become_one_ollama_message_each_after_its_tool_results() -> None:
+    call = {"type": "tool-get_weather", "toolCallId": "c1", "state": "output-available"}
+    assistant = user(
+        {"type": "step-start"},
+        call | {"input": {"city": "Paris"}, "output": "20 degrees"},
+        {"type": "step-start"},
+        {"type": "reasoning", "text": "warm"},
+        text("It is 20 degrees."),
+        {"type": "step-start"},
+        {"type": "data-note", "data": 1},
+        role="assistant",
+    )
+    _, upstream = rewrite({"messages": [user(text("Weather?")), assistant]})
+    assert upstream["messages"] == [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "tool_name": "get_weather", "content": "20 degrees"},
+        {"role": "assistant", "content": "It is 20 degrees.", "thinking": "warm"},
+    ]
+    # An assistant message with nothing the model said is still its turn.
+    _, upstream = rewrite({"messages": [user({"type": "step-start"}, role="assistant")]})
+    assert upstream["messages"] == [{"role": "assistant", "content": ""}]
+
+
 def test_text_that_json_allows_survives_the_rewrite() -> None:
     tricky = "line\u2028sep \ud800 \U0001f600 \x00"
     _, upstream = rewrite(json.dumps({"messages": [user(text(tricky))]}).encode())

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_bridge._testing.fake import FakeOllama, FakeOllamaAbort, FakeOllamaConfig
+from sse_bridge._testing.fake import FakeOllama, FakeOllamaAbort, FakeOllamaConfig, answer_tokens
 from sse_bridge._testing.fake.job import SAMPLE_ANSWER, SAMPLE_THINKING
 from tests.fake._asgi import (
     ANSWER_TOKENS,
@@ -81,6 +81,20 @@ async def test_tools_give_one_tool_call_chunk_then_done() -> None:
         answer = (await call(app, "POST", "/api/chat", nameless | {"tools": tools})).json()
         assert answer["message"]["tool_calls"][0]["function"]["name"] == "tool"
         assert answer["message"]["tool_calls"][0]["function"]["arguments"] == {}
+
+
+@pytest.mark.anyio
+async def test_after_a_tools_result_the_answer_is_text() -> None:
+    app = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=3))
+    result = {"role": "tool", "tool_name": "get_weather", "content": "20 degrees"}
+    body = CHAT | {"tools": [WEATHER_TOOL], "stream": False}
+    answer = (await call(app, "POST", "/api/chat", body | {"messages": [result]})).json()
+    assert "tool_calls" not in answer["message"]
+    assert answer["message"]["content"] == "".join(answer_tokens(3))
+    # A tool message earlier in the chat does not count: the last one is the user's.
+    again = body | {"messages": [result, {"role": "user", "content": "and tomorrow?"}]}
+    answer = (await call(app, "POST", "/api/chat", again)).json()
+    assert answer["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
 @pytest.mark.anyio

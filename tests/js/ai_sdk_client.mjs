@@ -3,11 +3,13 @@
 // package.json: "ai" is the latest release, "ai5" the latest 5.x, "ai50" 5.0.0 with its strict
 // chunk schema). Usage: node ai_sdk_client.mjs SPEC_JSON; prints the result as JSON.
 //
-// SPEC: {sdk, api, mode, chatId, body, headers, text, after}
+// SPEC: {sdk, api, mode, chatId, body, headers, text, after, output}
 //   mode "chat":   send one user message, assemble the answer with readUIMessageStream;
 //   mode "stop":   Chat.sendMessage, then Chat.stop() once `after` characters of text arrived;
 //   mode "resume": send, drop the connection after `after` text deltas, then a new Chat with the
 //                  user's message calls resumeStream() (useChat({resume: true}) on a reload);
+//   mode "tools":  Chat runs the tool it is asked to call, with `output` as its result, and
+//                  sends that back by itself; the answer follows in the same message;
 //   mode "reconnect": DefaultChatTransport.reconnectToStream alone (null means 204).
 import { chatClass } from "./chat.mjs";
 
@@ -133,10 +135,41 @@ async function resume() {
   return { before, status: chat.status, errors, messages: chat.messages.length, ...summary(chat.messages.at(-1)) };
 }
 
+// The page runs the tool (onToolCall adds its output), and the SDK sends the result back by
+// itself (sendAutomaticallyWhen): the answer to it lands in the same assistant message.
+async function tools() {
+  const errors = [];
+  let chat = null;
+  let answered;
+  const done = new Promise((resolve) => (answered = resolve));
+  chat = new Chat({
+    id: spec.chatId,
+    transport,
+    onError: (error) => errors.push(String(error.message)),
+    sendAutomaticallyWhen: ai.lastAssistantMessageIsCompleteWithToolCalls,
+    onToolCall: ({ toolCall }) => {
+      // Not awaited, as the SDK's docs say: the output is added once the stream has ended.
+      (chat.addToolOutput ?? chat.addToolResult)({
+        tool: toolCall.toolName,
+        toolCallId: toolCall.toolCallId,
+        output: spec.output,
+      });
+    },
+    onChange: () => {
+      if (chat !== null && chat.status === "ready" && textCount(chat) > 0) answered();
+      if (chat !== null && chat.status === "error") answered();
+    },
+  });
+  await chat.sendMessage({ text: spec.text ?? "hi" });
+  await done;
+  const roles = chat.messages.map((message) => message.role);
+  return { status: chat.status, errors, roles, ...summary(chat.messages.at(-1)) };
+}
+
 async function reconnect() {
   const stream = await transport.reconnectToStream({ chatId: spec.chatId });
   return stream === null ? { none: true } : { none: false, ...(await assemble(stream)) };
 }
 
-const modes = { chat, stop, resume, reconnect };
+const modes = { chat, stop, resume, tools, reconnect };
 process.stdout.write(JSON.stringify(await modes[spec.mode]()));

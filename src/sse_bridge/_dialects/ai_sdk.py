@@ -43,7 +43,6 @@ class AISDKTranslator(JSONTranslator):
 
     def __init__(self) -> None:
         super().__init__()
-        self._message_id = f"msg-{secrets.token_hex(12)}"
         self._started = False
         self._saw_chunk = False
         # The part now streaming ("text" or "reasoning") and its id; parts are numbered.
@@ -123,8 +122,10 @@ class AISDKTranslator(JSONTranslator):
         if self._started:
             return []
         self._started = True
-        start = {"type": "start", "messageId": self._message_id}
-        return [json_event(start), json_event({"type": "start-step"})]
+        # No messageId: the client keeps its own. One of ours would make useChat add a second
+        # assistant message when it continues its last one (after a client-side tool's output),
+        # as streamText's stream, given no original messages, sends none either.
+        return [json_event({"type": "start"}), json_event({"type": "start-step"})]
 
     def _finish(self, metadata: dict[str, Any]) -> list[bytes]:
         events = self._begin()

@@ -115,17 +115,33 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _message(index: int, role: str, parts: list[Any]) -> list[dict[str, Any]]:
-    """One UI message as Ollama messages: itself, then one ``tool`` message per tool output."""
-    texts: list[str] = []
-    thoughts: list[str] = []
-    images: list[str] = []
-    calls: list[dict[str, Any]] = []
-    outputs: list[dict[str, Any]] = []
+    """One UI message as Ollama messages. An assistant's message is one per step (its parts
+    between ``step-start`` parts), each followed by a ``tool`` message per tool output, as the
+    SDK's ``convertToModelMessages`` splits it: a step's calls, their results, the next step."""
+    steps: list[list[tuple[str, dict[str, Any]]]] = [[]]
     for number, part in enumerate(parts):
         where = f"messages[{index}].parts[{number}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if not isinstance(kind, str):
             raise BadChatRequest(f"{where} is not a part: an object with a string type")
+        if kind == "step-start" and role == "assistant" and steps[-1]:
+            steps.append([])
+        steps[-1].append((where, part))
+    converted: list[dict[str, Any]] = []
+    for step in steps:
+        converted.extend(_step(role, step))
+    # A message of UI parts alone is still the turn it was.
+    return converted or [{"role": role, "content": ""}]
+
+
+def _step(role: str, parts: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    texts: list[str] = []
+    thoughts: list[str] = []
+    images: list[str] = []
+    calls: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+    for where, part in parts:
+        kind = part["type"]
         if kind == "text":
             texts.append(_text(part, where))
         elif kind == "reasoning":
@@ -135,6 +151,8 @@ def _message(index: int, role: str, parts: list[Any]) -> list[dict[str, Any]]:
         elif kind.startswith("tool-") or kind == "dynamic-tool":
             _tool(part, kind, where, calls, outputs)
         # Anything else is the UI's own (step-start, data-*, sources): the model never sees it.
+    if role == "assistant" and not (texts or thoughts or calls or images):
+        return []  # a step of UI parts only: nothing the model said
     message: dict[str, Any] = {"role": role, "content": "\n".join(texts)}
     if images:
         message["images"] = images

@@ -18,6 +18,8 @@ Deliberate deviations from the real server:
 - The done chunk is paced like one more token: a real model generates an end-of-sequence token.
 - ``fail_after``, ``stall_after`` and ``malformed_every`` count every token line, thinking and tool
   call chunks included; ``options.num_predict`` caps only the answer's content tokens.
+- A chat with ``tools`` gets one call of the first tool, unless its last message is a tool's
+  result: then it gets the answer, as a model that has what it asked for.
 - A known path with the wrong method answers 405 (Gin answers 404 for both).
 - ``/_fake/requests`` is not Ollama's: it exposes what the fake saw, for tests in another process.
 

@@ -223,15 +223,22 @@ def plan_chat(request: Request) -> Job:
     """``POST /api/chat``."""
     body = request.body
     messages = _list(body, "messages")
+    tools = _list(body, "tools")
     return _job(
         request,
         prompt_tokens=_message_words(messages),
         think=body.get("think") not in (None, False),
-        tools=_list(body, "tools"),
+        # A model that has just been given a tool's result answers with text, as a real one
+        # does; so a client that runs tools and sends their results back gets an answer.
+        tools=[] if _after_tool_result(messages) else tools,
         limit=_limit(_options(body).get("num_predict"), "options.num_predict"),
         # Ollama answers a chat without messages by loading the model, nothing more.
         load=not messages,
     )
+
+
+def _after_tool_result(messages: list[Any]) -> bool:
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
 
 
 def plan_generate(request: Request) -> Job:
