@@ -235,6 +235,19 @@ def test_a_truncated_stream_reaches_the_client_as_an_error(bridge: str, sdk: str
     assert result["states"] == ["done"]
 
 
+@pytest.mark.parametrize("sdk", SDKS)
+def test_a_line_that_is_not_json_reaches_the_client_and_the_answer_goes_on(
+    bridge: str, sdk: str
+) -> None:
+    result = chat(bridge, sdk, fake={**FAST, "malformed_every": 5})
+    assert result["errors"]
+    assert all(e.endswith(": this is not json") for e in result["errors"]), result["errors"]
+    assert result["text"] == ANSWER
+    # Each error closed the part it interrupted: no part is left streaming.
+    assert set(result["states"]) == {"done"}
+    assert result["chunks"][-1] == "finish"
+
+
 def test_use_chat_can_post_to_a_path_of_its_own(ollama: tuple[str, FakeOllama]) -> None:
     with sidecar(ollama[0], "--chat-path", "/ui/chat") as (url, _):
         spec = {"sdk": "ai", "api": f"{url}/ui/chat", "mode": "chat", "chatId": "c"}

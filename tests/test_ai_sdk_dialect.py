@@ -280,6 +280,15 @@ def test_a_line_that_is_not_json_is_an_error_with_the_line_and_the_stream_goes_o
     assert len(errors) == 1
     assert errors[0]["errorText"].startswith("upstream sent a line that is not JSON")
     assert errors[0]["errorText"].endswith(": this is not json")
+    assert kinds(chunks)[2:-3] == [
+        "text-start",
+        "text-delta",
+        "text-end",
+        "error",
+        "text-start",
+        "text-delta",
+        "text-end",
+    ]
     assert chunks[-2]["type"] == "finish"
 
 

@@ -111,8 +111,14 @@ class AISDKTranslator(JSONTranslator):
         return events
 
     def bad_line(self, line: str, reason: str) -> list[bytes]:
-        # Reported with the line itself: nothing the upstream sent is silently lost.
-        return [json_event({"type": "error", "errorText": f"{reason}: {line}"})]
+        # Reported with the line itself: nothing the upstream sent is silently lost. The open
+        # part is closed first, as for every error: useChat stops reading at an error chunk, and
+        # the message it keeps has no part left streaming; readUIMessageStream reads on, and the
+        # next token opens a new part.
+        events: list[bytes] = []
+        self._close(events)
+        events.append(json_event({"type": "error", "errorText": f"{reason}: {line}"}))
+        return events
 
     def stop(self) -> list[bytes]:
         self.finished = True
