@@ -34,6 +34,7 @@ from sse_bridge._resume.store import (
     StoreUnavailableError,
     UnknownStreamError,
     parse_position,
+    stream_tag,
 )
 from sse_bridge._types import Message, Receive, Scope, Send
 
@@ -301,7 +302,9 @@ class _Reader:
     async def fail(self, message: str) -> None:
         """A terminal error event that is not part of the stream (so it carries no id)."""
         self.context.settle(Outcome.UPSTREAM_ERROR)
-        logger.warning("sse_bridge: resumed stream %s ended: %s", self.stream_id, message)
+        logger.warning(
+            "sse_bridge: resumed stream %s ended: %s", stream_tag(self.stream_id), message
+        )
         events = self.endpoints.bridge.new_translator().fail(message)
         await self.write(b"".join(events), more=False)
 

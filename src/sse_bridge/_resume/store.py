@@ -13,6 +13,7 @@ option names.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections.abc import Callable
@@ -132,6 +133,13 @@ class ResumeStore(Protocol):
 
 def new_stream_id() -> str:
     return secrets.token_urlsafe(STREAM_ID_BYTES)
+
+
+def stream_tag(stream_id: str) -> str:
+    """What logs carry instead of a stream id, which is a key to the stream: the first 12 hex
+    digits of its SHA-256. The id holds 128 random bits, so the tag cannot be turned back into
+    it, yet the same stream has the same tag on every instance and in every line."""
+    return hashlib.sha256(stream_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def parse_position(value: str, stream_id: str | None) -> tuple[str | None, int]:

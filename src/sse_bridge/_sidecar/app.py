@@ -32,7 +32,8 @@ from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._proxy.app import ProxyApp
-from sse_bridge._resume.store import ResumeStore
+from sse_bridge._resume.store import ResumeStore, stream_tag
+from sse_bridge._sidecar.logline import logfmt, logged_path
 from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
@@ -113,6 +114,7 @@ class _Front:
         metrics: BridgeMetrics | None = None,
         metrics_path: str | None = None,
         log_format: str = "text",
+        resume_path: str | None = None,
     ) -> None:
         self.app = app
         self.proxy = proxy
@@ -125,6 +127,8 @@ class _Front:
         self.metrics_path = metrics_path
         self.metrics_app = None if metrics is None else metrics.asgi_app()
         self.log_format = log_format
+        # Where stream ids appear in paths (None: resume is off), to keep them out of the log.
+        self.resume_path = resume_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -199,11 +203,13 @@ class _Front:
         outcome = stats.final_outcome().value
         ttfe = None if stats.first_event is None else (stats.first_event - stats.started) * 1000
         duration = (now - stats.started) * 1000
+        path = logged_path(scope["path"], self.resume_path)
+        tag = None if stats.stream_id is None else stream_tag(stats.stream_id)
         if self.log_format == "json":
             client = scope.get("client")
             record = {
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": path,
                 "status": stats.status,
                 "dialect": self.dialect,
                 "events": stats.events,
@@ -211,7 +217,7 @@ class _Front:
                 "ttfe_ms": None if ttfe is None else round(ttfe, 1),
                 "duration_ms": round(duration, 1),
                 "outcome": outcome,
-                "stream_id": stats.stream_id,
+                "stream_id": tag,
                 "client": None if not client else f"{client[0]}:{client[1]}",
             }
             access_logger.info("%s", json.dumps(record))
@@ -219,8 +225,8 @@ class _Front:
         access_logger.info(
             "stream method=%s path=%s status=%d dialect=%s events=%d bytes=%d "
             "ttfe_ms=%s duration_ms=%.1f outcome=%s%s",
-            scope["method"],
-            scope["path"],
+            logfmt(scope["method"]),
+            logfmt(path),
             stats.status,
             self.dialect,
             stats.events,
@@ -228,7 +234,7 @@ class _Front:
             "-" if ttfe is None else f"{ttfe:.1f}",
             duration,
             outcome,
-            "" if stats.stream_id is None else f" stream_id={stats.stream_id}",
+            "" if tag is None else f" stream_id={tag}",
         )
 
 
@@ -348,6 +354,7 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         metrics=recorder,
         metrics_path=None if options.metrics_port else "/metrics",
         log_format=options.log_format,
+        resume_path=None if bridge.store is None else options.resume_path,
     )
     if options.cors_origins:
         # Outside the API key check: preflights carry no credentials, and a 401 must carry the

@@ -21,6 +21,7 @@ import anyio
 
 from sse_bridge._resume.redis.client import ERRORS, UNREACHABLE, Pipeline, reason
 from sse_bridge._resume.redis.shared import Shared
+from sse_bridge._resume.store import stream_tag
 
 logger = logging.getLogger("sse_bridge")
 
@@ -242,7 +243,7 @@ class RedisRecording:
         """Redis refuses this stream's writes: it stops being resumable rather than keep a gap."""
         logger.warning(
             "sse_bridge: resume store refused stream %s, which cannot be resumed: %s",
-            self.stream_id,
+            stream_tag(self.stream_id),
             reason(error),
         )
         # Nothing more is kept: the live stream goes on for its own client only.
