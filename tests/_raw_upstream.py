@@ -28,12 +28,14 @@ class Seen:
     path: str
     headers: list[tuple[str, str]]
     body: bytes
+    connection: int = 0
 
 
 @dataclass
 class RawUpstream:
     url: str
     requests: list[Seen] = field(default_factory=list)
+    connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self) -> int:
@@ -109,8 +111,12 @@ def raw_upstream() -> Iterator[RawUpstream]:
             sock: socket.socket = self.request
             sock.settimeout(10)
             reader = _Reader(sock)
+            with state.lock:
+                state.connections += 1
+                connection = state.connections
             with contextlib.suppress(OSError, ValueError):
                 while (seen := _read_request(reader)) is not None:
+                    seen.connection = connection
                     with state.lock:
                         state.requests.append(seen)
                         number = len(state.requests)

@@ -58,6 +58,8 @@ class SSEBridgeMiddleware:
         resume_grace: seconds a generation runs on after its last reader left, for a resume
             to pick it up; then it is cancelled.
         resume_ttl: seconds a finished stream stays resumable (when ``resume`` is a string).
+        resume_max_readers: readers one stream may have at once in this process (resumes by
+            ``GET`` or ``Last-Event-ID``); one more gets 429 with ``Retry-After``.
         metrics: a :class:`sse_bridge.metrics.BridgeMetrics` to record every request in
             (docs/operations.md); ``None`` (the default) records nothing and costs nothing.
     """
@@ -77,6 +79,7 @@ class SSEBridgeMiddleware:
         resume_path: str = _DEFAULT.resume_path,
         resume_grace: float = _DEFAULT.resume_grace,
         resume_ttl: float = _DEFAULT.resume_ttl,
+        resume_max_readers: int = _DEFAULT.resume_max_readers,
         metrics: BridgeMetrics | None = None,
     ) -> None:
         options = BridgeOptions(
@@ -91,6 +94,7 @@ class SSEBridgeMiddleware:
             resume_path=resume_path,
             resume_grace=resume_grace,
             resume_ttl=resume_ttl,
+            resume_max_readers=resume_max_readers,
         )
         self._configure(app, options, metrics)
 
@@ -124,7 +128,11 @@ class SSEBridgeMiddleware:
         self.resume_grace = options.resume_grace
         self.store = open_store(options.resume, ttl=options.resume_ttl)
         self.endpoints = (
-            None if self.store is None else ResumeEndpoints(self, self.store, options.resume_path)
+            None
+            if self.store is None
+            else ResumeEndpoints(
+                self, self.store, options.resume_path, max_readers=options.resume_max_readers
+            )
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -93,6 +93,15 @@ class BridgeOptions(Options):
             meaning="for a resume after the client left",
         ),
     )
+    resume_max_readers: int = option(
+        32,
+        Spec(
+            "With --resume: readers one stream may have at once (here); more get 429.",
+            "count",
+            minimum=1,
+            meaning="readers of one stream at once",
+        ),
+    )
     resume_ttl: float = option(
         DEFAULT_TTL,
         Spec(
@@ -111,6 +120,12 @@ class BridgeOptions(Options):
         if not isinstance(path, str) or not path.startswith("/") or "?" in path:
             raise ValueError(
                 f"resume_path must be a path such as '/streams', not {self.resume_path!r}"
+            )
+        if not path.strip("/"):
+            # "<path>/<id>" is a resume endpoint: under "/", every request would be one.
+            raise ValueError(
+                f"resume_path must be a path such as '/streams', not the root {path!r}: "
+                "every request would be taken for a resume"
             )
         object.__setattr__(
             self, "ndjson_types", tuple(media.lower() for media in self.ndjson_types)

@@ -116,9 +116,12 @@ class _MemoryFollower:
             last = recording.last
             if self.next_seq <= last:
                 start = self.next_seq
-                events = islice(recording.events, start - recording.first, None)
                 self.next_seq = last + 1
-                return list(enumerate(events, start))
+                # Counted from the end: a follower at the top of a long stream reads its few
+                # new events without walking the deque from the oldest (docs/benchmarks.md).
+                newest = list(islice(reversed(recording.events), last - start + 1))
+                newest.reverse()
+                return list(enumerate(newest, start))
             if recording.ended:
                 return None
             if recording.changed is None:

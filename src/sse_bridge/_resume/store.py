@@ -63,6 +63,15 @@ class BadPositionError(ResumeError):
     status = 400
 
 
+class TooManyReadersError(ResumeError):
+    """A stream has as many readers as it may have at once (``resume_max_readers``)."""
+
+    status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this stream has {limit} readers already (the most); retry later")
+
+
 class OwnerLostError(Exception):
     """The instance running the generation stopped before finishing it."""
 

@@ -14,7 +14,6 @@ from dataclasses import fields
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from starlette.middleware.cors import CORSMiddleware
 
 from sse_bridge._core.asgi import send_json
@@ -35,6 +34,7 @@ from sse_bridge._proxy.app import ProxyApp
 from sse_bridge._resume.store import ResumeStore, stream_tag
 from sse_bridge._sidecar.logline import logfmt, logged_path
 from sse_bridge._sidecar.options import SidecarOptions
+from sse_bridge._sidecar.ready import Readiness
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ class _Front:
         # Where the metrics are served on this port (None: not here; --metrics-port, or off).
         self.metrics_path = metrics_path
         self.metrics_app = None if metrics is None else metrics.asgi_app()
+        self.readiness = Readiness(proxy.upstream)
         self.log_format = log_format
         # Where stream ids appear in paths (None: resume is off), to keep them out of the log.
         self.resume_path = resume_path
@@ -186,17 +187,8 @@ class _Front:
         return token is not None and hmac.compare_digest(token.encode("latin-1"), self.api_key)
 
     async def ready(self, send: Send) -> None:
-        try:
-            response = await self.proxy.client.get(self.proxy.upstream, timeout=2.0)
-        except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
-            await send_json(send, 503, {"status": "unavailable", "error": reason})
-            return
-        if response.status_code >= 500:
-            error = f"upstream answered {response.status_code}"
-            await send_json(send, 503, {"status": "unavailable", "error": error})
-            return
-        await send_json(send, 200, {"status": "ready"})
+        status, body = await self.readiness.check()
+        await send_json(send, status, body)
 
     def log(self, scope: Scope, stats: StreamContext) -> None:
         now = time.monotonic()
@@ -261,6 +253,7 @@ def create_proxy(
     resume_path: str = _DEFAULT["resume_path"],
     resume_grace: float = _DEFAULT["resume_grace"],
     resume_ttl: float = _DEFAULT["resume_ttl"],
+    resume_max_readers: int = _DEFAULT["resume_max_readers"],
     metrics: bool = _DEFAULT["metrics"],
     metrics_port: int | None = _DEFAULT["metrics_port"],
     log_format: Literal["text", "json"] = _DEFAULT["log_format"],
@@ -289,8 +282,9 @@ def create_proxy(
             ``Authorization: Bearer <key>``; the header is never forwarded upstream.
         cors_origins: origins allowed to call the bridge from a browser; none by default.
         grace: seconds open streams get to finish after SIGTERM before they are ended.
-        resume, resume_path, resume_grace, resume_ttl: resumable streams, as for the
-            middleware (docs/resume.md); the API key guards the resume endpoints too.
+        resume, resume_path, resume_grace, resume_ttl, resume_max_readers: resumable streams,
+            as for the middleware (docs/resume.md); the API key guards the resume endpoints
+            too.
         metrics: record Prometheus metrics (the ``metrics`` extra; docs/operations.md) and,
             unless ``metrics_port`` is set, serve them at ``/metrics`` (behind the API key).
         metrics_port: the port ``sse-bridge serve`` serves the metrics on instead, apart from
@@ -320,6 +314,7 @@ def create_proxy(
         resume_path=resume_path,
         resume_grace=resume_grace,
         resume_ttl=resume_ttl,
+        resume_max_readers=resume_max_readers,
         metrics=metrics,
         metrics_port=metrics_port or 0,
         log_format=log_format,

@@ -103,6 +103,13 @@ class SidecarOptions(BridgeOptions):
     def validate(self) -> None:
         super().validate()
         parse_upstream(self.upstream)
+        endpoints = self.resume_path.rstrip("/")
+        for path in self.commit_paths:
+            if path == endpoints or path.startswith(endpoints + "/"):
+                raise ValueError(
+                    f"resume_path {self.resume_path!r} overlaps the commit path {path!r}: "
+                    "the resume endpoints would answer its requests; choose another path"
+                )
         if self.metrics_port and not self.metrics:
             port = self.metrics_port
             raise ValueError(

@@ -49,6 +49,9 @@ logger = logging.getLogger("sse_bridge")
 
 # How long a reader on another instance counts as attending after its last poll.
 MIN_ATTENDED = 3.0
+# Connections beyond the followers': the writer, the heartbeat, the stop channel's subscriber,
+# and the short commands of resumes and stops.
+RESERVED_CONNECTIONS = 16
 # How long aclose() lets the writer send what it holds.
 CLOSE_TIMEOUT = 1.0
 
@@ -70,6 +73,10 @@ class RedisStore:
         key_prefix: prepended to every key and channel, to share a Redis with other programs.
         flush_window: seconds the writer lets events of other streams gather before a round
             trip; readers on other instances see events this much later at most.
+        max_followers: readers this instance follows streams for at once; each may hold a
+            Redis connection in a blocking read. One more gets :class:`StoreUnavailableError`
+            (a 503 with ``Retry-After``). The connection pool holds this many connections and
+            ``RESERVED_CONNECTIONS`` more, for the writer, the heartbeat and the stop channel.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class RedisStore:
         heartbeat: float = 1.0,
         key_prefix: str = "sse_bridge:",
         flush_window: float = FLUSH_WINDOW,
+        max_followers: int = 256,
     ) -> None:
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in SCHEMES:
@@ -92,6 +100,8 @@ class RedisStore:
         check_count("max_stream_bytes", max_stream_bytes, 1, "bytes of events one stream keeps")
         check_seconds("heartbeat", heartbeat, "how often this instance tells Redis it lives")
         check_seconds("flush_window", flush_window, "before each round trip to Redis")
+        check_count("max_followers", max_followers, 1, "readers followed at once")
+        self.max_followers = max_followers
         self.flush_window = flush_window
         if heartbeat < 0.01:
             raise ValueError(f"heartbeat must be at least 0.01 seconds, got {heartbeat!r}")
@@ -129,7 +139,7 @@ class RedisStore:
         """
         if self.redis is not None:
             raise RuntimeError("RedisStore.open() was called twice (without aclose() between)")
-        redis = connect(self.url, self.heartbeat)
+        redis = connect(self.url, self.heartbeat, self.max_followers + RESERVED_CONNECTIONS)
         try:
             await redis.ping()
             await redis.set(self.keys.instance(self.instance_id), b"1", px=self.instance_ms)
@@ -232,6 +242,11 @@ class RedisStore:
 
     async def follow(self, stream_id: str, after: int) -> RedisFollower:
         self.check_available()
+        if sum(self.readers.values()) >= self.max_followers:
+            raise StoreUnavailableError(
+                f"this instance follows {self.max_followers} streams' readers already "
+                "(max_followers); try again later"
+            )
         owner, last, first = await position(self, stream_id)
         if last is not None and after > last:
             raise BadPositionError(
