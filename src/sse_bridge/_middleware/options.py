@@ -19,6 +19,7 @@ from sse_bridge._core.context import NDJSON_TYPES
 from sse_bridge._core.options import Options, Spec, option
 from sse_bridge._core.validate import check_count
 from sse_bridge._dialects.builtin import DIALECTS, Dialect, resolve_dialect
+from sse_bridge._resume.binding import Owner
 from sse_bridge._resume.open import check_resume
 from sse_bridge._resume.store import DEFAULT_TTL, ResumeStore
 
@@ -93,6 +94,14 @@ class BridgeOptions(Options):
             meaning="for a resume after the client left",
         ),
     )
+    resume_owner: Owner | None = option(
+        None,
+        Spec(
+            "Who a request is, from its scope; each stream is bound to its owner.",
+            "object",
+            cli="",
+        ),
+    )
     resume_max_readers: int = option(
         32,
         Spec(
@@ -116,6 +125,11 @@ class BridgeOptions(Options):
         if self.retry is not None:
             check_count("retry", self.retry, 0, "the reconnection time in milliseconds")
         check_resume(self.resume)
+        if self.resume_owner is not None and not callable(self.resume_owner):
+            raise ValueError(
+                "resume_owner must be a function of the scope that returns the owner's id "
+                f"(a string) or None, not {self.resume_owner!r}"
+            )
         path = self.resume_path
         if not isinstance(path, str) or not path.startswith("/") or "?" in path:
             raise ValueError(

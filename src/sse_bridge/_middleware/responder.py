@@ -214,7 +214,7 @@ class Responder:
         recording = None
         endpoints = self.bridge.endpoints
         if endpoints is not None:
-            recording = self.recording = await endpoints.record(self.request_stop)
+            recording = self.recording = await endpoints.record(self.request_stop, self.scope)
             if recording is not None and (self.ended or self.receive.client_gone):
                 # The client left while the store made the stream: there is nobody to tell
                 # its id, so nobody can resume it.

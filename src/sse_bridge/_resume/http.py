@@ -24,6 +24,7 @@ from sse_bridge._core.codec import encode_comment
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
 from sse_bridge._dialects.translator import Translator
+from sse_bridge._resume.binding import Binding, Owner
 from sse_bridge._resume.store import (
     STREAM_ID,
     BadPositionError,
@@ -77,10 +78,17 @@ class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
     def __init__(
-        self, bridge: EndpointBridge, store: ResumeStore, path: str, *, max_readers: int = 32
+        self,
+        bridge: EndpointBridge,
+        store: ResumeStore,
+        path: str,
+        *,
+        max_readers: int = 32,
+        owner: Owner | None = None,
     ) -> None:
         self.bridge = bridge
         self.store = store
+        self.binding = Binding(owner)
         self.prefix = path.rstrip("/") + "/"
         # Readers of each stream in this process: a bound, or one id could take every socket.
         self.max_readers = max_readers
@@ -119,7 +127,7 @@ class ResumeEndpoints:
                 await self.store.open()
                 self.opened = True
 
-    async def record(self, stop: Callable[[], None]) -> Recording | None:
+    async def record(self, stop: Callable[[], None], scope: Scope) -> Recording | None:
         """A new resumable stream, or None (and the stream goes on, not resumable) if the
         store cannot be reached."""
         if not self.opened and time.monotonic() < self.retry_at:
@@ -135,7 +143,9 @@ class ResumeEndpoints:
                 logger.warning("sse_bridge: streams are not resumable for now: %s", exc)
             return None
         self.unreachable = False
-        return self.store.record(stop)
+        bound = self.binding.of(scope)
+        # Without an owner, as a store of the protocol's first version takes it.
+        return self.store.record(stop) if bound is None else self.store.record(stop, bound)
 
     async def answer(self, scope: Scope, receive: Receive, send: Send, wanted: bool) -> bool:
         """Serve the request if it is ours; False lets the app have it."""
@@ -159,6 +169,7 @@ class ResumeEndpoints:
                 await _refuse(send, _context(scope), full)
                 return True
             try:
+                await self.binding.check(self.store, scope, stream_id)
                 follower = await self.find(stream_id, after)
             except ResumeError:
                 # Not a stream kept here (any more), or the store cannot say: the request is a
@@ -201,6 +212,7 @@ class ResumeEndpoints:
                 raise UnknownStreamError(stream_id)
             context.stream_id = stream_id
             await self.open()
+            await self.binding.check(self.store, scope, stream_id)
             if method == "DELETE":
                 await self.store.stop(stream_id)
                 await _no_content(send, context, Outcome.STOPPED)

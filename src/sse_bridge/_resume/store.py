@@ -118,8 +118,13 @@ class ResumeStore(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def record(self, stop: Callable[[], None]) -> Recording:
-        """A new stream; ``stop`` is called (once, on the owner's event loop) to stop it."""
+    def record(self, stop: Callable[[], None], bound_to: str | None = None) -> Recording:
+        """A new stream; ``stop`` is called (once, on the owner's event loop) to stop it.
+        ``bound_to``: the hash of the stream's owner (``_resume/binding.py``), kept with it."""
+        ...
+
+    async def bound_to(self, stream_id: str) -> str | None:
+        """The owner hash the stream was recorded with; raises :class:`UnknownStreamError`."""
         ...
 
     async def follow(self, stream_id: str, after: int) -> Follower:

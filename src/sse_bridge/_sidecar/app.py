@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +31,7 @@ from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._proxy.app import ProxyApp
+from sse_bridge._resume.binding import Owner
 from sse_bridge._resume.store import ResumeStore, stream_tag
 from sse_bridge._sidecar.logline import logfmt, logged_path
 from sse_bridge._sidecar.options import SidecarOptions
@@ -254,6 +255,8 @@ def create_proxy(
     resume_grace: float = _DEFAULT["resume_grace"],
     resume_ttl: float = _DEFAULT["resume_ttl"],
     resume_max_readers: int = _DEFAULT["resume_max_readers"],
+    resume_owner: Owner | None = _DEFAULT["resume_owner"],
+    resume_owner_header: str | None = _DEFAULT["resume_owner_header"],
     metrics: bool = _DEFAULT["metrics"],
     metrics_port: int | None = _DEFAULT["metrics_port"],
     log_format: Literal["text", "json"] = _DEFAULT["log_format"],
@@ -282,9 +285,13 @@ def create_proxy(
             ``Authorization: Bearer <key>``; the header is never forwarded upstream.
         cors_origins: origins allowed to call the bridge from a browser; none by default.
         grace: seconds open streams get to finish after SIGTERM before they are ended.
-        resume, resume_path, resume_grace, resume_ttl, resume_max_readers: resumable streams,
-            as for the middleware (docs/resume.md); the API key guards the resume endpoints
-            too.
+        resume, resume_path, resume_grace, resume_ttl, resume_max_readers, resume_owner:
+            resumable streams, as for the middleware (docs/resume.md); the API key guards the
+            resume endpoints too.
+        resume_owner_header: the request header that names the request's user, set by an
+            authenticating proxy in front (``X-Auth-Request-User`` from oauth2-proxy, say), which
+            must replace any value the client sent: each stream is bound to it, as with
+            ``resume_owner``.
         metrics: record Prometheus metrics (the ``metrics`` extra; docs/operations.md) and,
             unless ``metrics_port`` is set, serve them at ``/metrics`` (behind the API key).
         metrics_port: the port ``sse-bridge serve`` serves the metrics on instead, apart from
@@ -315,11 +322,23 @@ def create_proxy(
         resume_grace=resume_grace,
         resume_ttl=resume_ttl,
         resume_max_readers=resume_max_readers,
+        resume_owner=resume_owner,
+        resume_owner_header=resume_owner_header,
         metrics=metrics,
         metrics_port=metrics_port or 0,
         log_format=log_format,
     )
     return build_sidecar(options)
+
+
+def _header_owner(name: str) -> Owner:
+    """The owner of a request: the value of its header ``name`` (None if absent or empty)."""
+    key = name.lower().encode("latin-1")
+
+    def owner(scope: Scope) -> str | None:
+        return header(scope["headers"], key) or None
+
+    return owner
 
 
 def build_sidecar(options: SidecarOptions) -> SidecarApp:
@@ -338,6 +357,10 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         # register the same names twice.
         recorder = BridgeMetrics(CollectorRegistry())
     proxy = ProxyApp(options)
+    if options.resume_owner_header is not None:
+        # The header becomes the owner function the middleware takes (one of the two is set).
+        owner = _header_owner(options.resume_owner_header)
+        options = replace(options, resume_owner=owner, resume_owner_header=None)
     bridge = SSEBridgeMiddleware.with_options(proxy, options)
     app: ASGIApp = bridge
     app = _Front(

@@ -79,6 +79,15 @@ class SidecarOptions(BridgeOptions):
         10.0,
         Spec("Seconds streams get to finish on SIGTERM.", "seconds", meaning="after SIGTERM"),
     )
+    resume_owner_header: str | None = option(
+        None,
+        Spec(
+            "With --resume: the request header naming its user (set by an auth proxy in front, "
+            "such as X-Auth-Request-User); each stream is bound to it.",
+            "text",
+            meaning="a header name, or None to leave streams unbound",
+        ),
+    )
     metrics: bool = option(
         False,
         Spec("Prometheus metrics at /metrics, behind the API key (docs/operations.md).", "flag"),
@@ -110,6 +119,10 @@ class SidecarOptions(BridgeOptions):
                     f"resume_path {self.resume_path!r} overlaps the commit path {path!r}: "
                     "the resume endpoints would answer its requests; choose another path"
                 )
+        if self.resume_owner_header is not None and self.resume_owner is not None:
+            raise ValueError(
+                "resume_owner_header and resume_owner both say who owns a stream: give one"
+            )
         if self.metrics_port and not self.metrics:
             port = self.metrics_port
             raise ValueError(
@@ -119,7 +132,7 @@ class SidecarOptions(BridgeOptions):
     def to_json(self) -> str:
         """These options as JSON, for worker processes: ``from_json`` gives them back."""
         values = self.values()
-        for name in ("dialect", "resume"):
+        for name in ("dialect", "resume", "resume_owner"):
             if values[name] is not None and not isinstance(values[name], str):
                 raise ValueError(
                     f"{name} must be a name, not an object, for worker processes: "

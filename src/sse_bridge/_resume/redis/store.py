@@ -31,7 +31,7 @@ from sse_bridge._resume.redis.client import (
     redact,
 )
 from sse_bridge._resume.redis.instance import beat, listen, stop_elsewhere, subscribe
-from sse_bridge._resume.redis.keys import Keys
+from sse_bridge._resume.redis.keys import Keys, text
 from sse_bridge._resume.redis.reader import RedisFollower, finish_orphan, position
 from sse_bridge._resume.redis.writer import FLUSH_WINDOW, RedisRecording, Writer
 from sse_bridge._resume.store import (
@@ -40,6 +40,7 @@ from sse_bridge._resume.store import (
     BadPositionError,
     EventsGoneError,
     StoreUnavailableError,
+    UnknownStreamError,
     new_stream_id,
 )
 
@@ -233,9 +234,9 @@ class RedisStore:
 
     # -- the protocol ----------------------------------------------------------------------
 
-    def record(self, stop: Callable[[], None]) -> RedisRecording:
+    def record(self, stop: Callable[[], None], bound_to: str | None = None) -> RedisRecording:
         self.client()
-        recording = RedisRecording(self, new_stream_id(), stop)
+        recording = RedisRecording(self, new_stream_id(), stop, bound_to)
         self.live[recording.stream_id] = recording
         self.writer.mark(recording)
         return recording
@@ -255,6 +256,21 @@ class RedisStore:
         if first > after + 1:
             raise EventsGoneError(after, first)
         return RedisFollower(self, stream_id, after, owner)
+
+    async def bound_to(self, stream_id: str) -> str | None:
+        recording = self.live.get(stream_id)
+        if recording is not None:
+            return recording.bound_to
+        self.check_available()
+        try:
+            instance, bound = await self.client().hmget(
+                self.keys.meta(stream_id), ["owner", "bound_to"]
+            )
+        except ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        if instance is None:
+            raise UnknownStreamError(stream_id)
+        return None if bound is None else text(bound)
 
     async def finished_at(self, stream_id: str, after: int) -> bool:
         _, last, _ = await position(self, stream_id)

@@ -127,10 +127,18 @@ class Writer:
 class RedisRecording:
     """The owner's side: events wait in ``pending`` for the writer task to send them."""
 
-    def __init__(self, store: WriterStore, stream_id: str, stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: WriterStore,
+        stream_id: str,
+        stop: Callable[[], None],
+        bound_to: str | None = None,
+    ) -> None:
         self.store = store
         self.writer = store.writer
         self.stream_id = stream_id
+        # The hash of the stream's owner (the user's, not the instance's), or None.
+        self.bound_to = bound_to
         self.events_key = store.keys.events(stream_id)
         self.meta_key = store.keys.meta(stream_id)
         self.stop: Callable[[], None] | None = stop
@@ -213,7 +221,8 @@ class RedisRecording:
         fresh = self.written_in != store.outages
         commands = len(batch)
         if fresh:
-            pipe.hset(self.meta_key, "owner", store.instance_id)
+            bound = () if self.bound_to is None else ("bound_to", self.bound_to)
+            pipe.hset(self.meta_key, "owner", store.instance_id, items=bound)
             commands += 1
         for seq, event in batch:
             pipe.xadd(self.events_key, {"e": event}, id=f"{seq}-0")
