@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from loadtests.stack import fake_ollama, free_port, running, stop
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._core.context import BUCKETS, StreamContext
+from sse_bridge._resume.store import stream_tag
 from sse_bridge.metrics import BridgeMetrics
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._servers import serve
@@ -278,7 +279,8 @@ async def test_json_log_lines(fake: FakeOllama, caplog: pytest.LogCaptureFixture
     assert record["dialect"] == "ollama"
     assert record["events"] == 7
     assert record["outcome"] == "completed"
-    assert record["stream_id"] == response.headers["x-stream-id"]
+    # The id is a key to the stream: the log has its tag.
+    assert record["stream_id"] == stream_tag(response.headers["x-stream-id"])
     assert record["client"].startswith("127.0.0.1:")
     assert isinstance(record["ttfe_ms"], float)
 

@@ -52,6 +52,9 @@ class Outcome(str, Enum):
     UPSTREAM_TRUNCATED = "upstream_truncated"
     # Stopped on purpose, by a DELETE of its resume endpoint.
     STOPPED = "stopped"
+    # Ended by another instance, which took this one for dead (the Redis resume store): the
+    # store refused the rest of it, and its client got a terminal error saying so.
+    TAKEN_OVER = "taken_over"
 
 
 @dataclass(slots=True)

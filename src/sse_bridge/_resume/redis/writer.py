@@ -20,6 +20,7 @@ from typing import NamedTuple, Protocol
 import anyio
 
 from sse_bridge._resume.redis.client import ERRORS, UNREACHABLE, Pipeline, reason
+from sse_bridge._resume.redis.keys import text
 from sse_bridge._resume.redis.shared import Shared
 from sse_bridge._resume.store import stream_tag
 
@@ -106,16 +107,16 @@ class Writer:
         live = self.store.live
         for recording, plan in zip(recordings, plans, strict=False):
             end = start + plan.commands
-            refused = [
-                result
-                for result in results[start:end]
-                # A retry after a round trip that Redis half did (or a reader that finished
-                # the stream for an owner it thought dead): the entry is there already.
-                if isinstance(result, Exception) and "equal or smaller" not in str(result)
-            ]
+            errors = [result for result in results[start:end] if isinstance(result, Exception)]
+            # "equal or smaller": the entry is there already. A retry after a round trip that
+            # Redis half did, or a reader that finished the stream for an owner it took for
+            # dead, which the owner must not take for success.
+            refused = [error for error in errors if "equal or smaller" not in str(error)]
             start = end
             if refused:
                 await recording.abandon(refused[0])
+            elif errors and await recording.ended_elsewhere():
+                recording.taken()
             else:
                 recording.sent(plan)
             if not recording.has_work():
@@ -156,6 +157,8 @@ class RedisRecording:
         self.written_in: int | None = None
         self.ended = False
         self.end_written = False
+        # Ended by another instance (see taken); the owner's client is told.
+        self.taken_over = False
 
     def take_stop(self) -> Callable[[], None] | None:
         stop, self.stop = self.stop, None
@@ -247,6 +250,29 @@ class RedisRecording:
             self.pending.popleft()
         self.trimmed = max(self.trimmed, plan.first)
         self.end_written = self.end_written or plan.ending
+
+    async def ended_elsewhere(self) -> bool:
+        """Whether another instance has ended this stream (see ``finish_orphan``)."""
+        try:
+            ended_by = await self.store.client().hget(self.meta_key, "ended_by")
+        except ERRORS:
+            return False  # the next round trip asks again
+        return ended_by is not None and text(ended_by) != self.store.instance_id
+
+    def taken(self) -> None:
+        """Another instance ended this stream, taking this one for dead: nothing more of it is
+        stored, and the generation is stopped, its client told why (``taken_over``)."""
+        logger.warning(
+            "sse_bridge: stream %s was ended by another instance, which took this one for "
+            "dead; its client gets an error",
+            stream_tag(self.stream_id),
+        )
+        self.taken_over = self.ended = self.end_written = True
+        self.written_in = self.store.outages
+        self.pending.clear()
+        stop = self.take_stop()
+        if stop is not None:
+            stop()
 
     async def abandon(self, error: Exception) -> None:
         """Redis refuses this stream's writes: it stops being resumable rather than keep a gap."""
