@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from loadtests.stack import BIN, free_port, wait_http
 from sse_bridge import create_proxy
 from sse_bridge._resume.store import new_stream_id, stream_tag
 from sse_bridge._sidecar.logline import logfmt, logged_path
@@ -104,3 +107,27 @@ def test_no_request_writes_a_log_line_of_its_own(
             assert rest.startswith(" status=200 ")
             assert rest.count("status=") == 1
             assert rest.count("outcome=") == 1
+
+
+def test_no_log_line_of_sse_bridge_serve_carries_an_id_or_a_forged_line(tmp_path: Path) -> None:
+    sid = new_stream_id()
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with raw_upstream() as upstream, log.open("w") as sink:
+        args = ["serve", "--upstream", upstream.url, "--resume", "memory", "--port", str(port)]
+        process = subprocess.Popen([str(BIN), *args], stdout=sink, stderr=sink, text=True)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", process)
+            for path in (f"/streams/{sid}".encode(), FORGERIES[0]):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    sock.sendall(b"GET %b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)
+                    read_response(sock)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    logged = log.read_text()
+    assert f"path=/streams/{stream_tag(sid)} status=404" in logged
+    assert sid not in logged
+    assert "\nINFO stream" not in logged
+    # uvicorn's own access line is off: the bridge's is the one line per request.
+    assert '"GET /' not in logged

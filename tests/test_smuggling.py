@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from loadtests.stack import running
 from sse_bridge import create_proxy
 from sse_bridge._sidecar.app import SidecarApp
 from tests._h2 import serve_hypercorn
@@ -154,11 +155,23 @@ def test_no_vector_smuggles_a_request_past_the_proxy(server: str, transport: str
         with front(app, server) as url:
             results = run_vectors(upstream, url)
         smuggled = [seen for seen in upstream.requests if seen.path == "/smuggled"]
-    print(server, transport, [(name, status) for name, status, _, _ in results])
     failed = [result for result in results if not result[3]]
     assert not failed, failed
     assert not smuggled
     assert len(VECTORS) >= 10
+
+
+@pytest.mark.parametrize("http", ["auto", "h11", "httptools"])
+def test_sse_bridge_serve_lets_no_vector_through(http: str) -> None:
+    """The same, black box: the command as it is deployed."""
+    with raw_upstream() as upstream:
+        args = ("serve", "--upstream", upstream.url, "--http", http, "--log-level", "warning")
+        with running(*args) as (url, _):
+            results = run_vectors(upstream, url)
+        smuggled = [seen for seen in upstream.requests if seen.path == "/smuggled"]
+    failed = [result for result in results if not result[3]]
+    assert not failed, failed
+    assert not smuggled
 
 
 def test_the_refusal_names_the_fault_and_closes_the_connection() -> None:
