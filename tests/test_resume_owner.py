@@ -171,6 +171,16 @@ def test_an_owner_function_must_return_a_string_or_none() -> None:
         SSEBridgeMiddleware(lambda *_: None, resume="memory", resume_owner="user")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="give one"):
         create_proxy(upstream="http://h", resume_owner_header="x-user", resume_owner=lambda s: None)
+
+    class OldStore:
+        def record(self, stop: object) -> None: ...
+        def follow(self) -> None: ...
+        def stop(self) -> None: ...
+        def finished_at(self) -> None: ...
+
+    with pytest.raises(ValueError, match="needs the bound_to method"):
+        SSEBridgeMiddleware(lambda *_: None, resume=OldStore(), resume_owner=lambda s: None)  # type: ignore[arg-type]
+    SSEBridgeMiddleware(lambda *_: None, resume=OldStore())  # type: ignore[arg-type]
     options = SidecarOptions(upstream="http://h", resume_owner=lambda s: None)
     with pytest.raises(ValueError, match="resume_owner must be a name"):
         options.to_json()

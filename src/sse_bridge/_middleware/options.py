@@ -130,6 +130,13 @@ class BridgeOptions(Options):
                 "resume_owner must be a function of the scope that returns the owner's id "
                 f"(a string) or None, not {self.resume_owner!r}"
             )
+        store = self.resume
+        own_store = store is not None and not isinstance(store, str)
+        if self.resume_owner is not None and own_store and not hasattr(store, "bound_to"):
+            raise ValueError(
+                "resume_owner binds streams to owners, which this store cannot keep: "
+                "a store of your own needs the bound_to method (docs/resume.md)"
+            )
         path = self.resume_path
         if not isinstance(path, str) or not path.startswith("/") or "?" in path:
             raise ValueError(
