@@ -99,6 +99,7 @@ ESCAPES = [
     b"/x/..%5c..%5cadmin",
     b"/..;/admin",
     b"/a/b/../../../c",
+    b"/0\\0/../..;",  # "/..;" once "0\\0/.." has gone (found by the fuzzer)
 ]
 
 

@@ -48,18 +48,8 @@ def confine(path: bytes) -> bytes:
         raise PathEscapeError("no upstream URL for this target: a path starts with /")
     if b"." not in path and b"%" not in path and b"\\" not in path:
         return path  # nothing to remove or to misread: the common case, at no cost
-    loose = path.lower()
-    for encoded, meaning in _LOOSE:
-        loose = loose.replace(encoded, meaning)
-    depth = 0
-    for piece in loose.split(b"/"):
-        segment = piece.partition(b";")[0]  # "..;x": Tomcat's reading of a dot segment
-        if segment == b"..":
-            if depth == 0:
-                raise PathEscapeError("the request path leaves the upstream's base path")
-            depth -= 1
-        elif segment not in (b"", b"."):
-            depth += 1
+    if _climbs(path):
+        raise PathEscapeError("the request path leaves the upstream's base path")
     kept: list[bytes] = []
     segments = path[1:].split(b"/")
     for index, segment in enumerate(segments):
@@ -73,4 +63,26 @@ def confine(path: bytes) -> bytes:
             continue
         if index == len(segments) - 1:
             kept.append(b"")  # "/a/." and "/a/b/.." end with a slash (RFC 3986 5.2.4)
-    return b"/" + b"/".join(kept)
+    confined = b"/" + b"/".join(kept)
+    # Removing segments can bring others together into a new reading: "/a\\b/../..;" is
+    # "/..;" once "a\\b/.." has gone (found by tests/_fuzz.py).
+    if _climbs(confined):
+        raise PathEscapeError("the request path leaves the upstream's base path")
+    return confined
+
+
+def _climbs(path: bytes) -> bool:
+    """Whether ``path`` climbs above its root by any of the loose readings ``confine`` names."""
+    loose = path.lower()
+    for encoded, meaning in _LOOSE:
+        loose = loose.replace(encoded, meaning)
+    depth = 0
+    for piece in loose.split(b"/"):
+        segment = piece.partition(b";")[0]  # "..;x": Tomcat's reading of a dot segment
+        if segment == b"..":
+            if depth == 0:
+                return True
+            depth -= 1
+        elif segment not in (b"", b"."):
+            depth += 1
+    return False
