@@ -317,7 +317,10 @@ def main() -> None:
         began = time.monotonic()
         examples(args.examples)
         total += args.examples
-        print(f"{name:<46} {args.examples:>9,} examples {time.monotonic() - began:>8.1f} s")
+        print(
+            f"{name:<46} {args.examples:>9,} examples {time.monotonic() - began:>8.1f} s",
+            flush=True,
+        )
     sidecar.close()
     print(f"{'all':<46} {total:>9,} examples {time.monotonic() - started:>8.1f} s, no failure")
     tally = ", ".join(f"{status}: {count}" for status, count in sorted(sidecar.statuses.items()))

@@ -20,6 +20,7 @@ from sse_bridge._cli.main import main
 from sse_bridge._resume.redis.store import RESERVED_CONNECTIONS, RedisStore
 from sse_bridge._resume.store import StoreUnavailableError
 from sse_bridge._sidecar.ready import Readiness
+from sse_bridge._types import Receive, Scope, Send
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._raw_upstream import raw_upstream
 from tests._redis import redis_server
@@ -91,6 +92,19 @@ async def test_readiness_asks_the_upstream_once_a_second_at_most() -> None:
     now[0] += 1
     status, body = await readiness.check()  # the upstream has gone
     assert (status, body["status"]) == (503, "unavailable")
+
+
+async def test_an_upstream_answering_5xx_is_not_ready() -> None:
+    async def failing(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 500, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    with serve(failing) as url:
+        assert await Readiness(httpx.URL(url)).check() == (
+            503,
+            {"status": "unavailable", "error": "upstream answered 500"},
+        )
 
 
 def test_readyz_asks_on_a_connection_apart_from_the_streams() -> None:
