@@ -82,8 +82,7 @@ class SidecarOptions(BridgeOptions):
     resume_owner_header: str | None = option(
         None,
         Spec(
-            "With --resume: the request header naming its user (set by an auth proxy in front, "
-            "such as X-Auth-Request-User); each stream is bound to it.",
+            "With --resume: the header an auth proxy sets to the user; binds streams to it.",
             "text",
             meaning="a header name, or None to leave streams unbound",
         ),
