@@ -100,6 +100,7 @@ ESCAPES = [
     b"/..;/admin",
     b"/a/b/../../../c",
     b"/0\\0/../..;",  # "/..;" once "0\\0/.." has gone (found by the fuzzer)
+    b"/a%2fb/../..",  # within the root by the loose reading, above it by RFC 3986's
 ]
 
 
