@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from sse_bridge import create_proxy
 from sse_bridge._cli.main import main
+from sse_bridge._resume.store import stream_tag
 from sse_bridge._sidecar.chat import ChatStreams, UIChat
 from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge._sidecar.ui_messages import (
@@ -466,3 +467,43 @@ async def test_a_chat_path_of_its_own_goes_on_to_ollamas_chat() -> None:
 def test_a_chat_path_must_be_a_path(path: str) -> None:
     with pytest.raises(ValueError, match="chat_path"):
         SidecarOptions(upstream="http://127.0.0.1:1", dialect="ai-sdk", chat_path=path)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_chat_id_is_a_key_and_the_log_carries_its_tag(
+    log_format: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The chat's resume URL reaches its live stream as its stream id does: never logged whole.
+    app = create_proxy(
+        upstream="http://127.0.0.1:1",
+        dialect="ai-sdk",
+        model="m",
+        resume="memory",
+        log_format=log_format,  # type: ignore[arg-type]
+    )
+    chat_id = "secret-chat-7f3a"
+    with caplog.at_level("INFO", logger="sse_bridge.access"):
+        sent = await call(app, {**http("GET", f"/api/chat/{chat_id}/stream"), "client": None})
+    assert sent[0]["status"] == 204
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
+    assert chat_id not in line
+    assert f"/api/chat/{stream_tag(chat_id)}/stream" in line
+
+
+def test_a_chat_bound_to_its_owner_is_found_by_its_owner_only() -> None:
+    def owner(scope: Scope) -> str | None:
+        return dict(scope["headers"]).get(b"x-user", b"").decode() or None
+
+    def as_user(name: str | None) -> Scope:
+        return http(
+            "GET", "/api/chat/c/stream", [] if name is None else [(b"x-user", name.encode())]
+        )
+
+    chats = ChatStreams(owner)
+    chats.bind("c", "s1", as_user("alice"))
+    assert chats.find("c", as_user("alice")) == "s1"
+    # Anyone else finds what a chat with no live stream gives: nothing, so a 204.
+    assert chats.find("c", as_user("bob")) is None
+    assert chats.find("c", as_user(None)) is None
+    assert ChatStreams().find("c", as_user("alice")) is None

@@ -36,7 +36,13 @@ def test_every_serve_option_has_help_a_default_and_an_env_var() -> None:
     for block in blocks[1:]:
         name = block.split()[0].split("/")[0]
         assert f"env var: SSE_BRIDGE_{name[2:].upper().replace('-', '_')}" in block, block
-        if name not in ("--upstream", "--api-key", "--cors-origin", "--model"):
+        if name not in (
+            "--upstream",
+            "--api-key",
+            "--cors-origin",
+            "--model",
+            "--resume-owner-header",
+        ):
             assert "default:" in block, block
 
 

@@ -38,6 +38,7 @@ from loadtests.stack import (
     round_robin,
     running,
 )
+from sse_bridge._resume.store import stream_tag
 from sse_bridge.probe import analyse
 from sse_bridge.testing import ParsedEvent, SSEParser, answer_tokens
 from tests._redis import redis_server
@@ -123,12 +124,14 @@ class Bridge:
 
     def stream_lines(self, stream_id: str) -> list[str]:
         """Its access log lines (`sse_bridge.access`) of this stream, once it has stopped: the
-        stream itself, its resumes and its stop."""
+        stream itself, its resumes and its stop (by the stream's tag: the log has no ids)."""
+        tag = stream_tag(stream_id)
+        assert stream_id not in self.log
         return [
             line
             for line in self.log.splitlines()
             if " stream method=" in line
-            and (f"stream_id={stream_id}" in line or f"path=/streams/{stream_id} " in line)
+            and (f"stream_id={tag}" in line or f"path=/streams/{tag} " in line)
         ]
 
 
@@ -304,7 +307,7 @@ async def test_a_stream_started_on_one_bridge_resumes_on_the_other(
     assert "path=/api/chat status=200" in started
     assert not any("method=POST" in line for line in other.stream_lines(stream_id))
     assert any(
-        f"method=GET path=/streams/{stream_id} status=200" in line
+        f"method=GET path=/streams/{stream_tag(stream_id)} status=200" in line
         and f" events={len(resumed.events)} " in line
         for line in other.stream_lines(stream_id)
     ), other.stream_lines(stream_id)
@@ -365,7 +368,7 @@ async def stop_from_the_other_bridge(fake: str, workdir: Path) -> float:
     assert data(follower.events) == data(original.events)
     # The DELETE reached the other bridge only, which passed the stop on to the owner.
     assert any(
-        f"method=DELETE path=/streams/{stream_id} status=204" in line
+        f"method=DELETE path=/streams/{stream_tag(stream_id)} status=204" in line
         for line in other.stream_lines(stream_id)
     ), other.stream_lines(stream_id)
     assert not any("method=DELETE" in line for line in owner.stream_lines(stream_id))
@@ -444,7 +447,7 @@ async def test_the_reader_on_the_other_bridge_outlives_the_owners_sigkill(
     assert generation["outcome"] == "cancelled"
     assert len(await generations(fake, marker)) == 1
     assert any(
-        f"method=GET path=/streams/{stream_id} status=200" in line
+        f"method=GET path=/streams/{stream_tag(stream_id)} status=200" in line
         for line in other.stream_lines(stream_id)
     ), other.stream_lines(stream_id)
 

@@ -29,6 +29,7 @@ from sse_bridge._resume.store import (
     ResumeStore,
     StoreUnavailableError,
     UnknownStreamError,
+    stream_tag,
 )
 from tests._redis import RedisServer, ping, redis_binary, redis_server, running_redis
 
@@ -301,7 +302,8 @@ async def test_a_failing_stop_is_logged_and_the_next_stops_still_arrive(
         await b.stop(marker.stream_id)
         with anyio.fail_after(DEADLINE):
             await stopped.wait()
-        assert f"stopping stream {failing.stream_id} failed" in caplog.text
+        assert f"stopping stream {stream_tag(failing.stream_id)} failed" in caplog.text
+        assert failing.stream_id not in caplog.text
         assert "the app could not stop" in caplog.text
 
 
@@ -586,7 +588,9 @@ async def test_a_stream_redis_refuses_stops_being_resumable_rather_than_keep_a_g
             await a.follow(recording.stream_id, 0)
         lines = transitions(caplog)
         assert len(lines) == 1, lines
-        assert f"refused stream {recording.stream_id}, which cannot be resumed" in lines[0]
+        assert (
+            f"refused stream {stream_tag(recording.stream_id)}, which cannot be resumed" in lines[0]
+        )
 
 
 async def test_aclose_sends_what_the_writers_hold_and_announces_the_leave(url: str) -> None:

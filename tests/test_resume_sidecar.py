@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -17,6 +17,7 @@ from loadtests.stack import free_port
 from sse_bridge import create_proxy
 from sse_bridge._cli import server as _server
 from sse_bridge._cli.main import main
+from sse_bridge._resume.store import stream_tag
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
 from tests._redis import redis_server, running_redis
@@ -88,11 +89,16 @@ async def test_cors_exposes_the_stream_id() -> None:
     assert "DELETE" in preflight.headers["access-control-allow-methods"]
 
 
-async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_log_lines_tag_the_stream_and_a_stop_without_its_id(
+    caplog: pytest.LogCaptureFixture, log_format: Literal["text", "json"]
+) -> None:
     fake = FakeOllama(FakeOllamaConfig(tokens_per_second=50, num_tokens=500))
     with serve(fake) as upstream:
-        app = create_proxy(upstream=upstream, dialect="ollama", resume="memory")
-        with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+        app = create_proxy(
+            upstream=upstream, dialect="ollama", resume="memory", log_format=log_format
+        )
+        with caplog.at_level(logging.INFO, logger="sse_bridge"), serve(app) as url:
             async with anyio.create_task_group() as group:
                 responses: list[Any] = []
 
@@ -116,14 +122,26 @@ async def test_log_lines_name_the_stream_and_a_stop(caplog: pytest.LogCaptureFix
     assert stop.status == 204
     assert cancelled.cancelled_phase == "streaming"
     assert json.loads(events(responses[0].body)[-1]) == {"finished": True, "done_reason": "stopped"}
+    # The id is a key to the stream: no line carries it, each carries its tag.
+    tag = stream_tag(sid)
+    assert sid not in caplog.text
     lines = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        chat_record = next(r for r in records if r["path"] == "/api/chat")
+        assert (chat_record["outcome"], chat_record["stream_id"]) == ("stopped", tag)
+        assert chat_record["events"] == len(events(responses[0].body))
+        stop_record = next(r for r in records if r["method"] == "DELETE")
+        assert (stop_record["path"], stop_record["status"]) == (f"/streams/{tag}", 204)
+        assert (stop_record["outcome"], stop_record["stream_id"]) == ("stopped", tag)
+        return
     chat_line = next(line for line in lines if "path=/api/chat" in line)
-    assert chat_line.endswith(f"outcome=stopped stream_id={sid}")
+    assert chat_line.endswith(f"outcome=stopped stream_id={tag}")
     # Every event the client got is counted, the stop's final event included.
     assert f" events={len(events(responses[0].body))} " in chat_line, chat_line
     stop_line = next(line for line in lines if "method=DELETE" in line)
-    assert f"path=/streams/{sid} status=204" in stop_line
-    assert stop_line.endswith(f"outcome=stopped stream_id={sid}")
+    assert f"path=/streams/{tag} status=204" in stop_line
+    assert stop_line.endswith(f"outcome=stopped stream_id={tag}")
 
 
 async def test_a_client_that_leaves_is_given_the_grace_period() -> None:

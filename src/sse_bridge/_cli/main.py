@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import MISSING, Field, fields
 from typing import Any, TypeVar
@@ -20,11 +21,15 @@ def _option(
 ) -> Callable[[F], F]:
     """A click option that also reads <prefix><NAME> and shows its default in --help."""
     decls = [f"--{name}/--no-{name}"] if flag else [f"--{name}"]
-    envvar = prefix + name.upper().replace("-", "_")
+    envvar = _envvar(name, prefix)
     option: Callable[[F], F] = click.option(
         *decls, envvar=envvar, show_envvar=True, show_default=True, **kwargs
     )
     return option
+
+
+def _envvar(name: str, prefix: str = "SSE_BRIDGE_") -> str:
+    return prefix + name.upper().replace("-", "_")
 
 
 SECONDS = click.FloatRange(min=0)
@@ -90,6 +95,14 @@ def _options_from_click(cls: type[OptionsT], values: dict[str, Any]) -> OptionsT
     for item in _offered(cls):
         spec = spec_of(item)
         value = values.pop(_flag_name(item).replace("-", "_"))
+        if (
+            value is None
+            and spec.kind == "text"
+            and os.environ.get(_envvar(_flag_name(item))) == ""
+        ):
+            # click takes an empty variable for an unset one: SSE_BRIDGE_API_KEY= would turn
+            # the API key off without a word. Empty is refused as the flag's "" is.
+            value = ""
         chosen[item.name] = None if spec.cli_off and value == spec.cli_off else value
     return cls(**chosen)
 

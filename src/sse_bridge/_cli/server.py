@@ -143,6 +143,10 @@ def _run(server: ServerOptions, log_config: dict[str, Any], *, grace: float) -> 
         # The proxy appends the real peer address to X-Forwarded-For itself; uvicorn's rewrite
         # of the client address from that header would hide the peer and repeat the client.
         proxy_headers=False,
+        # The bridge writes its own line per request (sse_bridge.access): uvicorn's would carry
+        # stream ids in resume paths, and the percent-decoded path unescaped (a %0a in it would
+        # start a forged line).
+        access_log=False,
         # A backstop only: the app ends its streams itself when the grace period is over.
         timeout_graceful_shutdown=math.ceil(grace) + 5,
     )

@@ -55,6 +55,9 @@ class Outcome(str, Enum):
     # Ended by the bridge's own shutdown (SIGTERM, after the grace period): not the upstream's
     # failure, so not in the error ratio.
     SHUTDOWN = "shutdown"
+    # Ended by another instance, which took this one for dead (the Redis resume store): the
+    # store refused the rest of it, and its client got a terminal error saying so.
+    TAKEN_OVER = "taken_over"
 
 
 @dataclass(slots=True)

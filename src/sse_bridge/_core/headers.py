@@ -31,10 +31,11 @@ HOP_BY_HOP = frozenset(
 )
 
 # What the proxy writes itself instead of passing on the client's: Host comes from the
-# configured upstream (a spoofed Host cannot change where a request goes), the rest are added by
-# upstream_request_headers.
+# configured upstream (a spoofed Host cannot change where a request goes), Content-Length from
+# the body actually read (request_framing; the client's may disagree with the body the server
+# in front read: request smuggling), the rest are added by upstream_request_headers.
 REPLACED_UPSTREAM = frozenset(
-    {b"host", b"accept-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
+    {b"host", b"content-length", b"accept-encoding", b"x-forwarded-for", b"x-forwarded-proto"}
 )
 # With an API key, Authorization carries the bridge's own key: it never goes upstream.
 _REPLACED_AND_AUTHORIZATION = REPLACED_UPSTREAM | {b"authorization"}
@@ -60,6 +61,8 @@ VARY_ACCEPT = (b"vary", b"Accept")
 # The resumable stream's id, on the response that starts it and on every resume.
 STREAM_ID_HEADER = b"x-stream-id"
 
+# After a request whose framing cannot be trusted: nothing more is read on its connection.
+CONNECTION_CLOSE = (b"connection", b"close")
 # A refusal the client may simply repeat (too many streams, shutting down, store unavailable).
 RETRY_AFTER = (b"retry-after", b"1")
 # RFC 6750 section 3: a 401 names the scheme it wants.
@@ -243,22 +246,21 @@ def bearer_token(value: str) -> str | None:
     return token.strip() or None
 
 
-def request_framing(netloc: bytes, method: str, headers: Headers, length: int | None) -> Headers:
+def request_framing(netloc: bytes, method: str, length: int | None) -> Headers:
     """What HTTP/1.1 needs in front of a request's own headers: Host, and how its body ends.
+
+    The body's framing is always the proxy's own, from the body it read: the request's own
+    headers carry none (``REPLACED_UPSTREAM``, ``HOP_BY_HOP``).
 
     Args:
         netloc: the upstream's host, with ``:port`` unless it is 80 (RFC 9110 7.2).
         method: the request's method.
-        headers: the request's own headers; a Content-Length among them is kept as it is, as
-            httpx keeps it.
         length: the body's size when it is known in full; None for a streamed body, which is
             sent chunked (RFC 9112 7.1). An empty body gets ``Content-Length: 0`` only for a
             method that defines one (RFC 9110 8.6).
     """
     framing = [(b"host", netloc)]
-    if any(name.lower() == b"content-length" for name, _ in headers):
-        pass
-    elif length is None:
+    if length is None:
         framing.append((b"transfer-encoding", b"chunked"))
     elif length or method in ("POST", "PUT", "PATCH"):
         framing.append((b"content-length", b"%d" % length))

@@ -30,7 +30,7 @@ from sse_bridge._metrics.multiprocess import multiprocess_dir
 from sse_bridge._types import ASGIApp
 
 UPSTREAM_ERROR_KINDS = ("unreachable", "timeout", "broken", "status")
-REFUSAL_REASONS = ("max_streams", "body_too_large", "unauthorized")
+REFUSAL_REASONS = ("max_streams", "body_too_large", "unauthorized", "bad_request")
 
 
 class BridgeMetrics:
@@ -99,7 +99,7 @@ class BridgeMetrics:
         self.refused = Counter(
             "sse_bridge_requests_refused",
             "Requests refused by the limits: max_streams (503), body_too_large (413), "
-            "unauthorized (401).",
+            "unauthorized (401), bad_request (400: ambiguous framing, a path out of the base).",
             ["reason"],
             **options,
         )

@@ -13,6 +13,7 @@ from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect, resolve_dialect
 from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._middleware.responder import Responder
+from sse_bridge._resume.binding import Owner
 from sse_bridge._resume.http import ResumeEndpoints
 from sse_bridge._resume.open import open_store
 from sse_bridge._resume.store import ResumeStore
@@ -58,6 +59,12 @@ class SSEBridgeMiddleware:
         resume_grace: seconds a generation runs on after its last reader left, for a resume
             to pick it up; then it is cancelled.
         resume_ttl: seconds a finished stream stays resumable (when ``resume`` is a string).
+        resume_max_readers: readers one stream may have at once in this process (resumes by
+            ``GET`` or ``Last-Event-ID``); one more gets 429 with ``Retry-After``.
+        resume_owner: a function of the request's scope that returns who the request is (a
+            user id your authentication put in the scope) or None. Each stream is bound to its
+            owner: a resume or stop by anyone else gets the 404 of an unknown id. ``None`` (the
+            default): a stream id is all it takes (docs/resume.md, "Security model").
         metrics: a :class:`sse_bridge.metrics.BridgeMetrics` to record every request in
             (docs/operations.md); ``None`` (the default) records nothing and costs nothing.
     """
@@ -77,6 +84,8 @@ class SSEBridgeMiddleware:
         resume_path: str = _DEFAULT.resume_path,
         resume_grace: float = _DEFAULT.resume_grace,
         resume_ttl: float = _DEFAULT.resume_ttl,
+        resume_max_readers: int = _DEFAULT.resume_max_readers,
+        resume_owner: Owner | None = _DEFAULT.resume_owner,
         metrics: BridgeMetrics | None = None,
     ) -> None:
         try:
@@ -92,6 +101,8 @@ class SSEBridgeMiddleware:
                 resume_path=resume_path,
                 resume_grace=resume_grace,
                 resume_ttl=resume_ttl,
+                resume_max_readers=resume_max_readers,
+                resume_owner=resume_owner,
             )
             self._configure(app, options, metrics)
         except ValueError as exc:
@@ -132,7 +143,15 @@ class SSEBridgeMiddleware:
         self.resume_grace = options.resume_grace
         self.store = open_store(options.resume, ttl=options.resume_ttl)
         self.endpoints = (
-            None if self.store is None else ResumeEndpoints(self, self.store, options.resume_path)
+            None
+            if self.store is None
+            else ResumeEndpoints(
+                self,
+                self.store,
+                options.resume_path,
+                max_readers=options.resume_max_readers,
+                owner=options.resume_owner,
+            )
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -19,6 +19,7 @@ from sse_bridge._core.context import NDJSON_TYPES
 from sse_bridge._core.options import Options, Spec, option
 from sse_bridge._core.validate import check_count
 from sse_bridge._dialects.builtin import DIALECTS, Dialect, resolve_dialect
+from sse_bridge._resume.binding import Owner
 from sse_bridge._resume.open import check_resume
 from sse_bridge._resume.store import DEFAULT_TTL, ResumeStore
 
@@ -93,6 +94,23 @@ class BridgeOptions(Options):
             meaning="for a resume after the client left",
         ),
     )
+    resume_owner: Owner | None = option(
+        None,
+        Spec(
+            "Who a request is, from its scope; each stream is bound to its owner.",
+            "object",
+            cli="",
+        ),
+    )
+    resume_max_readers: int = option(
+        32,
+        Spec(
+            "With --resume: readers one stream may have at once (here); more get 429.",
+            "count",
+            minimum=1,
+            meaning="readers of one stream at once",
+        ),
+    )
     resume_ttl: float = option(
         DEFAULT_TTL,
         Spec(
@@ -107,10 +125,28 @@ class BridgeOptions(Options):
         if self.retry is not None:
             check_count("retry", self.retry, 0, "the reconnection time in milliseconds")
         check_resume(self.resume)
+        if self.resume_owner is not None and not callable(self.resume_owner):
+            raise ValueError(
+                "resume_owner must be a function of the scope that returns the owner's id "
+                f"(a string) or None, not {self.resume_owner!r}"
+            )
+        store = self.resume
+        own_store = store is not None and not isinstance(store, str)
+        if self.resume_owner is not None and own_store and not hasattr(store, "bound_to"):
+            raise ValueError(
+                "resume_owner binds streams to owners, which this store cannot keep: "
+                "a store of your own needs the bound_to method (docs/resume.md)"
+            )
         path = self.resume_path
         if not isinstance(path, str) or not path.startswith("/") or "?" in path:
             raise ValueError(
                 f"resume_path must be a path such as '/streams', not {self.resume_path!r}"
+            )
+        if not path.strip("/"):
+            # "<path>/<id>" is a resume endpoint: under "/", every request would be one.
+            raise ValueError(
+                f"resume_path must be a path such as '/streams', not the root {path!r}: "
+                "every request would be taken for a resume"
             )
         object.__setattr__(
             self, "ndjson_types", tuple(media.lower() for media in self.ndjson_types)

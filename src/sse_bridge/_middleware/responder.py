@@ -39,6 +39,10 @@ logger = logging.getLogger("sse_bridge")
 
 APP_FAILED = "the stream failed inside the server; the answer is incomplete"
 APP_ENDED = "the stream ended before the server finished it; the answer may be incomplete"
+TAKEN_OVER = (
+    "another bridge instance ended this stream, taking the one running it for dead; "
+    "the answer is incomplete: retry the request"
+)
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
 
@@ -216,7 +220,7 @@ class Responder:
         recording = None
         endpoints = self.bridge.endpoints
         if endpoints is not None:
-            recording = self.recording = await endpoints.record(self.request_stop)
+            recording = self.recording = await endpoints.record(self.request_stop, self.scope)
             if recording is not None and (self.ended or self.receive.client_gone):
                 # The client left while the store made the stream: there is nobody to tell
                 # its id, so nobody can resume it.
@@ -341,9 +345,15 @@ class Responder:
         """Stop the generation now: the upstream is cancelled, every reader gets the end."""
         if self.ended:
             return
+        if getattr(self.recording, "taken_over", False):
+            # The store refuses the rest of this stream: say so, rather than go on unrecorded.
+            self.settle(Outcome.TAKEN_OVER)
+            events = self.converter.translator.fail(TAKEN_OVER)
+        else:
+            events = self.last_events(Outcome.STOPPED)
         # Made (and counted as sent) before the app is told the client has gone: after that,
         # the stream counts as closed and the final event would reach the client uncounted.
-        payload = self.payload(self.last_events(Outcome.STOPPED))
+        payload = self.payload(events)
         self.receive.release()
         if self.stats.on_disconnect is not None:
             self.stats.on_disconnect()

@@ -19,10 +19,13 @@ from urllib.parse import quote
 
 import httpx
 
-from sse_bridge._core.headers import upstream_request_headers
+from sse_bridge._core.asgi import send_json
+from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
+from sse_bridge._core.headers import CONNECTION_CLOSE, upstream_request_headers
 from sse_bridge._proxy.answer import Answer, HttpxAnswer
 from sse_bridge._proxy.exchange import Exchange
-from sse_bridge._proxy.target import parse_upstream
+from sse_bridge._proxy.framing import framing_error
+from sse_bridge._proxy.target import PathEscapeError, confine, parse_upstream
 from sse_bridge._types import Receive, Scope, Send
 
 try:
@@ -130,10 +133,31 @@ class ProxyApp:
         return self.upstream.copy_with(raw_path=self.target(scope))
 
     def target(self, scope: Scope) -> bytes:
-        """The request target upstream: the upstream's base path, the request's path and query."""
-        path = scope.get("raw_path") or quote(scope["path"]).encode()
+        """The request target upstream: the upstream's base path, the request's path (its dot
+        segments removed: PathEscapeError if it would leave the base) and query."""
+        path = confine(scope.get("raw_path") or quote(scope["path"]).encode())
         query = scope.get("query_string", b"")
         return self.base_path + path + (b"?" + query if query else b"")
+
+    async def refusal(self, scope: Scope, send: Send) -> bool:
+        """Refuse (400) a request whose framing is ambiguous or whose path leaves the base,
+        before anything goes upstream; True if it was refused."""
+        error = framing_error(scope["headers"])
+        if error is None:
+            try:
+                self.target(scope)
+            except PathEscapeError as exc:
+                error = str(exc)
+        if error is None:
+            return False
+        stats: StreamContext = scope.get(STREAM_KEY) or StreamContext()
+        stats.settle(Outcome.UPSTREAM_ERROR)
+        stats.refused = "bad_request"
+        stats.status = 400
+        # RFC 9112 6.3: after a request whose framing cannot be trusted, close the connection,
+        # so that nothing the client sent after it is read as a request of its own.
+        await send_json(send, 400, {"error": error}, [CONNECTION_CLOSE])
+        return True
 
     async def send(
         self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], content: Any
@@ -165,7 +189,8 @@ class ProxyApp:
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
         elif scope["type"] == "http":
-            await Exchange(self, scope, receive, send).run()
+            if not await self.refusal(scope, send):
+                await Exchange(self, scope, receive, send).run()
         else:
             raise RuntimeError(f"sse_bridge's proxy does not serve {scope['type']!r} connections")
 

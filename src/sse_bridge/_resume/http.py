@@ -9,11 +9,12 @@ generation. docs/resume.md has the protocol.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import anyio
@@ -23,6 +24,7 @@ from sse_bridge._core.codec import encode_comment
 from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
 from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
 from sse_bridge._dialects.translator import Translator
+from sse_bridge._resume.binding import Binding, Owner
 from sse_bridge._resume.store import (
     STREAM_ID,
     BadPositionError,
@@ -32,8 +34,10 @@ from sse_bridge._resume.store import (
     ResumeError,
     ResumeStore,
     StoreUnavailableError,
+    TooManyReadersError,
     UnknownStreamError,
     parse_position,
+    stream_tag,
 )
 from sse_bridge._types import Message, Receive, Scope, Send
 
@@ -73,10 +77,22 @@ class EndpointBridge(Protocol):
 class ResumeEndpoints:
     """What the middleware answers itself when resume is on."""
 
-    def __init__(self, bridge: EndpointBridge, store: ResumeStore, path: str) -> None:
+    def __init__(
+        self,
+        bridge: EndpointBridge,
+        store: ResumeStore,
+        path: str,
+        *,
+        max_readers: int = 32,
+        owner: Owner | None = None,
+    ) -> None:
         self.bridge = bridge
         self.store = store
+        self.binding = Binding(owner)
         self.prefix = path.rstrip("/") + "/"
+        # Readers of each stream in this process: a bound, or one id could take every socket.
+        self.max_readers = max_readers
+        self.readers: dict[str, int] = {}
         self.opened = False
         self.opening: anyio.Lock | None = None
         self.unreachable = False
@@ -111,7 +127,7 @@ class ResumeEndpoints:
                 await self.store.open()
                 self.opened = True
 
-    async def record(self, stop: Callable[[], None]) -> Recording | None:
+    async def record(self, stop: Callable[[], None], scope: Scope) -> Recording | None:
         """A new resumable stream, or None (and the stream goes on, not resumable) if the
         store cannot be reached."""
         if not self.opened and time.monotonic() < self.retry_at:
@@ -127,7 +143,9 @@ class ResumeEndpoints:
                 logger.warning("sse_bridge: streams are not resumable for now: %s", exc)
             return None
         self.unreachable = False
-        return self.store.record(stop)
+        bound = self.binding.of(scope)
+        # Without an owner, as a store of the protocol's first version takes it.
+        return self.store.record(stop) if bound is None else self.store.record(stop, bound)
 
     async def answer(self, scope: Scope, receive: Receive, send: Send, wanted: bool) -> bool:
         """Serve the request if it is ours; False lets the app have it."""
@@ -146,14 +164,36 @@ class ResumeEndpoints:
             return False
         if stream_id is None or not STREAM_ID.fullmatch(stream_id):
             return False
-        try:
-            follower = await self.find(stream_id, after)
-        except ResumeError:
-            # Not a stream kept here (any more), or the store cannot say: the request is a new
-            # one, and the client gets an answer rather than an error.
-            return False
-        await self.serve(scope, receive, send, stream_id, after, follower)
+        with self.reading(stream_id) as full:
+            if full is not None:
+                await _refuse(send, _context(scope), full)
+                return True
+            try:
+                await self.binding.check(self.store, scope, stream_id)
+                follower = await self.find(stream_id, after)
+            except ResumeError:
+                # Not a stream kept here (any more), or the store cannot say: the request is a
+                # new one, and the client gets an answer rather than an error.
+                return False
+            await self.serve(scope, receive, send, stream_id, after, follower)
         return True
+
+    @contextlib.contextmanager
+    def reading(self, stream_id: str) -> Iterator[TooManyReadersError | None]:
+        """A reader's place among the stream's readers, or the error that there is none."""
+        readers = self.readers
+        count = readers.get(stream_id, 0)
+        if count >= self.max_readers:
+            yield TooManyReadersError(self.max_readers)
+            return
+        readers[stream_id] = count + 1
+        try:
+            yield None
+        finally:
+            if readers[stream_id] == 1:
+                del readers[stream_id]
+            else:
+                readers[stream_id] -= 1
 
     async def endpoint(self, scope: Scope, receive: Receive, send: Send, stream_id: str) -> None:
         context = _context(scope)
@@ -172,19 +212,24 @@ class ResumeEndpoints:
                 raise UnknownStreamError(stream_id)
             context.stream_id = stream_id
             await self.open()
+            await self.binding.check(self.store, scope, stream_id)
             if method == "DELETE":
                 await self.store.stop(stream_id)
                 await _no_content(send, context, Outcome.STOPPED)
                 return
             after = self.position(scope, stream_id)
-            follower = await self.find(stream_id, after)
         except ResumeError as exc:
-            context.status = exc.status
-            context.settle(Outcome.UPSTREAM_ERROR)
-            extra = [RETRY_AFTER] if isinstance(exc, StoreUnavailableError) else []
-            await send_json(send, exc.status, {"error": str(exc)}, extra)
+            await _refuse(send, context, exc)
             return
-        await self.serve(scope, receive, send, stream_id, after, follower)
+        with self.reading(stream_id) as full:
+            try:
+                if full is not None:
+                    raise full
+                follower = await self.find(stream_id, after)
+            except ResumeError as exc:
+                await _refuse(send, context, exc)
+                return
+            await self.serve(scope, receive, send, stream_id, after, follower)
 
     def position(self, scope: Scope, stream_id: str) -> int:
         """The reader's last event: the Last-Event-ID header, else ?last_event_id=, else 0."""
@@ -301,7 +346,9 @@ class _Reader:
     async def fail(self, message: str) -> None:
         """A terminal error event that is not part of the stream (so it carries no id)."""
         self.context.settle(Outcome.UPSTREAM_ERROR)
-        logger.warning("sse_bridge: resumed stream %s ended: %s", self.stream_id, message)
+        logger.warning(
+            "sse_bridge: resumed stream %s ended: %s", stream_tag(self.stream_id), message
+        )
         events = self.endpoints.bridge.new_translator().fail(message)
         await self.write(b"".join(events), more=False)
 
@@ -323,6 +370,14 @@ async def _until_disconnect(
 def _context(scope: Scope) -> StreamContext:
     context: StreamContext | None = scope.get(STREAM_KEY)
     return context if context is not None else StreamContext()
+
+
+async def _refuse(send: Send, context: StreamContext, error: ResumeError) -> None:
+    context.status = error.status
+    context.settle(Outcome.UPSTREAM_ERROR)
+    # A client may simply ask again for a store that is away or a stream that is full.
+    again = isinstance(error, (StoreUnavailableError, TooManyReadersError))
+    await send_json(send, error.status, {"error": str(error)}, [RETRY_AFTER] if again else [])
 
 
 async def _no_content(send: Send, context: StreamContext, outcome: Outcome) -> None:

@@ -29,6 +29,7 @@ from sse_bridge._resume.store import (
 
 class _MemoryRecording:
     __slots__ = (
+        "bound_to",
         "changed",
         "ended",
         "ended_at",
@@ -43,9 +44,16 @@ class _MemoryRecording:
         "stream_id",
     )
 
-    def __init__(self, store: MemoryStore, stream_id: str, stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        stream_id: str,
+        stop: Callable[[], None],
+        bound_to: str | None = None,
+    ) -> None:
         self.store = store
         self.stream_id = stream_id
+        self.bound_to = bound_to
         self.stop: Callable[[], None] | None = stop
         self.events: deque[bytes] = deque()
         # The sequence number of events[0]; the first event of a stream is 1.
@@ -116,9 +124,12 @@ class _MemoryFollower:
             last = recording.last
             if self.next_seq <= last:
                 start = self.next_seq
-                events = islice(recording.events, start - recording.first, None)
                 self.next_seq = last + 1
-                return list(enumerate(events, start))
+                # Counted from the end: a follower at the top of a long stream reads its few
+                # new events without walking the deque from the oldest (docs/benchmarks.md).
+                newest = list(islice(reversed(recording.events), last - start + 1))
+                newest.reverse()
+                return list(enumerate(newest, start))
             if recording.ended:
                 return None
             if recording.changed is None:
@@ -169,9 +180,9 @@ class MemoryStore:
     async def aclose(self) -> None:
         pass
 
-    def record(self, stop: Callable[[], None]) -> _MemoryRecording:
+    def record(self, stop: Callable[[], None], bound_to: str | None = None) -> _MemoryRecording:
         self.expire()
-        recording = _MemoryRecording(self, new_stream_id(), stop)
+        recording = _MemoryRecording(self, new_stream_id(), stop, bound_to)
         self.streams[recording.stream_id] = recording
         return recording
 
@@ -184,6 +195,9 @@ class MemoryStore:
         if after + 1 < recording.first:
             raise EventsGoneError(after, recording.first)
         return _MemoryFollower(recording, after)
+
+    async def bound_to(self, stream_id: str) -> str | None:
+        return self.find(stream_id).bound_to
 
     async def finished_at(self, stream_id: str, after: int) -> bool:
         recording = self.find(stream_id)

@@ -13,6 +13,7 @@ option names.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections.abc import Callable
@@ -62,6 +63,15 @@ class BadPositionError(ResumeError):
     status = 400
 
 
+class TooManyReadersError(ResumeError):
+    """A stream has as many readers as it may have at once (``resume_max_readers``)."""
+
+    status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this stream has {limit} readers already (the most); retry later")
+
+
 class OwnerLostError(Exception):
     """The instance running the generation stopped before finishing it."""
 
@@ -108,8 +118,13 @@ class ResumeStore(Protocol):
 
     async def aclose(self) -> None: ...
 
-    def record(self, stop: Callable[[], None]) -> Recording:
-        """A new stream; ``stop`` is called (once, on the owner's event loop) to stop it."""
+    def record(self, stop: Callable[[], None], bound_to: str | None = None) -> Recording:
+        """A new stream; ``stop`` is called (once, on the owner's event loop) to stop it.
+        ``bound_to``: the hash of the stream's owner (``_resume/binding.py``), kept with it."""
+        ...
+
+    async def bound_to(self, stream_id: str) -> str | None:
+        """The owner hash the stream was recorded with; raises :class:`UnknownStreamError`."""
         ...
 
     async def follow(self, stream_id: str, after: int) -> Follower:
@@ -132,6 +147,13 @@ class ResumeStore(Protocol):
 
 def new_stream_id() -> str:
     return secrets.token_urlsafe(STREAM_ID_BYTES)
+
+
+def stream_tag(stream_id: str) -> str:
+    """What logs carry instead of a stream id, which is a key to the stream: the first 12 hex
+    digits of its SHA-256. The id holds 128 random bits, so the tag cannot be turned back into
+    it, yet the same stream has the same tag on every instance and in every line."""
+    return hashlib.sha256(stream_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def parse_position(value: str, stream_id: str | None) -> tuple[str | None, int]:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import signal
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from starlette.middleware.cors import CORSMiddleware
 
 from sse_bridge._core.asgi import send_json
@@ -32,9 +29,12 @@ from sse_bridge._core.options import off_as_zero
 from sse_bridge._dialects.builtin import Dialect
 from sse_bridge._middleware.app import SSEBridgeMiddleware
 from sse_bridge._proxy.app import ProxyApp
+from sse_bridge._resume.binding import Owner, header_owner
 from sse_bridge._resume.store import ResumeStore
 from sse_bridge._sidecar.chat import UIChat
+from sse_bridge._sidecar.logline import log_line
 from sse_bridge._sidecar.options import SidecarOptions
+from sse_bridge._sidecar.ready import Readiness
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ class _Front:
         metrics: BridgeMetrics | None = None,
         metrics_path: str | None = None,
         log_format: str = "text",
+        keyed_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.proxy = proxy
@@ -125,7 +126,11 @@ class _Front:
         # Where the metrics are served on this port (None: not here; --metrics-port, or off).
         self.metrics_path = metrics_path
         self.metrics_app = None if metrics is None else metrics.asgi_app()
+        self.readiness = Readiness(proxy.upstream)
         self.log_format = log_format
+        # The paths whose next segment is a key to a stream (a stream's or a chat's id), kept
+        # out of the log: none with resume off.
+        self.keyed_paths = keyed_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -183,53 +188,12 @@ class _Front:
         return token is not None and hmac.compare_digest(token.encode("latin-1"), self.api_key)
 
     async def ready(self, send: Send) -> None:
-        try:
-            response = await self.proxy.client.get(self.proxy.upstream, timeout=2.0)
-        except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
-            await send_json(send, 503, {"status": "unavailable", "error": reason})
-            return
-        if response.status_code >= 500:
-            error = f"upstream answered {response.status_code}"
-            await send_json(send, 503, {"status": "unavailable", "error": error})
-            return
-        await send_json(send, 200, {"status": "ready"})
+        status, body = await self.readiness.check()
+        await send_json(send, status, body)
 
     def log(self, scope: Scope, stats: StreamContext) -> None:
-        now = time.monotonic()
-        outcome = stats.final_outcome().value
-        ttfe = None if stats.first_event is None else (stats.first_event - stats.started) * 1000
-        duration = (now - stats.started) * 1000
-        if self.log_format == "json":
-            client = scope.get("client")
-            record = {
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": stats.status,
-                "dialect": self.dialect,
-                "events": stats.events,
-                "bytes": stats.bytes,
-                "ttfe_ms": None if ttfe is None else round(ttfe, 1),
-                "duration_ms": round(duration, 1),
-                "outcome": outcome,
-                "stream_id": stats.stream_id,
-                "client": None if not client else f"{client[0]}:{client[1]}",
-            }
-            access_logger.info("%s", json.dumps(record))
-            return
         access_logger.info(
-            "stream method=%s path=%s status=%d dialect=%s events=%d bytes=%d "
-            "ttfe_ms=%s duration_ms=%.1f outcome=%s%s",
-            scope["method"],
-            scope["path"],
-            stats.status,
-            self.dialect,
-            stats.events,
-            stats.bytes,
-            "-" if ttfe is None else f"{ttfe:.1f}",
-            duration,
-            outcome,
-            "" if stats.stream_id is None else f" stream_id={stats.stream_id}",
+            "%s", log_line(scope, stats, self.dialect, self.log_format, self.keyed_paths)
         )
 
 
@@ -256,6 +220,9 @@ def create_proxy(
     resume_path: str = _DEFAULT["resume_path"],
     resume_grace: float = _DEFAULT["resume_grace"],
     resume_ttl: float = _DEFAULT["resume_ttl"],
+    resume_max_readers: int = _DEFAULT["resume_max_readers"],
+    resume_owner: Owner | None = _DEFAULT["resume_owner"],
+    resume_owner_header: str | None = _DEFAULT["resume_owner_header"],
     model: str | None = _DEFAULT["model"],
     chat_path: str = _DEFAULT["chat_path"],
     metrics: bool = _DEFAULT["metrics"],
@@ -286,6 +253,13 @@ def create_proxy(
             ``Authorization: Bearer <key>``; the header is never forwarded upstream.
         cors_origins: origins allowed to call the bridge from a browser; none by default.
         grace: seconds open streams get to finish after SIGTERM before they are ended.
+        resume, resume_path, resume_grace, resume_ttl, resume_max_readers, resume_owner:
+            resumable streams, as for the middleware (docs/resume.md); the API key guards the
+            resume endpoints too.
+        resume_owner_header: the request header that names the request's user, set by an
+            authenticating proxy in front (``X-Auth-Request-User`` from oauth2-proxy, say), which
+            must replace any value the client sent: each stream is bound to it, as with
+            ``resume_owner``.
         resume, resume_path, resume_grace, resume_ttl: resumable streams, as for the
             middleware (docs/resume.md); the API key guards the resume endpoints too.
         model: with ``dialect="ai-sdk"``, the Ollama model of a chat request whose body names
@@ -321,6 +295,9 @@ def create_proxy(
         resume_path=resume_path,
         resume_grace=resume_grace,
         resume_ttl=resume_ttl,
+        resume_max_readers=resume_max_readers,
+        resume_owner=resume_owner,
+        resume_owner_header=resume_owner_header,
         model=model,
         chat_path=chat_path,
         metrics=metrics,
@@ -346,21 +323,29 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         # register the same names twice.
         recorder = BridgeMetrics(CollectorRegistry())
     proxy = ProxyApp(options)
+    if options.resume_owner_header is not None:
+        # The header becomes the owner function the middleware takes (one of the two is set).
+        owner = header_owner(options.resume_owner_header)
+        options = replace(options, resume_owner=owner, resume_owner_header=None)
     bridge = SSEBridgeMiddleware.with_options(proxy, options)
     if recorder is not None:
         # The dialect's series exist at zero from the start, on the metrics port too (whose
         # worker files hold only the series a worker has made): a fresh dashboard has data.
         recorder.label(bridge.dialect_name)
     app: ASGIApp = bridge
+    resume_path = None if bridge.store is None else options.resume_path
+    keyed_paths: tuple[str, ...] = () if resume_path is None else (resume_path,)
     if options.dialect == "ai-sdk":
         # The AI SDK's requests are the sidecar's to read: the middleware converts responses.
-        resume_path = None if bridge.store is None else options.resume_path
+        if resume_path is not None:
+            keyed_paths += (options.chat_path,)
         app = UIChat(
             app,
             model=options.model,
             max_body=options.max_body,
             resume_path=resume_path,
             path=options.chat_path,
+            owner=options.resume_owner,
         )
     app = _Front(
         app,
@@ -371,6 +356,7 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         metrics=recorder,
         metrics_path=None if options.metrics_port else "/metrics",
         log_format=options.log_format,
+        keyed_paths=keyed_paths,
     )
     if options.cors_origins:
         # Outside the API key check: preflights carry no credentials, and a 401 must carry the

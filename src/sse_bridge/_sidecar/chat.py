@@ -14,6 +14,7 @@ from __future__ import annotations
 from sse_bridge._core.asgi import send_json
 from sse_bridge._core.context import STREAM_KEY, StreamContext
 from sse_bridge._core.headers import STREAM_ID_HEADER, header
+from sse_bridge._resume.binding import Binding, Owner
 from sse_bridge._sidecar.ui_messages import MAX_ID, BadChatRequest, chat_request
 from sse_bridge._types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,30 +25,35 @@ _REPLACED = frozenset({b"content-length", b"transfer-encoding", b"content-type",
 
 
 class ChatStreams:
-    """Which live stream each chat is answering right now, in this process.
+    """Which live stream each chat is answering right now, in this process, and for whom.
 
     The chat id is chosen by the client, so, like a stream id, it is a bearer capability:
-    whoever knows it can follow that chat's answer. :meth:`find` gets the resuming request's
-    scope, and :meth:`bind` the starting one's, so that a check of the caller against the owner
-    of the stream can go there. Entries live as long as their generation: at most one per open
-    stream.
+    whoever knows it can follow that chat's answer, unless streams are bound to their owner
+    (``resume_owner``, ``--resume-owner-header``). Then each chat records its owner's hash, and
+    a resume by anyone else finds nothing: the 204 of a chat with no live stream. Entries live as
+    long as their generation: at most one per open stream.
     """
 
-    def __init__(self) -> None:
-        self._live: dict[str, str] = {}
+    def __init__(self, owner: Owner | None = None) -> None:
+        self._binding = Binding(owner)
+        self._live: dict[str, tuple[str, str | None]] = {}
 
     def bind(self, chat_id: str, stream_id: str, scope: Scope) -> None:
         """The stream ``stream_id`` answers chat ``chat_id`` (a newer one replaces an older)."""
-        self._live[chat_id] = stream_id
+        self._live[chat_id] = (stream_id, self._binding.of(scope))
 
     def find(self, chat_id: str, scope: Scope) -> str | None:
-        """The live stream of ``chat_id``, or None."""
-        return self._live.get(chat_id)
+        """The live stream of ``chat_id``, or None (none, or another owner's)."""
+        live = self._live.get(chat_id)
+        if live is None or live[1] != self._binding.of(scope):
+            return None
+        return live[0]
 
     def release(self, chat_id: str, stream_id: str) -> None:
         """The generation ``stream_id`` has ended; the chat has no live stream unless a newer
         one took its place."""
-        if self._live.get(chat_id) == stream_id:
+        live = self._live.get(chat_id)
+        if live is not None and live[0] == stream_id:
             del self._live[chat_id]
 
 
@@ -62,6 +68,8 @@ class UIChat:
             resume GET gets 204).
         path: where useChat posts (its ``api`` option); the chat then goes to Ollama's
             ``/api/chat`` whatever this path is.
+        owner: the owner of a request, as the middleware's ``resume_owner``: a chat is resumed
+            by its owner only.
     """
 
     def __init__(
@@ -72,6 +80,7 @@ class UIChat:
         max_body: int,
         resume_path: str | None,
         path: str = CHAT_PATH,
+        owner: Owner | None = None,
     ) -> None:
         self.app = app
         self.model = model
@@ -79,7 +88,7 @@ class UIChat:
         self.resume_path = None if resume_path is None else resume_path.rstrip("/") + "/"
         self.path = path
         self.prefix = path + "/"
-        self.chats = ChatStreams()
+        self.chats = ChatStreams(owner)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -96,6 +96,14 @@ class SidecarOptions(BridgeOptions):
             meaning="a path such as '/api/chat'",
         ),
     )
+    resume_owner_header: str | None = option(
+        None,
+        Spec(
+            "With --resume: the header an auth proxy sets to the user; binds streams to it.",
+            "text",
+            meaning="a header name, or None to leave streams unbound",
+        ),
+    )
     metrics: bool = option(
         False,
         Spec("Prometheus metrics at /metrics, behind the API key (docs/operations.md).", "flag"),
@@ -120,6 +128,17 @@ class SidecarOptions(BridgeOptions):
     def validate(self) -> None:
         super().validate()
         parse_upstream(self.upstream)
+        endpoints = self.resume_path.rstrip("/")
+        for path in self.commit_paths:
+            if path == endpoints or path.startswith(endpoints + "/"):
+                raise ValueError(
+                    f"resume_path {self.resume_path!r} overlaps the commit path {path!r}: "
+                    "the resume endpoints would answer its requests; choose another path"
+                )
+        if self.resume_owner_header is not None and self.resume_owner is not None:
+            raise ValueError(
+                "resume_owner_header and resume_owner both say who owns a stream: give one"
+            )
         path = self.chat_path
         if not path.startswith("/") or "?" in path or path.endswith("/") or path == "/":
             raise ValueError(f"chat_path must be a path such as '/api/chat', not {path!r}")
@@ -136,7 +155,7 @@ class SidecarOptions(BridgeOptions):
     def to_json(self) -> str:
         """These options as JSON, for worker processes: ``from_json`` gives them back."""
         values = self.values()
-        for name in ("dialect", "resume"):
+        for name in ("dialect", "resume", "resume_owner"):
             if values[name] is not None and not isinstance(values[name], str):
                 raise ValueError(
                     f"{name} must be a name, not an object, for worker processes: "

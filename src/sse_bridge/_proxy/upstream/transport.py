@@ -229,13 +229,14 @@ class HttptoolsTransport(httpx.AsyncBaseTransport):
     ) -> UpstreamResponse:
         """Send one request; return once the answer's headers are in.
 
-        ``headers`` go as they are, after ``Host``; unless they carry a ``Content-Length``, one
-        is added for a ``bytes`` body, or ``Transfer-Encoding: chunked`` for an iterable.
+        ``headers`` go as they are, after ``Host`` and the body's framing: a ``Content-Length``
+        for a ``bytes`` body, ``Transfer-Encoding: chunked`` for an iterable; they must carry
+        no framing of their own (the proxy's never do).
         Errors are httpx's.
         """
         netloc = host.encode("idna") if port == 80 else b"%s:%d" % (host.encode("idna"), port)
         length = len(content) if isinstance(content, bytes) else None
-        framing = request_framing(netloc, method, headers, length)
+        framing = request_framing(netloc, method, length)
         connection, body = await self.exchange(
             host, port, method, target, framing + headers, content, timeouts
         )

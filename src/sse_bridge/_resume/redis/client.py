@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 try:
-    from redis.asyncio import Redis
+    from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.client import Pipeline, PubSub
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -46,10 +46,14 @@ ERRORS = (RedisError, OSError)
 CONNECT_TIMEOUT = 3.0
 
 
-def connect(url: str, heartbeat: float) -> Redis:
-    """A client for ``url`` (it connects on its first command)."""
-    return Redis.from_url(
+def connect(url: str, heartbeat: float, max_connections: int) -> Redis:
+    """A client for ``url`` (it connects on its first command), with at most
+    ``max_connections`` connections: a command finds one free within ``CONNECT_TIMEOUT``
+    seconds, or fails as if Redis were away (redis-py's own pool has no bound)."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=CONNECT_TIMEOUT,
         # A blocking XREAD waits at most one heartbeat: the socket waits longer than that.
         socket_timeout=heartbeat + 5.0,
         socket_connect_timeout=CONNECT_TIMEOUT,
@@ -57,6 +61,7 @@ def connect(url: str, heartbeat: float) -> Redis:
         # a Redis that is away is the probe's business, not a reason to wait here.
         retry=Retry(NoBackoff(), 1),
     )
+    return Redis.from_pool(pool)
 
 
 async def close(pubsub: PubSub) -> None:

@@ -22,7 +22,7 @@ from sse_bridge._resume.redis.client import (
 )
 from sse_bridge._resume.redis.keys import text
 from sse_bridge._resume.redis.shared import Shared
-from sse_bridge._resume.store import StoreUnavailableError, UnknownStreamError
+from sse_bridge._resume.store import StoreUnavailableError, UnknownStreamError, stream_tag
 
 logger = logging.getLogger("sse_bridge")
 
@@ -133,7 +133,7 @@ def stop_here(store: InstanceStore, stream_id: str) -> None:
         try:
             stop()
         except Exception:
-            logger.exception("sse_bridge: stopping stream %s failed", stream_id)
+            logger.exception("sse_bridge: stopping stream %s failed", stream_tag(stream_id))
 
 
 async def stop_elsewhere(store: InstanceStore, stream_id: str) -> None:

@@ -198,6 +198,8 @@ async def finish_orphan(
                     pipe.xadd(events_key, {"e": event}, id=f"{seq}-0")
                 pipe.xadd(events_key, {"end": b"1"}, id=f"{last}-1")
                 pipe.hsetnx(meta_key, "ended", last)
+                # The owner, if it lives after all, learns from this that its stream was taken.
+                pipe.hset(meta_key, "ended_by", store.instance_id)
                 pipe.pexpire(events_key, store.ttl_ms)
                 pipe.pexpire(meta_key, store.ttl_ms)
                 try:

@@ -31,7 +31,7 @@ from sse_bridge._resume.redis.client import (
     redact,
 )
 from sse_bridge._resume.redis.instance import beat, listen, stop_elsewhere, subscribe
-from sse_bridge._resume.redis.keys import Keys
+from sse_bridge._resume.redis.keys import Keys, text
 from sse_bridge._resume.redis.reader import RedisFollower, finish_orphan, position
 from sse_bridge._resume.redis.writer import FLUSH_WINDOW, RedisRecording, Writer
 from sse_bridge._resume.store import (
@@ -40,6 +40,7 @@ from sse_bridge._resume.store import (
     BadPositionError,
     EventsGoneError,
     StoreUnavailableError,
+    UnknownStreamError,
     new_stream_id,
 )
 
@@ -49,6 +50,9 @@ logger = logging.getLogger("sse_bridge")
 
 # How long a reader on another instance counts as attending after its last poll.
 MIN_ATTENDED = 3.0
+# Connections beyond the followers': the writer, the heartbeat, the stop channel's subscriber,
+# and the short commands of resumes and stops.
+RESERVED_CONNECTIONS = 16
 # How long aclose() lets the writer send what it holds.
 CLOSE_TIMEOUT = 1.0
 
@@ -70,6 +74,10 @@ class RedisStore:
         key_prefix: prepended to every key and channel, to share a Redis with other programs.
         flush_window: seconds the writer lets events of other streams gather before a round
             trip; readers on other instances see events this much later at most.
+        max_followers: readers this instance follows streams for at once; each may hold a
+            Redis connection in a blocking read. One more gets :class:`StoreUnavailableError`
+            (a 503 with ``Retry-After``). The connection pool holds this many connections and
+            ``RESERVED_CONNECTIONS`` more, for the writer, the heartbeat and the stop channel.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class RedisStore:
         heartbeat: float = 1.0,
         key_prefix: str = "sse_bridge:",
         flush_window: float = FLUSH_WINDOW,
+        max_followers: int = 256,
     ) -> None:
         scheme = urlsplit(url).scheme if isinstance(url, str) else ""
         if scheme not in SCHEMES:
@@ -92,6 +101,8 @@ class RedisStore:
         check_count("max_stream_bytes", max_stream_bytes, 1, "bytes of events one stream keeps")
         check_seconds("heartbeat", heartbeat, "how often this instance tells Redis it lives")
         check_seconds("flush_window", flush_window, "before each round trip to Redis")
+        check_count("max_followers", max_followers, 1, "readers followed at once")
+        self.max_followers = max_followers
         self.flush_window = flush_window
         if heartbeat < 0.01:
             raise ValueError(f"heartbeat must be at least 0.01 seconds, got {heartbeat!r}")
@@ -129,7 +140,7 @@ class RedisStore:
         """
         if self.redis is not None:
             raise RuntimeError("RedisStore.open() was called twice (without aclose() between)")
-        redis = connect(self.url, self.heartbeat)
+        redis = connect(self.url, self.heartbeat, self.max_followers + RESERVED_CONNECTIONS)
         try:
             await redis.ping()
             await redis.set(self.keys.instance(self.instance_id), b"1", px=self.instance_ms)
@@ -223,15 +234,20 @@ class RedisStore:
 
     # -- the protocol ----------------------------------------------------------------------
 
-    def record(self, stop: Callable[[], None]) -> RedisRecording:
+    def record(self, stop: Callable[[], None], bound_to: str | None = None) -> RedisRecording:
         self.client()
-        recording = RedisRecording(self, new_stream_id(), stop)
+        recording = RedisRecording(self, new_stream_id(), stop, bound_to)
         self.live[recording.stream_id] = recording
         self.writer.mark(recording)
         return recording
 
     async def follow(self, stream_id: str, after: int) -> RedisFollower:
         self.check_available()
+        if sum(self.readers.values()) >= self.max_followers:
+            raise StoreUnavailableError(
+                f"this instance follows {self.max_followers} streams' readers already "
+                "(max_followers); try again later"
+            )
         owner, last, first = await position(self, stream_id)
         if last is not None and after > last:
             raise BadPositionError(
@@ -240,6 +256,21 @@ class RedisStore:
         if first > after + 1:
             raise EventsGoneError(after, first)
         return RedisFollower(self, stream_id, after, owner)
+
+    async def bound_to(self, stream_id: str) -> str | None:
+        recording = self.live.get(stream_id)
+        if recording is not None:
+            return recording.bound_to
+        self.check_available()
+        try:
+            instance, bound = await self.client().hmget(
+                self.keys.meta(stream_id), ["owner", "bound_to"]
+            )
+        except ERRORS as exc:
+            raise self.unavailable(exc) from exc
+        if instance is None:
+            raise UnknownStreamError(stream_id)
+        return None if bound is None else text(bound)
 
     async def finished_at(self, stream_id: str, after: int) -> bool:
         _, last, _ = await position(self, stream_id)

@@ -20,7 +20,9 @@ from typing import NamedTuple, Protocol
 import anyio
 
 from sse_bridge._resume.redis.client import ERRORS, UNREACHABLE, Pipeline, reason
+from sse_bridge._resume.redis.keys import text
 from sse_bridge._resume.redis.shared import Shared
+from sse_bridge._resume.store import stream_tag
 
 logger = logging.getLogger("sse_bridge")
 
@@ -105,16 +107,16 @@ class Writer:
         live = self.store.live
         for recording, plan in zip(recordings, plans, strict=False):
             end = start + plan.commands
-            refused = [
-                result
-                for result in results[start:end]
-                # A retry after a round trip that Redis half did (or a reader that finished
-                # the stream for an owner it thought dead): the entry is there already.
-                if isinstance(result, Exception) and "equal or smaller" not in str(result)
-            ]
+            errors = [result for result in results[start:end] if isinstance(result, Exception)]
+            # "equal or smaller": the entry is there already. A retry after a round trip that
+            # Redis half did, or a reader that finished the stream for an owner it took for
+            # dead, which the owner must not take for success.
+            refused = [error for error in errors if "equal or smaller" not in str(error)]
             start = end
             if refused:
                 await recording.abandon(refused[0])
+            elif errors and await recording.ended_elsewhere():
+                recording.taken()
             else:
                 recording.sent(plan)
             if not recording.has_work():
@@ -126,10 +128,18 @@ class Writer:
 class RedisRecording:
     """The owner's side: events wait in ``pending`` for the writer task to send them."""
 
-    def __init__(self, store: WriterStore, stream_id: str, stop: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: WriterStore,
+        stream_id: str,
+        stop: Callable[[], None],
+        bound_to: str | None = None,
+    ) -> None:
         self.store = store
         self.writer = store.writer
         self.stream_id = stream_id
+        # The hash of the stream's owner (the user's, not the instance's), or None.
+        self.bound_to = bound_to
         self.events_key = store.keys.events(stream_id)
         self.meta_key = store.keys.meta(stream_id)
         self.stop: Callable[[], None] | None = stop
@@ -147,6 +157,8 @@ class RedisRecording:
         self.written_in: int | None = None
         self.ended = False
         self.end_written = False
+        # Ended by another instance (see taken); the owner's client is told.
+        self.taken_over = False
 
     def take_stop(self) -> Callable[[], None] | None:
         stop, self.stop = self.stop, None
@@ -212,7 +224,8 @@ class RedisRecording:
         fresh = self.written_in != store.outages
         commands = len(batch)
         if fresh:
-            pipe.hset(self.meta_key, "owner", store.instance_id)
+            bound = () if self.bound_to is None else ("bound_to", self.bound_to)
+            pipe.hset(self.meta_key, "owner", store.instance_id, items=bound)
             commands += 1
         for seq, event in batch:
             pipe.xadd(self.events_key, {"e": event}, id=f"{seq}-0")
@@ -238,11 +251,34 @@ class RedisRecording:
         self.trimmed = max(self.trimmed, plan.first)
         self.end_written = self.end_written or plan.ending
 
+    async def ended_elsewhere(self) -> bool:
+        """Whether another instance has ended this stream (see ``finish_orphan``)."""
+        try:
+            ended_by = await self.store.client().hget(self.meta_key, "ended_by")
+        except ERRORS:
+            return False  # the next round trip asks again
+        return ended_by is not None and text(ended_by) != self.store.instance_id
+
+    def taken(self) -> None:
+        """Another instance ended this stream, taking this one for dead: nothing more of it is
+        stored, and the generation is stopped, its client told why (``taken_over``)."""
+        logger.warning(
+            "sse_bridge: stream %s was ended by another instance, which took this one for "
+            "dead; its client gets an error",
+            stream_tag(self.stream_id),
+        )
+        self.taken_over = self.ended = self.end_written = True
+        self.written_in = self.store.outages
+        self.pending.clear()
+        stop = self.take_stop()
+        if stop is not None:
+            stop()
+
     async def abandon(self, error: Exception) -> None:
         """Redis refuses this stream's writes: it stops being resumable rather than keep a gap."""
         logger.warning(
             "sse_bridge: resume store refused stream %s, which cannot be resumed: %s",
-            self.stream_id,
+            stream_tag(self.stream_id),
             reason(error),
         )
         # Nothing more is kept: the live stream goes on for its own client only.
