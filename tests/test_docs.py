@@ -221,10 +221,26 @@ RUN: dict[tuple[str, str], tuple[str, str]] = {
         "test_docs.py::test_the_resume_store_snippet_builds_both_stores",
         "after an app to wrap; the Redis store is built, not connected",
     ),
+    (
+        "docs/benchmarks.md",
+        ".venv/bin/python benchmarks/bench_follow.py --followers 100 --events 1000,10000,150000",
+    ): (
+        "test_sharp_edges.py::test_the_follower_benchmark_runs",
+        "3 followers on 10 and 100 events, 5 rounds",
+    ),
 }
 
 MINUTES = "takes minutes; its --quick form is run by tests/test_benchmarks.py"
 NOT_RUN: dict[tuple[str, str], str] = {
+    (
+        "docs/resume.md",
+        "python:   app = AuthenticationMiddleware(  "
+        "# the app's auth, OUTSIDE the bridge: it runs first",
+    ): (
+        "a fragment: `api` and `MyBackend` are the reader's own; the same ordering, with a real "
+        "auth backend, is tests/test_resume_owner.py::"
+        "test_as_middleware_the_owner_comes_from_the_apps_auth_outside_it"
+    ),
     ("README.md", "bash scripts/check"): (
         "the checks themselves: CI runs this very command, and a test cannot run the suite it is in"
     ),
