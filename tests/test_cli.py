@@ -124,7 +124,9 @@ def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
         "finished": True,
     }
     assert all("token" in e for e in events[:-1])
-    assert 0.9 <= ended_at - sent_at <= 3.0
+    # The one-second grace was given. Only a lower bound here, which a slow machine cannot
+    # break (it only lengthens the wait); process.wait() bounds the rest.
+    assert ended_at - sent_at >= 0.9
     assert "Traceback" not in stderr
     assert "outcome=upstream_error" in stderr
     # The upstream request was closed too: the fake stopped generating.

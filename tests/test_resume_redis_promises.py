@@ -14,12 +14,14 @@ from redis.asyncio import Redis
 from sse_bridge._resume.redis.store import RedisStore
 from sse_bridge._resume.store import EventsGoneError, OwnerLostError, UnknownStreamError
 from tests._redis import redis_server
+from tests.test_resume import Generation, Leaver, bridge, get, run, uninterrupted
 from tests.test_resume_redis import DEADLINE, POLL, numbered, opened, read, read_to_end
 
 pytestmark = pytest.mark.anyio
 
 # Long enough that no heartbeat comes during a test that sets the keys by hand.
 SLOW = 10.0
+LAST_EVENT_2 = [(b"last-event-id", b"2")]
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +145,20 @@ async def test_an_owner_is_lost_only_after_two_heartbeats_without_its_key(
         await follower.check_owner(120.0 + 2 * SLOW - 0.001)
         with pytest.raises(OwnerLostError):
             await follower.check_owner(120.0 + 2 * SLOW)
+
+
+async def test_the_middleware_records_in_it_and_another_instance_resumes(url: str) -> None:
+    # Each middleware opens its store itself, as a server's lifespan would.
+    a, b = RedisStore(url, key_prefix="bridged:"), RedisStore(url, key_prefix="bridged:")
+    try:
+        original = Leaver()
+        await run(bridge(Generation(), resume=a), original)
+        sid = original.headers[b"x-stream-id"].decode()
+        assert await a.drain(DEADLINE)
+        reader = Leaver()
+        await run(bridge(Generation(), resume=b), reader, get(f"/streams/{sid}", LAST_EVENT_2))
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert original.data == await uninterrupted()
+    assert reader.data == original.data[2:]
