@@ -17,6 +17,9 @@ from sse_bridge._cli.main import main
 from sse_bridge._core.options import Spec, check, spec_of
 from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
+from tests._servers import serve
+from tests._wire import fetch
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -162,6 +165,10 @@ def test_objects_cannot_travel_to_worker_processes(name: str) -> None:
         (Spec("", "seconds"), True, "x must be a finite number of seconds"),
         (Spec("", "count", minimum=1, meaning="m"), 0, "x must be an integer >= 1 (m)"),
         (Spec("", "count", minimum=1), 2.0, "x must be an integer >= 1"),
+        # bool is an int subclass: True would be taken for 1.
+        (Spec("", "count", minimum=1), True, "x must be an integer >= 1"),
+        (Spec("", "count", minimum=0), False, "x must be an integer >= 0"),
+        (Spec("", "port"), True, "x must be an integer >= 0"),
         (Spec("", "port", meaning="off"), 65536, "x must be a TCP port (0-65535; 0: off)"),
         (Spec("", "port"), -1, "x must be an integer >= 0"),
         (Spec("", "flag"), 2, "x must be True or False, got 2"),
@@ -246,10 +253,34 @@ def test_the_readme_table_lists_every_middleware_option_with_its_default() -> No
             assert rows[name].strip("`") == repr(default).replace("'", '"'), name
 
 
-def test_older_spellings_are_still_taken() -> None:
+@pytest.mark.parametrize("path", ["/streams?x=1", "/streams?", "streams", "", b"/streams", None])
+def test_the_resume_path_is_a_bare_path(path: Any) -> None:
+    # A query would be cut off the request path before routing: the endpoints would never match.
+    with pytest.raises(ValueError, match="resume_path must be a path such as '/streams'"):
+        BridgeOptions(resume="memory", resume_path=path)
+
+
+def test_the_resume_path_takes_any_absolute_path() -> None:
+    assert BridgeOptions(resume="memory", resume_path="/api/v1/streams").resume_path == (
+        "/api/v1/streams"
+    )
+
+
+@pytest.mark.anyio
+async def test_older_spellings_are_still_taken() -> None:
     # None for no CORS origins, 0 and 1 for the flags: accepted before the options objects.
-    sidecar = create_proxy(upstream="http://127.0.0.1:9", cors_origins=None, event_ids=1)  # type: ignore[arg-type]
-    assert sidecar.app is not None
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=2))
+    with serve(fake) as upstream:
+        sidecar = create_proxy(upstream=upstream, dialect="ollama", cors_origins=None, event_ids=1)  # type: ignore[arg-type]
+        with serve(sidecar) as url:
+            response = await fetch(
+                f"{url}/api/chat",
+                body=b'{"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}',
+                headers={"accept": "text/event-stream", "origin": "http://app.example"},
+            )
+    assert response.status == 200
+    assert "access-control-allow-origin" not in response.headers
+    assert b"\nid: " in response.body, response.body
     middleware = SSEBridgeMiddleware(app, event_ids=1)  # type: ignore[arg-type]
     assert middleware.options.event_ids is True
     assert SidecarOptions(upstream="http://h", cors_origins=None).cors_origins == ()  # type: ignore[arg-type]
