@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._cli.main import main
-from sse_bridge._core.options import Spec, check, spec_of
+from sse_bridge._core.options import Spec, check, option, required, spec_of
+from sse_bridge._core.validate import check_count
 from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
 from sse_bridge.testing import FakeOllama, FakeOllamaConfig
@@ -169,6 +170,9 @@ def test_objects_cannot_travel_to_worker_processes(name: str) -> None:
         (Spec("", "count", minimum=1), True, "x must be an integer >= 1"),
         (Spec("", "count", minimum=0), False, "x must be an integer >= 0"),
         (Spec("", "port"), True, "x must be an integer >= 0"),
+        (Spec("", "port", meaning="off"), -1, "x must be an integer >= 0 (off), got -1"),
+        # An integer too large for a float is no number of seconds either.
+        (Spec("", "seconds"), 10**400, "x must be a finite number of seconds"),
         (Spec("", "port", meaning="off"), 65536, "x must be a TCP port (0-65535; 0: off)"),
         (Spec("", "port"), -1, "x must be an integer >= 0"),
         (Spec("", "flag"), 2, "x must be True or False, got 2"),
@@ -199,6 +203,8 @@ def test_each_kind_of_option_refuses_a_bad_value(spec: Spec, value: Any, message
         (Spec("", "port"), 0),
         (Spec("", "port"), 65535),
         (Spec("", "flag"), False),
+        (Spec("", "flag"), 0),
+        (Spec("", "flag"), 1),
         (Spec("", "choice", choices=("a",)), "a"),
         (Spec("", "text"), None),
         (Spec("", "texts"), ("a", "b")),
@@ -207,6 +213,46 @@ def test_each_kind_of_option_refuses_a_bad_value(spec: Spec, value: Any, message
 )
 def test_each_kind_of_option_takes_a_good_value(spec: Spec, value: Any) -> None:
     check("x", value, spec)
+
+
+def test_an_optional_count_takes_none_and_says_so_when_refusing() -> None:
+    check_count("n", None, 1, "m", optional=True)
+    with pytest.raises(ValueError, match=re.escape("n must be None or an integer >= 1 (m), got 0")):
+        check_count("n", 0, 1, "m", optional=True)
+    with pytest.raises(ValueError, match=re.escape("n must be an integer >= 1 (m), got None")):
+        check_count("n", None, 1, "m")
+
+
+def test_an_option_is_a_field_with_its_default_and_spec() -> None:
+    spec = Spec("help", "count")
+
+    @dataclasses.dataclass
+    class Made:
+        needed: int = required(spec)
+        given: int = option(3, spec)
+
+    needed, given = dataclasses.fields(Made)
+    assert (needed.default, given.default) == (dataclasses.MISSING, 3)
+    assert spec_of(needed) is spec_of(given) is spec
+    with pytest.raises(TypeError, match=r"^option defaults are immutable: use a tuple$"):
+        option([], spec)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"retry": -1}, "retry must be an integer >= 0 (the reconnection time in milliseconds)"),
+        ({"retry": True}, "retry must be an integer >= 0"),
+        ({"resume": "nope"}, "resume must be 'memory', a redis:// URL"),
+    ],
+)
+def test_the_middleware_options_refuse(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BridgeOptions(**options)
+
+
+def test_a_retry_of_zero_is_taken() -> None:
+    assert BridgeOptions(retry=0).retry == 0
 
 
 def test_the_readme_table_lists_every_serve_option_with_its_default() -> None:
