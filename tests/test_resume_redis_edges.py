@@ -11,8 +11,14 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
+from sse_bridge._resume.redis.client import reason
 from sse_bridge._resume.redis.store import RedisStore, redact
-from sse_bridge._resume.store import EventsGoneError, StoreUnavailableError, UnknownStreamError
+from sse_bridge._resume.store import (
+    BadPositionError,
+    EventsGoneError,
+    StoreUnavailableError,
+    UnknownStreamError,
+)
 from tests._redis import RedisServer, redis_server, running_redis
 from tests.test_resume_redis import DEADLINE, numbered, opened, read, read_to_end
 
@@ -186,5 +192,77 @@ async def test_an_attended_check_that_finds_redis_gone_says_no(server: RedisServ
         server.stop()
         assert await recording.attended() is False
         assert not store.available
+    finally:
+        await store.aclose()
+
+
+def test_a_reason_is_the_errors_text_or_its_type() -> None:
+    assert reason(ConnectionError("Connection refused")) == "Connection refused"
+    assert reason(TimeoutError()) == "TimeoutError"
+
+
+async def test_each_refusal_names_the_stream_and_the_positions(url: str) -> None:
+    async with opened(url, max_stream_bytes=10, key_prefix="words:") as store:
+        recording = store.record(lambda: None)
+        recording.append([b"a" * 6, b"b" * 6])
+        recording.finish()
+        assert await store.drain(DEADLINE)
+        sid = recording.stream_id
+        async with opened(url, key_prefix="words:") as other:
+            with pytest.raises(
+                BadPositionError, match=f"stream '{sid}' sent 2 events, so none after 5"
+            ):
+                await other.follow(sid, 5)
+            with pytest.raises(EventsGoneError, match=r"events after 0 .* oldest kept is 2\)"):
+                await other.follow(sid, 0)
+            with pytest.raises(UnknownStreamError, match="no-such-stream"):
+                await other.follow("no-such-stream", 0)
+            with pytest.raises(UnknownStreamError, match="no-such-stream"):
+                await other.stop("no-such-stream")
+            # Its end is recorded where the store looks for it.
+            assert await other.finished_at(sid, 2)
+
+
+async def test_a_finished_stream_of_a_dead_owner_is_not_lost(url: str, client: Redis) -> None:
+    async with (
+        opened(url, heartbeat=SLOW, key_prefix="dead-ended:") as owner,
+        opened(url, heartbeat=SLOW, key_prefix="dead-ended:") as reader,
+    ):
+        recording = owner.record(lambda: None)
+        recording.append([b"e1"])
+        assert await owner.drain(DEADLINE)
+        follower = await reader.follow(recording.stream_id, 1)
+        await reader.finish_orphan(recording.stream_id, 1, [b"error"])
+        assert await reader.finished_at(recording.stream_id, 2)
+        await client.delete(owner.keys.instance(owner.instance_id))
+        # Its end is in Redis: a missing owner no longer matters, however long it has been.
+        await follower.check_owner(100.0)
+        await follower.check_owner(100.0 + 10 * SLOW)
+
+
+async def test_a_stop_after_the_finish_and_before_the_write_is_quiet(url: str) -> None:
+    async with opened(url, key_prefix="stop-finished:") as store:
+        recording = store.record(lambda: None)
+        recording.finish()
+        await store.stop(recording.stream_id)
+        assert await store.drain(DEADLINE)
+
+
+async def test_an_unavailable_store_says_so_and_logs_why(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
+    store = RedisStore(server.url, heartbeat=SLOW)
+    await store.open()
+    try:
+        server.stop()
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.follow("some-stream", 0)
+        why = str(caught.value).split(" failed: ", 1)[1]
+        assert [r.getMessage() for r in caplog.records] == [
+            f"sse_bridge: resume store unavailable: {why}"
+        ]
+        with pytest.raises(StoreUnavailableError, match=r"is unavailable; try again later$"):
+            await store.follow("some-stream", 0)
     finally:
         await store.aclose()

@@ -145,7 +145,7 @@ async def test_an_owner_is_lost_only_after_two_heartbeats_without_its_key(
         await client.delete(instance_key)
         await follower.check_owner(120.0)
         await follower.check_owner(120.0 + 2 * SLOW - 0.001)
-        with pytest.raises(OwnerLostError):
+        with pytest.raises(OwnerLostError, match=r"stopped before its end \(the last event is 0\)"):
             await follower.check_owner(120.0 + 2 * SLOW)
 
 
