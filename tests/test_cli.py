@@ -168,7 +168,9 @@ def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
         "finished": True,
     }
     assert all("token" in e for e in events[:-1])
-    assert 0.9 <= ended_at - sent_at <= 3.0
+    # The one-second grace was given. Only a lower bound here, which a slow machine cannot
+    # break (it only lengthens the wait); process.wait() bounds the rest.
+    assert ended_at - sent_at >= 0.9
     assert "Traceback" not in stderr
     # Ended by the bridge itself: not an upstream error, which the error ratio would count.
     assert "outcome=shutdown" in stderr

@@ -231,7 +231,17 @@ RUN: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 MINUTES = "takes minutes; its --quick form is run by tests/test_benchmarks.py"
+MUTATION = (
+    "mutation testing: minutes to hours of CPU over one folder, so not part of CI; its figures "
+    "and the command behind each are docs/testing.md's table"
+)
 NOT_RUN: dict[tuple[str, str], str] = {
+    ("README.md", "bash scripts/mutate redis"): MUTATION,
+    ("docs/testing.md", "bash scripts/mutate redis"): MUTATION,
+    (
+        "docs/testing.md",
+        "bash scripts/mutate 'src/sse_bridge/_core/codec.py' tests/test_codec.py",
+    ): MUTATION,
     (
         "docs/resume.md",
         "python:   app = AuthenticationMiddleware(  "

@@ -257,6 +257,7 @@ def test_the_app_is_asked_for_an_identity_body(headers: Headers, seen: Headers) 
         ([(b"accept", b"text/event-stream;charset=utf-8;q=0")], False),
         # An unreadable q-value is not taken for a yes.
         ([(b"accept", b"text/event-stream;q=zero")], False),
+        ([(b"accept", b"text/event-stream;q=1=0")], False),
         # Wildcards tolerate events; only a client that names them gets them.
         ([(b"accept", b"*/*")], False),
         ([(b"accept", b"text/*")], False),

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import anyio
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -287,9 +288,44 @@ def test_every_outcome_is_documented_as_a_label_value() -> None:
         assert f"`{outcome.value}`" in key, outcome
 
 
-def test_two_apps_in_one_process_do_not_collide() -> None:
-    create_proxy(upstream="http://127.0.0.1:9", metrics=True)
-    create_proxy(upstream="http://127.0.0.1:9", metrics=True)
+async def test_two_apps_in_one_process_count_apart() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    first = create_proxy(upstream=closed, metrics=True)
+    second = create_proxy(upstream=closed, metrics=True)
+    with serve(first) as url, serve(second) as other:
+        for _ in range(2):
+            assert (await fetch(f"{url}/api/chat", body=chat())).status == 502
+        assert (await fetch(f"{other}/api/chat", body=chat())).status == 502
+        counted = [
+            samples((await fetch(f"{at}/metrics", method="GET", body=b"")).body.decode())
+            for at in (url, other)
+        ]
+    errors = "sse_bridge_upstream_errors_total"
+    assert [value(found, errors, kind="unreachable") for found in counted] == [2, 1]
+
+
+def test_whole_bucket_counts_export_what_observe_would() -> None:
+    """The gaps histogram is filled a stream at a time; a scrape must not see the difference."""
+    registry = CollectorRegistry()
+    metrics = BridgeMetrics(registry)
+    context = StreamContext()
+    metrics.start(context)
+    assert context.gaps is not None
+    # Sends at these instants, with this many events in each body message.
+    sends = [(10.0, 2), (10.25, 1), (12.25, 3), (12.5, 1)]
+    for now, events in sends:
+        context.count_gaps(context.gaps, now, events)
+    metrics.finish(context, "raw")
+    reference = Histogram("reference", "", buckets=BUCKETS, registry=CollectorRegistry())
+    for gap in [0.0, 0.25, 2.0, 0.0, 0.0, 0.25]:
+        reference.observe(gap)
+    [family] = reference.collect()
+    for sample in family.samples:
+        if not sample.name.endswith("_created"):
+            name = sample.name.replace("reference", "sse_bridge_event_gap_seconds")
+            labels = {"dialect": "raw", **sample.labels}
+            assert registry.get_sample_value(name, labels) == sample.value, sample
+    assert registry.get_sample_value("sse_bridge_event_gap_seconds_sum", {"dialect": "raw"}) == 2.5
 
 
 @pytest.mark.parametrize(
@@ -309,8 +345,10 @@ async def test_json_log_lines(fake: FakeOllama, caplog: pytest.LogCaptureFixture
     with serve(fake) as upstream:
         app = create_proxy(upstream=upstream, dialect="ollama", log_format="json", resume="memory")
         with caplog.at_level(logging.INFO, logger="sse_bridge.access"), serve(app) as url:
+            started = time.monotonic()
             response = await fetch(f"{url}/api/chat", body=chat(), headers=SSE)
             await until(lambda: bool(caplog.records))
+            elapsed_ms = (time.monotonic() - started) * 1000
     (line,) = [r.getMessage() for r in caplog.records if r.name == "sse_bridge.access"]
     record = json.loads(line)
     assert set(record) == {
@@ -336,6 +374,10 @@ async def test_json_log_lines(fake: FakeOllama, caplog: pytest.LogCaptureFixture
     assert record["stream_id"] == stream_tag(response.headers["x-stream-id"])
     assert record["client"].startswith("127.0.0.1:")
     assert isinstance(record["ttfe_ms"], float)
+    assert record["bytes"] == len(response.body)
+    # Six tokens at 200 a second take at least 25 ms, and the stream lies within the request.
+    assert 25 <= record["duration_ms"] <= elapsed_ms
+    assert record["ttfe_ms"] <= record["duration_ms"]
 
 
 @pytest.fixture(scope="module")

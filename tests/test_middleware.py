@@ -18,6 +18,7 @@ import pytest
 
 from sse_bridge import SSEBridgeMiddleware
 from sse_bridge._core.context import EVENT_STREAM_KEY as SCOPE_KEY
+from sse_bridge._core.context import STREAM_KEY, StreamContext
 from sse_bridge._types import Message, Receive, Scope, Send
 from tests._sse import httpx_sse_data, httpx_sse_json
 
@@ -352,6 +353,38 @@ async def test_app_that_returns_without_ending_its_body_gets_its_stream_ended(
     assert client.bodies[-1]["more_body"] is False
 
 
+async def test_every_keepalive_written_is_counted_and_only_those() -> None:
+    client = Client()
+    context = StreamContext()
+    pinged = anyio.Event()
+    original_send = client.send
+
+    async def send(message: Message) -> None:
+        await original_send(message)
+        if message.get("body") == b": ping\n\n" and len(ping_bodies(client)) == 2:
+            pinged.set()
+
+    client.send = send  # type: ignore[method-assign]
+
+    async def between(i: int) -> None:
+        # Silent until two pings have gone out: events, not sleeps, whatever the machine's load.
+        await pinged.wait()
+
+    await call(
+        ndjson_app([b"{}\n"], between=between),
+        client,
+        {**http_scope(), STREAM_KEY: context},
+        keepalive=0.01,
+    )
+    assert len(ping_bodies(client)) >= 2
+    assert context.keepalives == len(ping_bodies(client))
+
+
+def ping_bodies(client: Client) -> list[Message]:
+    return [m for m in client.bodies if m.get("body") == b": ping\n\n"]
+
+
+@pytest.mark.timing
 async def test_keepalive_comments_flow_during_silence_even_before_the_first_event() -> None:
     client = Client()
 
@@ -368,6 +401,7 @@ async def test_keepalive_comments_flow_during_silence_even_before_the_first_even
     assert all(b - a >= 0.09 for a, b in itertools.pairwise(pings))
 
 
+@pytest.mark.timing
 async def test_keepalive_waits_for_silence() -> None:
     client = Client()
 
@@ -378,6 +412,7 @@ async def test_keepalive_waits_for_silence() -> None:
     assert not [m for _, m in client.sent if m.get("body") == b": ping\n\n"]
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("keepalive", [0, None])
 async def test_keepalive_off_sends_nothing_and_does_not_spin(keepalive: float | None) -> None:
     client = Client()
@@ -614,6 +649,35 @@ async def test_a_write_waiting_behind_a_blocked_ping_is_dropped_after_a_disconne
         tasks.start_soon(leave)
         await call(ndjson_app([b'{"n":1}\n'], between=between), client, keepalive=0.05)
     assert [m.get("body") for m in client.bodies] == [b": ping\n\n"]
+
+
+async def test_a_keepalive_dropped_behind_a_blocked_write_is_not_counted() -> None:
+    client = Client()
+    context = StreamContext()
+    original_send = client.send
+    event_blocked = anyio.Event()
+
+    async def send(message: Message) -> None:
+        if message.get("body", b"").startswith(b"data:"):
+            # A slow client: the event's write holds the stream while pings fall due behind
+            # it; the client leaves, and the stream ends before they get their turn.
+            event_blocked.set()
+            await client.gone.wait()
+            await anyio.wait_all_tasks_blocked()
+        await original_send(message)
+
+    client.send = send  # type: ignore[method-assign]
+
+    async def leave() -> None:
+        await event_blocked.wait()
+        await anyio.sleep(0.05)  # a few keepalive intervals for pings to fall due
+        client.gone.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(leave)
+        scope = {**http_scope(), STREAM_KEY: context}
+        await call(ndjson_app([b'{"n":1}\n']), client, scope, keepalive=0.01)
+    assert context.keepalives == len(ping_bodies(client)) == 0
 
 
 async def test_an_overlong_line_after_the_done_chunk_is_still_reported() -> None:

@@ -16,9 +16,13 @@ from click.testing import CliRunner
 
 from sse_bridge import SSEBridgeMiddleware, create_proxy
 from sse_bridge._cli.main import main
-from sse_bridge._core.options import Spec, check, spec_of
+from sse_bridge._core.options import Spec, check, option, required, spec_of
+from sse_bridge._core.validate import check_count
 from sse_bridge._middleware.options import BridgeOptions
 from sse_bridge._sidecar.options import ServerOptions, SidecarOptions
+from sse_bridge.testing import FakeOllama, FakeOllamaConfig
+from tests._servers import serve
+from tests._wire import fetch
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -163,6 +167,13 @@ def test_objects_cannot_travel_to_worker_processes(name: str) -> None:
         (Spec("", "seconds"), True, "x must be a finite number of seconds"),
         (Spec("", "count", minimum=1, meaning="m"), 0, "x must be an integer >= 1 (m)"),
         (Spec("", "count", minimum=1), 2.0, "x must be an integer >= 1"),
+        # bool is an int subclass: True would be taken for 1.
+        (Spec("", "count", minimum=1), True, "x must be an integer >= 1"),
+        (Spec("", "count", minimum=0), False, "x must be an integer >= 0"),
+        (Spec("", "port"), True, "x must be an integer >= 0"),
+        (Spec("", "port", meaning="off"), -1, "x must be an integer >= 0 (off), got -1"),
+        # An integer too large for a float is no number of seconds either.
+        (Spec("", "seconds"), 10**400, "x must be a finite number of seconds"),
         (Spec("", "port", meaning="off"), 65536, "x must be a TCP port (0-65535; 0: off)"),
         (Spec("", "port"), -1, "x must be an integer >= 0"),
         (Spec("", "flag"), 2, "x must be True or False, got 2"),
@@ -193,6 +204,8 @@ def test_each_kind_of_option_refuses_a_bad_value(spec: Spec, value: Any, message
         (Spec("", "port"), 0),
         (Spec("", "port"), 65535),
         (Spec("", "flag"), False),
+        (Spec("", "flag"), 0),
+        (Spec("", "flag"), 1),
         (Spec("", "choice", choices=("a",)), "a"),
         (Spec("", "text"), None),
         (Spec("", "texts"), ("a", "b")),
@@ -201,6 +214,46 @@ def test_each_kind_of_option_refuses_a_bad_value(spec: Spec, value: Any, message
 )
 def test_each_kind_of_option_takes_a_good_value(spec: Spec, value: Any) -> None:
     check("x", value, spec)
+
+
+def test_an_optional_count_takes_none_and_says_so_when_refusing() -> None:
+    check_count("n", None, 1, "m", optional=True)
+    with pytest.raises(ValueError, match=re.escape("n must be None or an integer >= 1 (m), got 0")):
+        check_count("n", 0, 1, "m", optional=True)
+    with pytest.raises(ValueError, match=re.escape("n must be an integer >= 1 (m), got None")):
+        check_count("n", None, 1, "m")
+
+
+def test_an_option_is_a_field_with_its_default_and_spec() -> None:
+    spec = Spec("help", "count")
+
+    @dataclasses.dataclass
+    class Made:
+        needed: int = required(spec)
+        given: int = option(3, spec)
+
+    needed, given = dataclasses.fields(Made)
+    assert (needed.default, given.default) == (dataclasses.MISSING, 3)
+    assert spec_of(needed) is spec_of(given) is spec
+    with pytest.raises(TypeError, match=r"^option defaults are immutable: use a tuple$"):
+        option([], spec)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"retry": -1}, "retry must be an integer >= 0 (the reconnection time in milliseconds)"),
+        ({"retry": True}, "retry must be an integer >= 0"),
+        ({"resume": "nope"}, "resume must be 'memory', a redis://host:port/db URL, or off"),
+    ],
+)
+def test_the_middleware_options_refuse(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BridgeOptions(**options)
+
+
+def test_a_retry_of_zero_is_taken() -> None:
+    assert BridgeOptions(retry=0).retry == 0
 
 
 def test_the_readme_table_lists_every_serve_option_with_its_default() -> None:
@@ -247,10 +300,34 @@ def test_the_readme_table_lists_every_middleware_option_with_its_default() -> No
             assert rows[name].strip("`") == repr(default).replace("'", '"'), name
 
 
-def test_older_spellings_are_still_taken() -> None:
+@pytest.mark.parametrize("path", ["/streams?x=1", "/streams?", "streams", "", b"/streams", None])
+def test_the_resume_path_is_a_bare_path(path: Any) -> None:
+    # A query would be cut off the request path before routing: the endpoints would never match.
+    with pytest.raises(ValueError, match="resume_path must be a path such as '/streams'"):
+        BridgeOptions(resume="memory", resume_path=path)
+
+
+def test_the_resume_path_takes_any_absolute_path() -> None:
+    assert BridgeOptions(resume="memory", resume_path="/api/v1/streams").resume_path == (
+        "/api/v1/streams"
+    )
+
+
+@pytest.mark.anyio
+async def test_older_spellings_are_still_taken() -> None:
     # None for no CORS origins, 0 and 1 for the flags: accepted before the options objects.
-    sidecar = create_proxy(upstream="http://127.0.0.1:9", cors_origins=None, event_ids=1)  # type: ignore[arg-type]
-    assert sidecar.app is not None
+    fake = FakeOllama(FakeOllamaConfig(tokens_per_second=0, num_tokens=2))
+    with serve(fake) as upstream:
+        sidecar = create_proxy(upstream=upstream, dialect="ollama", cors_origins=None, event_ids=1)  # type: ignore[arg-type]
+        with serve(sidecar) as url:
+            response = await fetch(
+                f"{url}/api/chat",
+                body=b'{"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}',
+                headers={"accept": "text/event-stream", "origin": "http://app.example"},
+            )
+    assert response.status == 200
+    assert "access-control-allow-origin" not in response.headers
+    assert b"\nid: " in response.body, response.body
     middleware = SSEBridgeMiddleware(app, event_ids=1)  # type: ignore[arg-type]
     assert middleware.options.event_ids is True
     assert SidecarOptions(upstream="http://h", cors_origins=None).cors_origins == ()  # type: ignore[arg-type]

@@ -532,6 +532,7 @@ async def test_other_last_event_ids_start_a_new_generation(value: bytes) -> None
 # --- grace and stop --------------------------------------------------------------------------
 
 
+@pytest.mark.timing
 async def test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period() -> None:
     app = Generation(tokens=1000, pace=0.005)
     mw = bridge(app, resume_grace=0.2)
@@ -541,7 +542,8 @@ async def test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period()
     assert client.left_at is not None
     waited = time.monotonic() - client.left_at
     assert app.cancelled.is_set()
-    assert 0.2 <= waited < 2.0
+    # The grace, and not a whole second of the store's polling more.
+    assert 0.2 <= waited < 0.2 + 0.3
     assert app.sent > 2  # it ran on without its client
     assert context.outcome is Outcome.CLIENT_DISCONNECTED
     sid = client.headers[b"x-stream-id"].decode()
@@ -554,7 +556,9 @@ async def test_a_generation_nobody_resumes_is_cancelled_after_the_grace_period()
     assert [json.loads(d) for d in late.data[:2]] == [{"token": "t0 "}, {"token": "t1 "}]
 
 
+@pytest.mark.timing
 async def test_a_reader_keeps_the_generation_going_past_the_grace_period() -> None:
+    # The reader attaches within the 50 ms grace, or the generation is cancelled.
     app = Generation(tokens=60, pace=0.01)
     mw = bridge(app, resume_grace=0.05)
     async with anyio.create_task_group() as group:
@@ -600,15 +604,14 @@ async def test_delete_stops_the_generation_for_every_reader(dialect: str, final:
         sid = original.headers[b"x-stream-id"].decode()
         group.start_soon(run, mw, reader, get(f"/streams/{sid}"))
         await reader.until(1)
-        asked = time.monotonic()
         scope = {**get(f"/streams/{sid}", method="DELETE"), STREAM_KEY: stop_context}
         await run(mw, stopper, scope)
-        with anyio.fail_after(1):
-            await app.cancelled.wait()
-        stopped_in = time.monotonic() - asked
+        # Stopped by the time the DELETE is answered: once every task waits, the generation
+        # has been cancelled (no clock: a generation still running would be waiting on its pace).
+        await anyio.wait_all_tasks_blocked()
+        assert app.cancelled.is_set()
     assert stopper.start["status"] == 204
     assert stop_context.outcome is Outcome.STOPPED
-    assert stopped_in < 1.0
     assert context.outcome is Outcome.STOPPED
     assert reader.data == original.data
     tail = original.data[-len(final) :]

@@ -26,7 +26,6 @@ from sse_bridge._resume.store import (
     EventsGoneError,
     OwnerLostError,
     ResumeError,
-    ResumeStore,
     StoreUnavailableError,
     UnknownStreamError,
     stream_tag,
@@ -105,11 +104,6 @@ async def until_available(store: RedisStore) -> None:
 
 def numbered(events: list[bytes], first: int = 1) -> Batch:
     return list(enumerate(events, first))
-
-
-def test_it_is_a_resume_store(url: str) -> None:
-    store: ResumeStore = RedisStore(url)
-    assert store is not None
 
 
 async def test_events_are_replayed_after_a_position_then_followed_live(url: str) -> None:
@@ -398,6 +392,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.timing
 async def test_a_killed_owner_is_noticed_and_its_stream_finished_by_a_reader(url: str) -> None:
     process = await anyio.open_process([sys.executable, "-c", CHILD, url, str(FAST)])
     try:
@@ -410,8 +405,9 @@ async def test_a_killed_owner_is_noticed_and_its_stream_finished_by_a_reader(url
             # While the owner lives, silence is only silence.
             assert await follower.next(6 * FAST) == []
             process.send_signal(signal.SIGKILL)
-            # Within a few seconds (three heartbeats for the key to expire, two to be sure).
-            with anyio.fail_after(5.0), pytest.raises(OwnerLostError):
+            # Within a second: three heartbeats for the key to expire, two to be sure, and a
+            # heartbeat's read.
+            with anyio.fail_after(10 * FAST), pytest.raises(OwnerLostError):
                 await read(follower, 1)
             await b.stop(sid)  # its owner is gone: nothing to stop, and no error
             await b.finish_orphan(sid, 2, [b"error"])
@@ -593,6 +589,7 @@ async def test_a_stream_redis_refuses_stops_being_resumable_rather_than_keep_a_g
         )
 
 
+@pytest.mark.timing
 async def test_aclose_sends_what_the_writers_hold_and_announces_the_leave(url: str) -> None:
     a = RedisStore(url)
     await a.open()

@@ -202,15 +202,36 @@ async def test_a_streamed_request_body_is_sent_chunked() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
     async def parts() -> AsyncIterator[bytes]:
-        yield b"hello "
+        # 12 and 16 bytes: sizes that read differently in hexadecimal (c, 10) and decimal.
+        yield b"hello, world"
         yield b""
-        yield b"world"
+        yield b"0123456789abcdef"
 
     async with upstream(read_body) as (url, heads), client() as http:
         response = await http.post(url, content=parts())
     assert response.status_code == 200
     assert b"transfer-encoding: chunked" in heads[0].lower()
-    assert received == [b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"]
+    assert received == [b"c\r\nhello, world\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n"]
+
+
+async def test_a_response_with_connection_close_is_not_reused() -> None:
+    connections = 0
+
+    async def close_announced(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        # It says close but leaves the socket open, and would answer a second request: only
+        # the header tells the client not to send one.
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with upstream(close_announced) as (url, heads), client() as http:
+        for _ in range(3):
+            response = await http.get(url)
+            assert response.content == b"ok"
+    assert len(heads) == connections == 3
 
 
 async def test_the_pool_waits_for_a_free_connection_and_times_out() -> None:

@@ -55,6 +55,8 @@ MIN_ATTENDED = 3.0
 RESERVED_CONNECTIONS = 16
 # How long aclose() lets the writer send what it holds.
 CLOSE_TIMEOUT = 1.0
+# How long aclose() waits for a cancelled task before it cancels it again.
+RECANCEL = 0.05
 
 
 class RedisStore:
@@ -164,10 +166,7 @@ class RedisStore:
             return
         if self.available:
             await self.drain(CLOSE_TIMEOUT)
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop(self.tasks)
         self.live.clear()
         if self.available:
             # Readers of a stream this instance leaves unfinished learn it now rather than three
@@ -312,3 +311,18 @@ class RedisStore:
         :class:`StoreUnavailableError` if Redis is away.
         """
         await finish_orphan(self, stream_id, last_seq, events)
+
+
+async def stop(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them to end, cancelling again those that go on.
+
+    A cancel can be lost: redis-py writes each command under ``asyncio.wait_for``, which before
+    Python 3.12 swallows a cancel that arrives as the write completes (CPython gh-86296), and the
+    task then goes on with its loop. Told again, it stops at its next await, as anyio's cancel
+    scopes do it.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL)
