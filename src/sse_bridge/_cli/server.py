@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from sse_bridge._cli.protocols import protocol_class
 from sse_bridge._metrics.multiprocess import MULTIPROC_ENV, multiprocess_dir
 from sse_bridge._resume.store import ResumeError
 from sse_bridge._sidecar.app import SidecarApp, build_sidecar
@@ -137,7 +138,8 @@ def _run(server: ServerOptions, log_config: dict[str, Any], *, grace: float) -> 
         host=server.host,
         port=server.port,
         workers=server.workers,
-        http=server.http,
+        # uvicorn's own protocol, able to drop a stalled client (protocols.py).
+        http=protocol_class(server.http),
         log_level=server.log_level,
         log_config=log_config,
         # The proxy appends the real peer address to X-Forwarded-For itself; uvicorn's rewrite

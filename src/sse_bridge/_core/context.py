@@ -19,6 +19,10 @@ STREAM_KEY = "sse_bridge.stream"
 # Set by the middleware on the scope it hands the app: True when a 200 NDJSON response will be
 # converted into an event stream (documented for apps; the layers read the StreamContext).
 EVENT_STREAM_KEY = "sse_bridge.event_stream"
+# An ASGI extension a server may offer (``sse-bridge serve`` does): ``{"abort": callable}``,
+# which drops the client's connection at once, unsent bytes and all. A stalled client is cut
+# off with it, so that the write it blocks returns and the usual disconnect follows.
+ABORT_EXTENSION = "sse_bridge.abort"
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 # The metrics' histogram buckets, in seconds: from a millisecond (a token relayed at once) to two
@@ -58,6 +62,8 @@ class Outcome(str, Enum):
     # Ended by another instance, which took this one for dead (the Redis resume store): the
     # store refused the rest of it, and its client got a terminal error saying so.
     TAKEN_OVER = "taken_over"
+    # Disconnected by the bridge: the client accepted no bytes for send_timeout seconds.
+    CLIENT_STALLED = "client_stalled"
 
 
 @dataclass(slots=True)

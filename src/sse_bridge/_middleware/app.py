@@ -45,6 +45,8 @@ class SSEBridgeMiddleware:
             ``text/event-stream``; ``"always"`` converts every 200 NDJSON response.
         keepalive: seconds of silence after which a ``: ping`` comment is sent; ``0`` sends
             none (``None`` is accepted as ``0``).
+        send_timeout: seconds a client may accept no bytes, data or keepalive, before it is
+            disconnected (outcome ``client_stalled``; docs/reliability.md); ``0`` waits forever.
         max_line_bytes: the longest NDJSON line accepted; a longer one ends the stream with an
             error event. This bounds the memory one stream holds.
         event_ids: add increasing ``id:`` fields (1, 2, ...) for EventSource clients. Off by
@@ -76,6 +78,7 @@ class SSEBridgeMiddleware:
         dialect: Dialect = _DEFAULT.dialect,
         convert: Literal["negotiate", "always"] = _DEFAULT.convert,
         keepalive: float | None = _DEFAULT.keepalive,
+        send_timeout: float = _DEFAULT.send_timeout,
         max_line_bytes: int = _DEFAULT.max_line_bytes,
         event_ids: bool = _DEFAULT.event_ids,
         retry: int | None = _DEFAULT.retry,
@@ -93,6 +96,7 @@ class SSEBridgeMiddleware:
                 dialect=dialect,
                 convert=convert,
                 keepalive=off_as_zero(keepalive),
+                send_timeout=send_timeout,
                 max_line_bytes=max_line_bytes,
                 event_ids=event_ids,
                 retry=retry,
@@ -136,6 +140,7 @@ class SSEBridgeMiddleware:
         # Read on every request: kept as attributes of their own.
         self.convert = options.convert
         self.keepalive = options.keepalive
+        self.send_timeout = options.send_timeout
         self.max_line_bytes = options.max_line_bytes
         self.event_ids = options.event_ids
         self.retry = None if options.retry is None else encode_retry(options.retry)

@@ -52,6 +52,15 @@ class BridgeOptions(Options):
             meaning="0 or None sends no keepalives",
         ),
     )
+    send_timeout: float = option(
+        30.0,
+        Spec(
+            "Seconds a client may accept no bytes (data or keepalive) before it is cut off; "
+            "0: off.",
+            "seconds",
+            meaning="0 waits for a stalled client forever",
+        ),
+    )
     max_line_bytes: int = option(
         DEFAULT_MAX_LINE_BYTES,
         Spec(

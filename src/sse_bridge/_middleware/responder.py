@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
-from sse_bridge._core.context import Outcome, StreamContext
+from sse_bridge._core.context import ABORT_EXTENSION, Outcome, StreamContext
 from sse_bridge._core.headers import (
     STREAM_ID_HEADER,
     VARY_ACCEPT,
@@ -45,6 +45,7 @@ TAKEN_OVER = (
 )
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
+STALLED = "the stream was cancelled: its client accepted no data for {timeout:g} s"
 
 
 def on_asyncio() -> bool:
@@ -63,6 +64,7 @@ class Bridge(EndpointBridge, Protocol):
     max_line_bytes: int
     ndjson_types: frozenset[str]
     resume_grace: float
+    send_timeout: float
     store: ResumeStore | None
     endpoints: ResumeEndpoints | None
 
@@ -71,15 +73,18 @@ class Responder:
     """Per-request state: watches ``http.response.start`` and rewrites what follows if needed."""
 
     __slots__ = (
+        "abort",
         "bridge",
         "converter",
         "converting",
         "ended",
         "last_write",
+        "progress",
         "receive",
         "recording",
         "scope",
         "send",
+        "sending_since",
         "spawn",
         "stats",
         "tasks",
@@ -96,6 +101,14 @@ class Responder:
         self.converting = False
         self.ended = False
         self.last_write = 0.0
+        # When the write in progress began (0: none is): the watch cuts off a client that
+        # holds one longer than send_timeout. A clock read per write, where a timeout scope
+        # around each send would cost 4-9 us (docs/reliability.md).
+        self.sending_since = 0.0
+        # The server's way to drop the connection, if it offers one (ABORT_EXTENSION).
+        extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION) or {}
+        self.abort: Callable[[], object] | None = extension.get("abort")
+        self.progress: Callable[[], tuple[int, int]] | None = extension.get("progress")
         # Writes take turns: only a ping ever competes with the app's writes, so a flag and an
         # event made only when one has to wait do what a lock would, without an acquire that
         # yields or a deque per stream (docs/benchmarks.md).
@@ -104,7 +117,7 @@ class Responder:
         self.converter = Converter(bridge.new_translator(), bridge.max_line_bytes, context)
         self.stats = context
         self.recording: Recording | None = None
-        self.watch = ClientWatch(self, bridge.keepalive, bridge.resume_grace)
+        self.watch = ClientWatch(self, bridge.keepalive, bridge.resume_grace, bridge.send_timeout)
 
     async def run(self, receive: Receive, send: Send) -> None:
         self.send = send
@@ -295,6 +308,7 @@ class Responder:
         elif self.receive.disconnected:
             return
         self.writing = True
+        self.sending_since = time.monotonic()
         try:
             await self.send({"type": "http.response.body", "body": payload, "more_body": more})
             self.stats.bytes += len(payload)
@@ -306,6 +320,7 @@ class Responder:
             self.receive.client_gone = True
         finally:
             self.writing = False
+            self.sending_since = 0.0
             if self.write_turn is not None:
                 self.write_turn.set()
                 self.write_turn = None
@@ -360,9 +375,10 @@ class Responder:
         await self.write_bytes(payload, more=False)
 
     def last_events(self, outcome: Outcome) -> list[bytes]:
-        """The events that end a stream stopped (``STOPPED``) or abandoned by its client
-        (``CLIENT_DISCONNECTED``): none if its final or terminal event has gone out already
-        and only the upstream's end of body was still to come."""
+        """The events that end a stream stopped (``STOPPED``), abandoned by its client
+        (``CLIENT_DISCONNECTED``) or cut off from it (``CLIENT_STALLED``): none if its final
+        or terminal event has gone out already and only the upstream's end of body was still
+        to come."""
         translator = self.converter.translator
         if translator.completed:
             self.settle(Outcome.COMPLETED)
@@ -370,9 +386,11 @@ class Responder:
         if translator.finished:
             return []
         self.settle(outcome)
-        return (
-            translator.stop() if outcome is Outcome.STOPPED else translator.fail(self.abandoned())
-        )
+        if outcome is Outcome.STOPPED:
+            return translator.stop()
+        if outcome is Outcome.CLIENT_STALLED:
+            return translator.fail(STALLED.format(timeout=self.bridge.send_timeout))
+        return translator.fail(self.abandoned())
 
     def abandoned(self) -> str:
         return ABANDONED.format(grace=self.bridge.resume_grace)

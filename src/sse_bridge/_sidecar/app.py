@@ -203,6 +203,7 @@ def create_proxy(
     dialect: Dialect = _DEFAULT["dialect"],
     convert: Literal["negotiate", "always"] = _DEFAULT["convert"],
     keepalive: float | None = _DEFAULT["keepalive"],
+    send_timeout: float = _DEFAULT["send_timeout"],
     max_line_bytes: int = _DEFAULT["max_line_bytes"],
     event_ids: bool = _DEFAULT["event_ids"],
     retry: int | None = _DEFAULT["retry"],
@@ -234,8 +235,8 @@ def create_proxy(
     Args:
         upstream: the base URL of the NDJSON server, e.g. ``http://127.0.0.1:11434``; the only
             host the proxy ever sends requests to.
-        dialect, convert, keepalive, max_line_bytes, event_ids, retry, ndjson_types: as for
-            the middleware.
+        dialect, convert, keepalive, send_timeout, max_line_bytes, event_ids, retry,
+            ndjson_types: as for the middleware.
         commit_after: seconds to wait for the upstream's headers, when the client asked for an
             event stream, before committing a 200 stream and sending keepalives (Ollama writes
             no headers while a model loads). ``0`` never commits early (``None`` is accepted as
@@ -278,6 +279,7 @@ def create_proxy(
         dialect=dialect,
         convert=convert,
         keepalive=off_as_zero(keepalive),
+        send_timeout=send_timeout,
         max_line_bytes=max_line_bytes,
         event_ids=event_ids,
         retry=retry,

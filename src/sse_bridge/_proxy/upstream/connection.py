@@ -17,7 +17,10 @@ from sse_bridge._core.headers import body_ends_with_close
 
 # Body bytes held for a consumer that has not read them yet before the socket stops being read:
 # the upstream then waits (TCP backpressure), as it would behind a slow client.
-READ_HIGH_WATER = 256 * 1024
+READ_HIGH_WATER = 64 * 1024
+# The most body one read hands the consumer: what a stalled client's stream holds in flight
+# between the upstream and the client's socket is a few of these (docs/reliability.md).
+TAKE_LIMIT = 64 * 1024
 
 
 class Pool(Protocol):
@@ -205,9 +208,15 @@ class Connection(asyncio.Protocol):
 
     def take(self) -> bytes:
         data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks = []
-        self.buffered = 0
-        if self.paused and self.transport is not None:
+        if len(data) > TAKE_LIMIT:
+            rest = data[TAKE_LIMIT:]
+            data = data[:TAKE_LIMIT]
+            self.chunks = [rest]
+            self.buffered = len(rest)
+        else:
+            self.chunks = []
+            self.buffered = 0
+        if self.paused and self.buffered <= READ_HIGH_WATER and self.transport is not None:
             self.paused = False
             self.transport.resume_reading()
         return data
