@@ -251,6 +251,13 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "auth backend, is tests/test_resume_owner.py::"
         "test_as_middleware_the_owner_comes_from_the_apps_auth_outside_it"
     ),
+    ("docs/reliability.md", ".venv/bin/python benchmarks/bench_stalled.py --clients 20"): (
+        "a measurement: a minute of CPU at full load; tests/test_stalled.py checks the cut-off"
+    ),
+    (
+        "docs/reliability.md",
+        ".venv/bin/python benchmarks/bench_stalled.py --clients 20 --send-timeout 2",
+    ): "a measurement; tests/test_stalled.py checks the same release black box",
     ("README.md", "bash scripts/check"): (
         "the checks themselves: CI runs this very command, and a test cannot run the suite it is in"
     ),
