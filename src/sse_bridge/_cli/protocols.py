@@ -73,8 +73,28 @@ def _read_progress(transport: asyncio.Transport, sock: socket.socket) -> tuple[i
     return transport.get_write_buffer_size() + _INT.unpack(queued)[0], acked
 
 
+# The transport's write buffer before uvicorn's send() waits (asyncio's default: 64 KiB). A
+# stalled client's connection holds this plus the write that crossed it.
+WRITE_HIGH_WATER = 16 * 1024
+# The kernel's send buffer of a client connection, fixed rather than autotuned to 4 MB: what a
+# stalled client pins in kernel memory, and what a fast stream writes before a stall shows. Ample
+# for event streams (about 1 MB/s at 100 ms of round trip).
+SEND_BUFFER = 128 * 1024
+
+
+def _bound_buffers(transport: asyncio.Transport) -> None:
+    transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+
+
 class H11WithAbort(H11Protocol):
     """uvicorn's h11 protocol; each request's scope offers ``ABORT_EXTENSION``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        _bound_buffers(transport)
+        super().connection_made(transport)
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -88,6 +108,10 @@ if HttpToolsProtocol is not None:
 
     class HttpToolsWithAbort(HttpToolsProtocol):
         """uvicorn's httptools protocol; each request's scope offers ``ABORT_EXTENSION``."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            _bound_buffers(transport)
+            super().connection_made(transport)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()

@@ -193,7 +193,10 @@ class Responder:
             # The hot path, once per body message: no further coroutine layers before send().
             more = message.get("more_body", False)
             events, more = self.converter.events(message.get("body", b""), more)
-            await self.write_bytes(self.payload(events), more=more)
+            payload = self.payload(events)
+            # Not held while the write waits (a stalled client): one object, not hundreds.
+            del events
+            await self.write_bytes(payload, more=more)
         elif kind == "http.response.start":
             await self.start(message)
         else:

@@ -8,6 +8,7 @@ connection reads one response at a time, and tells its pool (``transport.py``) w
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Protocol
 
 import httptools
@@ -17,10 +18,14 @@ from sse_bridge._core.headers import body_ends_with_close
 
 # Body bytes held for a consumer that has not read them yet before the socket stops being read:
 # the upstream then waits (TCP backpressure), as it would behind a slow client.
-READ_HIGH_WATER = 64 * 1024
+READ_HIGH_WATER = 16 * 1024
 # The most body one read hands the consumer: what a stalled client's stream holds in flight
 # between the upstream and the client's socket is a few of these (docs/reliability.md).
-TAKE_LIMIT = 64 * 1024
+TAKE_LIMIT = 16 * 1024
+# The kernel's receive buffer of an upstream connection, fixed rather than autotuned (to
+# megabytes on loopback): one socket read, which the connection holds whole until it is taken,
+# is then at most about this much. Ample for token streams from a nearby model server.
+RECEIVE_BUFFER = 16 * 1024
 
 
 class Pool(Protocol):
@@ -92,6 +97,9 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -102,6 +110,11 @@ class Connection(asyncio.Protocol):
             # httptools.HttpParserError (its errors module loaded twice).
             self.fail(httpx.RemoteProtocolError(f"upstream sent a malformed response: {exc}"))
             return
+        if len(self.chunks) > 1:
+            # One piece per read rather than one per chunk of the chunked encoding (a token
+            # each): a consumer that does not read, such as a stalled client's stream, holds
+            # one object instead of hundreds scattered over the allocator's arenas.
+            self.chunks = [b"".join(self.chunks)]
         if self.buffered > READ_HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -207,7 +220,7 @@ class Connection(asyncio.Protocol):
         return self.headers_ready
 
     def take(self) -> bytes:
-        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        data = self.chunks[0]
         if len(data) > TAKE_LIMIT:
             rest = data[TAKE_LIMIT:]
             data = data[:TAKE_LIMIT]
