@@ -251,6 +251,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "auth backend, is tests/test_resume_owner.py::"
         "test_as_middleware_the_owner_comes_from_the_apps_auth_outside_it"
     ),
+        "docs/reliability.md",
+        "sse-bridge serve --upstream http://127.0.0.1:11434 "
+        "--resume 'redis://127.0.0.1:6379/0?max_pending_bytes=16777216'",
+    ): "needs Redis on its usual port; tests/test_resume_backlog.py reads the bound from a URL",
     ("docs/reliability.md", ".venv/bin/python benchmarks/bench_stalled.py --clients 20"): (
         "a measurement: a minute of CPU at full load; tests/test_stalled.py checks the cut-off"
     ),

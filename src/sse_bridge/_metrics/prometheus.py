@@ -103,6 +103,12 @@ class BridgeMetrics:
             ["reason"],
             **options,
         )
+        self.resume_dropped = Counter(
+            "sse_bridge_resume_dropped",
+            "Events of resumable streams dropped while Redis was away, past max_pending_bytes "
+            "(those streams are no longer resumable; live clients got them).",
+            **options,
+        )
         # Every label value exported from the start, at zero: a rate() needs the series before
         # its first increment, and an alert on "no errors yet" needs it at all.
         self.children: dict[str, _Children] = {}
@@ -110,6 +116,12 @@ class BridgeMetrics:
             self.upstream_errors.labels(kind)
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason)
+
+    def watch_store(self, store: object) -> None:
+        """Count the events ``store`` drops for its backlog's bound (a Redis store's)."""
+        backlog = getattr(store, "backlog", None)
+        if backlog is not None:
+            backlog.on_dropped = self.resume_dropped.inc
 
     def start(self, context: StreamContext) -> None:
         """A request begins: it is active, and its gaps are counted."""

@@ -158,6 +158,8 @@ class SSEBridgeMiddleware:
                 owner=options.resume_owner,
             )
         )
+        if metrics is not None:
+            metrics.watch_store(self.store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

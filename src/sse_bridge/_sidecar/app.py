@@ -334,6 +334,7 @@ def build_sidecar(options: SidecarOptions) -> SidecarApp:
         # The dialect's series exist at zero from the start, on the metrics port too (whose
         # worker files hold only the series a worker has made): a fresh dashboard has data.
         recorder.label(bridge.dialect_name)
+        recorder.watch_store(bridge.store)
     app: ASGIApp = bridge
     resume_path = None if bridge.store is None else options.resume_path
     keyed_paths: tuple[str, ...] = () if resume_path is None else (resume_path,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from sse_bridge._resume.redis.backlog import Backlog
 from sse_bridge._resume.redis.client import Redis
 from sse_bridge._resume.redis.keys import Keys
 from sse_bridge._resume.store import StoreUnavailableError
@@ -49,6 +50,10 @@ class Shared(Protocol):
 
     @property
     def max_stream_bytes(self) -> int: ...
+
+    @property
+    def backlog(self) -> Backlog:
+        """The events waiting for Redis over all streams, and their bound."""
 
     @property
     def flush_window(self) -> float: ...

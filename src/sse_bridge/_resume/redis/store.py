@@ -16,11 +16,12 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
 from sse_bridge._core.validate import check_count, check_seconds
+from sse_bridge._resume.redis.backlog import DEFAULT_MAX_PENDING_BYTES, Backlog
 from sse_bridge._resume.redis.client import (
     ERRORS,
     SCHEMES,
@@ -66,11 +67,16 @@ class RedisStore:
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS) or
-            ``unix:///path/to/socket``.
+            ``unix:///path/to/socket``. Its query may set ``max_pending_bytes`` (so that
+            ``--resume`` can): ``redis://host:6379/0?max_pending_bytes=16777216``.
         ttl: seconds a finished stream stays resumable. Readers still following a stream when it
             expires get :class:`UnknownStreamError`.
         max_stream_bytes: events one stream keeps; past it, its oldest events go (in Redis with
             XTRIM, and from the events still waiting to be sent while Redis is away).
+        max_pending_bytes: events waiting to be sent over all streams while Redis is away or
+            slow; past it, whole streams stop being resumable, the oldest finished ones first
+            (counted in ``sse_bridge_resume_dropped_total``, logged once per outage). Live
+            clients get every event whatever happens here.
         heartbeat: seconds between this instance's signs of life; its streams' readers on other
             instances finish them when it has missed three.
         key_prefix: prepended to every key and channel, to share a Redis with other programs.
@@ -88,6 +94,7 @@ class RedisStore:
         *,
         ttl: float = DEFAULT_TTL,
         max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
+        max_pending_bytes: int | None = None,
         heartbeat: float = 1.0,
         key_prefix: str = "sse_bridge:",
         flush_window: float = FLUSH_WINDOW,
@@ -99,6 +106,12 @@ class RedisStore:
                 "the resume store URL must start with redis://, rediss:// or unix://, "
                 f"got {redact(url)!r}"
             )
+        url, from_url = _take_query(url, "max_pending_bytes")
+        if max_pending_bytes is None:
+            max_pending_bytes = DEFAULT_MAX_PENDING_BYTES if from_url is None else from_url
+        check_count(
+            "max_pending_bytes", max_pending_bytes, 1, "bytes of events waiting for Redis in all"
+        )
         check_seconds("resume ttl", ttl, "how long a finished stream stays resumable")
         check_count("max_stream_bytes", max_stream_bytes, 1, "bytes of events one stream keeps")
         check_seconds("heartbeat", heartbeat, "how often this instance tells Redis it lives")
@@ -128,6 +141,7 @@ class RedisStore:
         self.up = asyncio.Event()
         self.up.set()
         self.outages = 0
+        self.backlog = Backlog(max_pending_bytes, lambda: self.outages)
         self.live: dict[str, RedisRecording] = {}
         self.writer = Writer(self)
         self.readers: dict[str, int] = {}
@@ -326,3 +340,17 @@ async def stop(tasks: set[asyncio.Task[None]]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=RECANCEL)
+
+
+def _take_query(url: str, name: str) -> tuple[str, int | None]:
+    """``url`` without the query parameter ``name`` (redis-py refuses what it does not know),
+    and that parameter's value as a number of bytes."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    values = [value for key, value in query if key == name]
+    if not values:
+        return url, None
+    if len(values) > 1 or not values[0].isdigit():
+        raise ValueError(f"{name} in the resume store URL must be one number of bytes")
+    rest = urlencode([(key, value) for key, value in query if key != name])
+    return urlunsplit(parts._replace(query=rest)), int(values[0])

@@ -4,7 +4,9 @@ The hot path never waits for Redis: ``append`` numbers the events and queues the
 one writer task, which sends whatever all streams have piled up in one pipelined round trip (a
 group commit: the busier the instance, the more each round trip carries). While Redis is away the
 writer keeps the events (within ``max_stream_bytes``, like the stream itself) and sends them when
-it returns; the live stream does not notice.
+it returns; the live stream does not notice. The events waiting over all streams are bounded too
+(``max_pending_bytes``): past it, whole streams stop being resumable, the oldest finished ones
+first (``backlog.py``).
 """
 
 from __future__ import annotations
@@ -145,6 +147,11 @@ class RedisRecording:
         self.stop: Callable[[], None] | None = stop
         self.last = 0
         self.pending: deque[tuple[int, bytes]] = deque()
+        # Bytes of the events in ``pending``, counted in the store's backlog too.
+        self.pending_bytes = 0
+        # Its events were dropped for the backlog's bound: its keys are deleted when Redis is
+        # back, and it is resumable no more.
+        self.dropped = False
         # The sizes of the events kept (sent or not), the first of them event number ``first``,
         # and the first one Redis keeps (a XTRIM is due while it is below ``first``).
         self.sizes: deque[int] = deque()
@@ -168,15 +175,20 @@ class RedisRecording:
         if self.ended or not events:
             return
         seq = self.last
+        added = 0
         for event in events:
             seq += 1
             self.pending.append((seq, event))
             self.sizes.append(len(event))
-            self.size += len(event)
+            added += len(event)
+        self.size += added
         self.last = seq
+        self.pending_bytes += added
+        self.store.backlog.grow(added)
         if self.size > self.store.max_stream_bytes:
             self.drop_oldest()
         self.writer.mark(self)
+        self.store.backlog.bound(self.store.live.values())
 
     def drop_oldest(self) -> None:
         limit = self.store.max_stream_bytes
@@ -186,7 +198,24 @@ class RedisRecording:
             self.first += 1
         pending = self.pending
         while pending and pending[0][0] < self.first:
-            pending.popleft()
+            self.unqueue(len(pending.popleft()[1]))
+
+    def unqueue(self, size: int) -> None:
+        self.pending_bytes -= size
+        self.store.backlog.grow(-size)
+
+    def drop(self) -> int:
+        """Let every waiting event go (the backlog is over its bound); return how many. The
+        stream is resumable no more: its keys go when Redis is back."""
+        count = len(self.pending)
+        self.pending.clear()
+        self.store.backlog.grow(-self.pending_bytes)
+        self.pending_bytes = 0
+        self.dropped = True
+        self.ended = True
+        self.stop = None
+        self.writer.mark(self)
+        return count
 
     def finish(self) -> None:
         if self.ended:
@@ -208,6 +237,8 @@ class RedisRecording:
             return False
 
     def has_work(self) -> bool:
+        if self.dropped:
+            return not self.end_written
         return (
             self.written_in != self.store.outages
             or bool(self.pending)
@@ -218,6 +249,9 @@ class RedisRecording:
     def queue(self, pipe: Pipeline) -> Plan:
         """Add what this stream has to send to the writer's round trip."""
         store = self.store
+        if self.dropped:
+            pipe.delete(self.events_key, self.meta_key)
+            return Plan(1, 0, self.first, True, store.outages)
         batch = list(islice(self.pending, FLUSH_EVENTS))
         first = self.first
         ending = self.ended and len(batch) == len(self.pending)
@@ -247,7 +281,7 @@ class RedisRecording:
         """The round trip with ``plan`` went through."""
         self.written_in = plan.outages
         while self.pending and self.pending[0][0] <= plan.sent:
-            self.pending.popleft()
+            self.unqueue(len(self.pending.popleft()[1]))
         self.trimmed = max(self.trimmed, plan.first)
         self.end_written = self.end_written or plan.ending
 
@@ -285,6 +319,8 @@ class RedisRecording:
         self.ended = self.end_written = True
         self.written_in = self.store.outages
         self.pending.clear()
+        self.store.backlog.grow(-self.pending_bytes)
+        self.pending_bytes = 0
         self.stop = None
         with contextlib.suppress(*ERRORS):
             await self.store.client().delete(self.events_key, self.meta_key)
