@@ -166,6 +166,7 @@ def test_serve_streams_and_shuts_down_cleanly_on_sigterm() -> None:
     assert events[-1] == {
         "error": "the bridge is shutting down; retry the request",
         "finished": True,
+        "done_reason": "shutdown",
     }
     assert all("token" in e for e in events[:-1])
     # The one-second grace was given. Only a lower bound here, which a slow machine cannot

@@ -242,6 +242,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "docs/testing.md",
         "bash scripts/mutate 'src/sse_bridge/_core/codec.py' tests/test_codec.py",
     ): MUTATION,
+    ("docs/reliability.md", ".venv/bin/python benchmarks/bench_sigterm.py"): (
+        "a measurement with 300 streams; tests/test_shutdown.py runs its Redis form with 40"
+    ),
+    ("docs/reliability.md", ".venv/bin/python benchmarks/bench_sigterm.py --resume redis"): (
+        "a measurement with 300 streams; tests/test_shutdown.py runs it with 40"
+    ),
     (
         "docs/resume.md",
         "python:   app = AuthenticationMiddleware(  "
@@ -251,6 +257,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "auth backend, is tests/test_resume_owner.py::"
         "test_as_middleware_the_owner_comes_from_the_apps_auth_outside_it"
     ),
+    (
         "docs/reliability.md",
         "sse-bridge serve --upstream http://127.0.0.1:11434 "
         "--resume 'redis://127.0.0.1:6379/0?max_pending_bytes=16777216'",

@@ -125,6 +125,12 @@ class OllamaTranslator(JSONTranslator):
         self.finished = True
         return [json_event({"error": message, "finished": True})]
 
+    def shutdown(self, message: str) -> list[bytes]:
+        # The error event still (a client that knows only errors retries), and why it ended
+        # where Ollama's final chunk says it: done_reason.
+        self.finished = True
+        return [json_event({"error": message, "finished": True, "done_reason": "shutdown"})]
+
 
 DIALECTS: dict[str, Callable[[], Translator]] = {
     "raw": RawTranslator,

@@ -149,6 +149,12 @@ class Translator(ABC):
         self.finished = True
         return [json_event(STOPPED)]
 
+    def shutdown(self, message: str) -> list[bytes]:
+        """The final events of a stream the bridge itself ends as it shuts down (SIGTERM, once
+        ``--grace`` is over): the answer is incomplete, and a retry elsewhere may complete it.
+        Must set ``finished``. By default the dialect's error event (:meth:`fail`)."""
+        return self.fail(message)
+
 
 class JSONTranslator(Translator):
     """The template of the JSON dialects: each line is parsed once, then sorted into one hook.

@@ -45,6 +45,7 @@ TAKEN_OVER = (
 )
 ABANDONED = "the stream was cancelled: its client left and nobody resumed it within {grace:g} s"
 CANCELLED = "the stream was cancelled inside the server; the answer is incomplete"
+SHUTTING_DOWN = "the bridge is shutting down; retry the request"
 STALLED = "the stream was cancelled: its client accepted no data for {timeout:g} s"
 
 
@@ -160,7 +161,12 @@ class Responder:
                 # that the stream broke off, whatever the dialect.
                 events = self.converter.rest()
                 translator = self.converter.translator
-                if not (translator.finished or translator.completed):
+                if translator.finished or translator.completed:
+                    pass
+                elif self.stats.outcome is Outcome.SHUTDOWN:
+                    # The server in front (the sidecar's proxy) ended it for its shutdown.
+                    events += translator.shutdown(SHUTTING_DOWN)
+                else:
                     self.settle(Outcome.UPSTREAM_TRUNCATED)
                     events += translator.fail(APP_ENDED)
                 await self.write(events, more=False)

@@ -160,6 +160,10 @@ class Exchange:
         self.stats.settle(Outcome.SHUTDOWN)
         if not self.started:
             await send_json(self.send, 503, {"error": message}, [RETRY_AFTER])
+        elif self.ndjson and self.stats.converting and self.stats.status == 200:
+            # The middleware in front ends the event stream with its dialect's own last
+            # events for a shutdown (it reads the outcome): the body is just left unfinished.
+            return
         elif self.ndjson:
             await self.error_line(message)
         # Any other response is left unfinished: the server drops it, and the client sees a
