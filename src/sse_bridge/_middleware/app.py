@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -53,6 +54,10 @@ class SSEBridgeMiddleware:
             default: hand-written clients that expect each event to be one ``data:`` line break
             on it, and httpx-sse and the openai SDK then turn keepalives into empty events.
         retry: if set, an EventSource reconnection time in milliseconds, sent first.
+        retry_jitter: with ``retry``, each stream's value is spread at random by up to this
+            fraction either way (``0.2``: +-20 %), so that the EventSource clients of a
+            restarted instance do not all reconnect at the same moment; ``0`` (the default):
+            every stream gets ``retry`` exactly.
         ndjson_types: the media types treated as NDJSON.
         resume: make converted streams resumable (docs/resume.md): ``"memory"`` keeps them in
             this process, ``"redis://host:port/db"`` in Redis for several instances (the
@@ -82,6 +87,7 @@ class SSEBridgeMiddleware:
         max_line_bytes: int = _DEFAULT.max_line_bytes,
         event_ids: bool = _DEFAULT.event_ids,
         retry: int | None = _DEFAULT.retry,
+        retry_jitter: float = _DEFAULT.retry_jitter,
         ndjson_types: Sequence[str] = _DEFAULT.ndjson_types,
         resume: str | ResumeStore | None = _DEFAULT.resume,
         resume_path: str = _DEFAULT.resume_path,
@@ -100,6 +106,7 @@ class SSEBridgeMiddleware:
                 max_line_bytes=max_line_bytes,
                 event_ids=event_ids,
                 retry=retry,
+                retry_jitter=retry_jitter,
                 ndjson_types=ndjson_types,
                 resume=resume,
                 resume_path=resume_path,
@@ -143,7 +150,9 @@ class SSEBridgeMiddleware:
         self.send_timeout = options.send_timeout
         self.max_line_bytes = options.max_line_bytes
         self.event_ids = options.event_ids
-        self.retry = None if options.retry is None else encode_retry(options.retry)
+        self.retry_ms = options.retry
+        self.retry_jitter = options.retry_jitter
+        self.retry_field = None if options.retry is None else encode_retry(options.retry)
         self.ndjson_types = frozenset(options.ndjson_types)
         self.resume_grace = options.resume_grace
         self.store = open_store(options.resume, ttl=options.resume_ttl)
@@ -160,6 +169,14 @@ class SSEBridgeMiddleware:
         )
         if metrics is not None:
             metrics.watch_store(self.store)
+
+    @property
+    def retry(self) -> bytes | None:
+        """The ``retry:`` field for one new stream (spread by ``retry_jitter``), or None."""
+        if self.retry_ms is None or not self.retry_jitter:
+            return self.retry_field
+        spread = self.retry_ms * self.retry_jitter
+        return encode_retry(max(0, round(self.retry_ms + random.uniform(-spread, spread))))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

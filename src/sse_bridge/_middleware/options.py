@@ -74,6 +74,14 @@ class BridgeOptions(Options):
     retry: int | None = option(
         None, Spec("EventSource's reconnection time in milliseconds, sent first.", "object", cli="")
     )
+    retry_jitter: float = option(
+        0.0,
+        Spec(
+            "With retry: each stream's retry: value spread by up to this fraction, either way.",
+            "object",
+            cli="",
+        ),
+    )
     ndjson_types: Sequence[str] = option(
         NDJSON_TYPES,
         Spec(
@@ -133,6 +141,11 @@ class BridgeOptions(Options):
         resolve_dialect(self.dialect)  # a name it does not know is refused here
         if self.retry is not None:
             check_count("retry", self.retry, 0, "the reconnection time in milliseconds")
+        jitter = self.retry_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= 1:
+            raise ValueError(
+                f"retry_jitter must be a fraction from 0 to 1 (0.2: retry +-20 %), got {jitter!r}"
+            )
         check_resume(self.resume)
         if self.resume_owner is not None and not callable(self.resume_owner):
             raise ValueError(

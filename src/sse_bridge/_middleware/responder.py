@@ -257,8 +257,9 @@ class Responder:
         start.pop("trailers", None)
         await self.send(start)
         self.last_write = time.monotonic()
-        if self.bridge.retry is not None:
-            await self.write_bytes(self.bridge.retry, more=True)
+        retry = self.bridge.retry
+        if retry is not None:
+            await self.write_bytes(retry, more=True)
         if recording is not None and self.bridge.event_ids:
             # EventSource keeps an id without data: a stream that drops before its first event
             # (a model still loading) then resumes too, rather than start a second generation.

@@ -69,9 +69,11 @@ class EndpointBridge(Protocol):
 
     event_ids: bool
     keepalive: float
-    # The encoded ``retry:`` field, or None.
-    retry: bytes | None
     new_translator: Callable[[], Translator]
+
+    @property
+    def retry(self) -> bytes | None:
+        """The encoded ``retry:`` field for one stream, or None."""
 
 
 class ResumeEndpoints:
@@ -300,8 +302,9 @@ class _Reader:
     async def run(self) -> None:
         bridge = self.endpoints.bridge
         keepalive = bridge.keepalive
-        if bridge.retry is not None:
-            await self.write(bridge.retry, more=True)
+        retry = bridge.retry
+        if retry is not None:
+            await self.write(retry, more=True)
         # The position at which this reader last ended the stream for its dead owner.
         orphaned: int | None = None
         while True:

@@ -207,6 +207,7 @@ def create_proxy(
     max_line_bytes: int = _DEFAULT["max_line_bytes"],
     event_ids: bool = _DEFAULT["event_ids"],
     retry: int | None = _DEFAULT["retry"],
+    retry_jitter: float = _DEFAULT["retry_jitter"],
     ndjson_types: Sequence[str] = _DEFAULT["ndjson_types"],
     commit_after: float | None = _DEFAULT["commit_after"],
     commit_paths: Sequence[str] = _DEFAULT["commit_paths"],
@@ -236,7 +237,7 @@ def create_proxy(
         upstream: the base URL of the NDJSON server, e.g. ``http://127.0.0.1:11434``; the only
             host the proxy ever sends requests to.
         dialect, convert, keepalive, send_timeout, max_line_bytes, event_ids, retry,
-            ndjson_types: as for the middleware.
+            retry_jitter, ndjson_types: as for the middleware.
         commit_after: seconds to wait for the upstream's headers, when the client asked for an
             event stream, before committing a 200 stream and sending keepalives (Ollama writes
             no headers while a model loads). ``0`` never commits early (``None`` is accepted as
@@ -283,6 +284,7 @@ def create_proxy(
         max_line_bytes=max_line_bytes,
         event_ids=event_ids,
         retry=retry,
+        retry_jitter=retry_jitter,
         ndjson_types=ndjson_types,
         commit_after=off_as_zero(commit_after),
         commit_paths=commit_paths,
