@@ -242,6 +242,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "docs/testing.md",
         "bash scripts/mutate 'src/sse_bridge/_core/codec.py' tests/test_codec.py",
     ): MUTATION,
+    ("docs/reliability.md", "bash scripts/soak --minutes 30 --store memory"): (
+        "half an hour; tests/test_soak.py runs it for one minute with each store"
+    ),
+    ("docs/reliability.md", "bash scripts/soak --minutes 30 --store redis"): (
+        "half an hour; tests/test_soak.py runs it for one minute with each store"
+    ),
     ("docs/reliability.md", ".venv/bin/python benchmarks/bench_sigterm.py"): (
         "a measurement with 300 streams; tests/test_shutdown.py runs its Redis form with 40"
     ),

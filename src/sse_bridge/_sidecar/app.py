@@ -35,6 +35,8 @@ from sse_bridge._sidecar.chat import UIChat
 from sse_bridge._sidecar.logline import log_line
 from sse_bridge._sidecar.options import SidecarOptions
 from sse_bridge._sidecar.ready import Readiness
+from sse_bridge._sidecar.stats import install as install_stats
+from sse_bridge._sidecar.stats import uninstall as uninstall_stats
 from sse_bridge._types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -66,12 +68,16 @@ class SidecarApp:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        previous = self._chain_sigterm(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        previous = self._chain_sigterm(loop)
+        stats = install_stats(loop, lambda: len(self.proxy.exchanges), self.store)
         try:
             await self.app(scope, receive, send)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if stats:
+                uninstall_stats(loop)
 
     def _chain_sigterm(self, loop: asyncio.AbstractEventLoop) -> Any:
         # uvicorn installs its own handler before the lifespan starts; run ours, then its.
