@@ -102,11 +102,9 @@ class Responder:
         self.converting = False
         self.ended = False
         self.last_write = 0.0
-        # When the write in progress began (0: none is): the watch cuts off a client that
-        # holds one longer than send_timeout. A clock read per write, where a timeout scope
-        # around each send would cost 4-9 us (docs/reliability.md).
+        # When the write in progress began (0: none is), for the watch's send_timeout: a clock
+        # read per write, where a timeout scope would cost 4-9 us (docs/reliability.md).
         self.sending_since = 0.0
-        # The server's way to drop the connection, if it offers one (ABORT_EXTENSION).
         extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION) or {}
         self.abort: Callable[[], object] | None = extension.get("abort")
         self.progress: Callable[[], tuple[int, int]] | None = extension.get("progress")
@@ -161,14 +159,12 @@ class Responder:
                 # that the stream broke off, whatever the dialect.
                 events = self.converter.rest()
                 translator = self.converter.translator
-                if translator.finished or translator.completed:
-                    pass
-                elif self.stats.outcome is Outcome.SHUTDOWN:
-                    # The server in front (the sidecar's proxy) ended it for its shutdown.
-                    events += translator.shutdown(SHUTTING_DOWN)
-                else:
-                    self.settle(Outcome.UPSTREAM_TRUNCATED)
-                    events += translator.fail(APP_ENDED)
+                if not (translator.finished or translator.completed):
+                    if self.stats.outcome is Outcome.SHUTDOWN:  # the proxy's, on SIGTERM
+                        events += translator.shutdown(SHUTTING_DOWN)
+                    else:
+                        self.settle(Outcome.UPSTREAM_TRUNCATED)
+                        events += translator.fail(APP_ENDED)
                 await self.write(events, more=False)
         except Exception as exc:
             if self.converting and not self.closed:
@@ -200,8 +196,7 @@ class Responder:
             more = message.get("more_body", False)
             events, more = self.converter.events(message.get("body", b""), more)
             payload = self.payload(events)
-            # Not held while the write waits (a stalled client): one object, not hundreds.
-            del events
+            del events  # not held while a stalled client's write waits
             await self.write_bytes(payload, more=more)
         elif kind == "http.response.start":
             await self.start(message)
@@ -385,10 +380,9 @@ class Responder:
         await self.write_bytes(payload, more=False)
 
     def last_events(self, outcome: Outcome) -> list[bytes]:
-        """The events that end a stream stopped (``STOPPED``), abandoned by its client
-        (``CLIENT_DISCONNECTED``) or cut off from it (``CLIENT_STALLED``): none if its final
-        or terminal event has gone out already and only the upstream's end of body was still
-        to come."""
+        """The events that end a stream stopped, abandoned by its client or cut off from it
+        (``STOPPED``, ``CLIENT_DISCONNECTED``, ``CLIENT_STALLED``): none if its final or
+        terminal event has gone out and only the upstream's end of body was still to come."""
         translator = self.converter.translator
         if translator.completed:
             self.settle(Outcome.COMPLETED)
