@@ -51,6 +51,7 @@ RESUME_GRACE, RESUME_TTL = 2.0, 10.0
 # What an idle bridge may hold beyond its baseline: the upstream pool's idle connections
 # expire after 4 s; waited for below.
 SETTLE_SECONDS = 45.0
+FLOW_TIMEOUT = 60.0
 STATS = re.compile(r"sse_bridge: stats (.*)$")
 
 
@@ -181,6 +182,8 @@ class Traffic:
         self.answers = answers
         self.tally = tally
         self.running = True
+        # What each worker is reading: the report of a hang.
+        self.current: dict[int, Any] = {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(30), limits=httpx.Limits(max_connections=4 * WORKERS)
         )
@@ -190,17 +193,26 @@ class Traffic:
         while self.running:
             roll = rng.random()
             count = rng.choice(list(self.answers))
+            if roll < 0.10:
+                flow = self.leave_and_resume(count, rng)
+            elif roll < 0.15:
+                flow = self.stop(count, rng)
+            elif roll < 0.25:
+                flow = self.fault(count, rng)
+            else:
+                flow = self.whole(count)
+            stale = time.monotonic() - 2 * FLOW_TIMEOUT
+            for key in [k for k, r in self.current.items() if r.started < stale]:
+                del self.current[key]
             try:
-                if roll < 0.10:
-                    await self.leave_and_resume(count, rng)
-                elif roll < 0.15:
-                    await self.stop(count, rng)
-                elif roll < 0.25:
-                    await self.fault(count, rng)
-                else:
-                    await self.whole(count)
+                # A stream of at most 40 tokens at 40/s: a minute is a hang, reported as one.
+                await asyncio.wait_for(flow, FLOW_TIMEOUT)
             except (httpx.HTTPError, AssertionError, KeyError, ValueError) as exc:
                 self.fail(f"{type(exc).__name__}: {exc}")
+            except asyncio.TimeoutError:
+                old = time.monotonic() - FLOW_TIMEOUT / 2
+                hung = [r.describe() for r in self.current.values() if r.started < old]
+                self.fail(f"a stream hung for {FLOW_TIMEOUT:g} s: {hung}")
 
     def fail(self, message: str) -> None:
         self.tally.failures.append(message)
@@ -225,7 +237,12 @@ class Traffic:
         the response can be read by a later call)."""
         reader: EventReader = getattr(response, "_soak_reader", None) or EventReader(response)
         response._soak_reader = reader  # type: ignore[attr-defined]
-        return await reader.read(until)
+        self.current[id(reader)] = reader
+        try:
+            return await reader.read(until)
+        finally:
+            if reader.done:
+                self.current.pop(id(reader), None)
 
     async def whole(self, count: int) -> None:
         async with await self.events("POST", "/api/generate", json_body=self.body(count)) as r:
@@ -296,9 +313,22 @@ class EventReader:
     """One response's events, read in as many calls as a flow needs."""
 
     def __init__(self, response: httpx.Response) -> None:
+        self.response = response
         self.chunks = response.aiter_raw()
         self.parser = SSEParser()
         self.ready: list[Any] = []
+        self.seen: list[Any] = []
+        self.started = time.monotonic()
+        self.done = False
+
+    def describe(self) -> str:
+        request = self.response.request
+        body = request.content.decode(errors="replace")[:200]
+        return (
+            f"{request.method} {request.url.path} {body} "
+            f"status={self.response.status_code} headers={dict(self.response.headers)} "
+            f"events={self.seen[-5:]} ({len(self.seen)} in all)"
+        )
 
     async def read(self, until: int | None) -> list[Any]:
         found: list[Any] = []
@@ -307,12 +337,14 @@ class EventReader:
             while self.ready:
                 item = self.ready.pop(0)
                 found.append(item)
+                self.seen.append(item)
                 tokens += "token" in item[1]
                 if until is not None and tokens >= until:
                     return found
             try:
                 chunk = await self.chunks.__anext__()
             except StopAsyncIteration:
+                self.done = True
                 return found
             self.ready = [(e.id, json.loads(e.data)) for e in self.parser.feed(chunk)]
 

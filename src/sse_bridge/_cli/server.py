@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import json
 import logging
 import math
 import os
+import resource
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -57,7 +60,35 @@ def serve(server: ServerOptions, options: SidecarOptions) -> None:
             shutil.rmtree(made_dir, ignore_errors=True)
 
 
+# Open files per stream: the client's socket and the upstream's; and what the process holds
+# besides (its listening socket, the store's connections, logs, the event loop).
+FILES_PER_STREAM = 2
+FILES_BESIDES = 64
+
+
+def raise_open_files(max_streams: int) -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one (each stream holds two sockets); say so
+    on stderr when even that is below what ``max_streams`` needs. Return (limit, needed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = FILES_PER_STREAM * max_streams + FILES_BESIDES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(
+            f"sse-bridge: the open-file limit is {soft}, below the {needed} that "
+            f"--max-streams {max_streams} needs (two sockets per stream): streams past about "
+            f"{max(0, (soft - FILES_BESIDES) // FILES_PER_STREAM)} will fail to connect. Raise "
+            "the hard limit (ulimit -Hn, systemd's LimitNOFILE=) or lower --max-streams",
+            file=sys.stderr,
+        )
+    return soft, needed
+
+
 def _serve(server: ServerOptions, options: SidecarOptions) -> None:
+    # Per process: each worker has its own limit and serves up to --max-streams.
+    raise_open_files(options.max_streams)
     app = build_sidecar(options)
     if options.resume == "memory" and server.workers > 1:
         raise ValueError(
