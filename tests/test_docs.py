@@ -242,6 +242,9 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "docs/testing.md",
         "bash scripts/mutate 'src/sse_bridge/_core/codec.py' tests/test_codec.py",
     ): MUTATION,
+    ("docs/reliability.md", ".venv/bin/python benchmarks/bench_idle.py"): (
+        "10,000 streams for a minute; tests/test_idle.py runs it with 200 and a 1 s keepalive"
+    ),
     ("docs/reliability.md", "bash scripts/soak --minutes 30 --store memory"): (
         "half an hour; tests/test_soak.py runs it for one minute with each store"
     ),
