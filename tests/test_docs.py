@@ -242,6 +242,12 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "docs/testing.md",
         "bash scripts/mutate 'src/sse_bridge/_core/codec.py' tests/test_codec.py",
     ): MUTATION,
+    ("docs/reliability.md", ".venv/bin/python benchmarks/bench_storm.py"): (
+        "1,000 clients; tests/test_storm.py runs it with 100 and the same checks"
+    ),
+    ("docs/reliability.md", ".venv/bin/python benchmarks/bench_storm.py --max-streams 2500"): (
+        "1,000 clients; tests/test_storm.py runs it with 100 and the same checks"
+    ),
     ("docs/reliability.md", ".venv/bin/python benchmarks/bench_idle.py"): (
         "10,000 streams for a minute; tests/test_idle.py runs it with 200 and a 1 s keepalive"
     ),
