@@ -242,6 +242,9 @@ NOT_RUN: dict[tuple[str, str], str] = {
         "docs/testing.md",
         "bash scripts/mutate 'src/sse_bridge/_core/codec.py' tests/test_codec.py",
     ): MUTATION,
+    ("docs/reliability.md", ".venv/bin/python benchmarks/redis_faults.py"): (
+        "its 10 s pause; tests/test_redis_faults.py runs the kill and the empty restart"
+    ),
     ("docs/reliability.md", ".venv/bin/python benchmarks/bench_storm.py"): (
         "1,000 clients; tests/test_storm.py runs it with 100 and the same checks"
     ),
