@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import queue
@@ -52,6 +53,8 @@ RESUME_GRACE, RESUME_TTL = 2.0, 10.0
 # expire after 4 s; waited for below.
 SETTLE_SECONDS = 45.0
 FLOW_TIMEOUT = 60.0
+# The flow a reader belongs to (its worker's number), for the report of a hang.
+FLOW: contextvars.ContextVar[int] = contextvars.ContextVar("flow", default=-1)
 STATS = re.compile(r"sse_bridge: stats (.*)$")
 
 
@@ -182,8 +185,8 @@ class Traffic:
         self.answers = answers
         self.tally = tally
         self.running = True
-        # What each worker is reading: the report of a hang.
-        self.current: dict[int, Any] = {}
+        # What each worker's flow is reading: the report of a hang.
+        self.current: dict[int, list[EventReader]] = {}
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(30), limits=httpx.Limits(max_connections=4 * WORKERS)
         )
@@ -201,18 +204,17 @@ class Traffic:
                 flow = self.fault(count, rng)
             else:
                 flow = self.whole(count)
-            stale = time.monotonic() - 2 * FLOW_TIMEOUT
-            for key in [k for k, r in self.current.items() if r.started < stale]:
-                del self.current[key]
+            FLOW.set(seed)
+            name = getattr(flow, "__name__", "flow")
             try:
                 # A stream of at most 40 tokens at 40/s: a minute is a hang, reported as one.
                 await asyncio.wait_for(flow, FLOW_TIMEOUT)
             except (httpx.HTTPError, AssertionError, KeyError, ValueError) as exc:
-                self.fail(f"{type(exc).__name__}: {exc}")
+                self.fail(f"{name}: {type(exc).__name__}: {exc}")
             except asyncio.TimeoutError:
-                old = time.monotonic() - FLOW_TIMEOUT / 2
-                hung = [r.describe() for r in self.current.values() if r.started < old]
-                self.fail(f"a stream hung for {FLOW_TIMEOUT:g} s: {hung}")
+                hung = [r.describe() for r in self.current.pop(seed, [])]
+                self.fail(f"{name} hung for {FLOW_TIMEOUT:g} s: {hung}")
+            self.current.pop(seed, None)
 
     def fail(self, message: str) -> None:
         self.tally.failures.append(message)
@@ -237,12 +239,10 @@ class Traffic:
         the response can be read by a later call)."""
         reader: EventReader = getattr(response, "_soak_reader", None) or EventReader(response)
         response._soak_reader = reader  # type: ignore[attr-defined]
-        self.current[id(reader)] = reader
-        try:
-            return await reader.read(until)
-        finally:
-            if reader.done:
-                self.current.pop(id(reader), None)
+        readers = self.current.setdefault(FLOW.get(), [])
+        if reader not in readers:
+            readers.append(reader)
+        return await reader.read(until)
 
     async def whole(self, count: int) -> None:
         async with await self.events("POST", "/api/generate", json_body=self.body(count)) as r:

@@ -8,7 +8,6 @@ connection reads one response at a time, and tells its pool (``transport.py``) w
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Protocol
 
 import httptools
@@ -22,10 +21,6 @@ READ_HIGH_WATER = 16 * 1024
 # The most body one read hands the consumer: what a stalled client's stream holds in flight
 # between the upstream and the client's socket is a few of these (docs/reliability.md).
 TAKE_LIMIT = 16 * 1024
-# The kernel's receive buffer of an upstream connection, fixed rather than autotuned (to
-# megabytes on loopback): one socket read, which the connection holds whole until it is taken,
-# is then at most about this much. Ample for token streams from a nearby model server.
-RECEIVE_BUFFER = 16 * 1024
 
 
 class Pool(Protocol):
@@ -97,9 +92,6 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         try:
