@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from loadtests.soak_svg import svg
-from loadtests.stack import BIN, fake_ollama, free_port, wait_http
+from loadtests.stack import BIN, free_port, wait_http
 from sse_bridge.testing import SSEParser
 
 SAMPLE_EVERY = 5.0
@@ -132,6 +132,29 @@ def serve(upstream: str, resume: str) -> Iterator[Bridge]:
         if tracebacks:
             print(f"soak: the bridge logged {tracebacks} traceback(s):", file=sys.stderr)
             print("".join(log[-80:]), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def fake(workdir: Path) -> Iterator[str]:
+    """The fake Ollama, its log in a file: through a pipe nobody reads, its warnings (one per
+    fault) fill the pipe after a minute or two, and then its event loop blocks on the write."""
+    port = free_port()
+    with (workdir / "soak-fake.log").open("w") as log:
+        process = subprocess.Popen(
+            [
+                *(str(BIN), "fake-ollama", "--port", str(port)),
+                *("--tokens-per-second", str(PACE), "--log-level", "warning"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/", process)  # type: ignore[arg-type]
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @contextlib.contextmanager
@@ -462,7 +485,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        upstream = stack.enter_context(fake_ollama("--tokens-per-second", str(PACE)))
+        upstream = stack.enter_context(fake(workdir=Path(args.out).parent))
         resume = "memory" if args.store == "memory" else stack.enter_context(redis_server())
         bridge = stack.enter_context(serve(upstream, resume))
         result = asyncio.run(soak(bridge, upstream, args.minutes, args.seed))
