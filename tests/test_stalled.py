@@ -286,3 +286,35 @@ def test_serve_releases_a_stalled_clients_upstream(http: str, kind: str) -> None
     assert "outcome=client_stalled" in stderr
     assert "Traceback" not in stderr
     assert released_after <= send_timeout + 5
+
+
+async def test_a_stalled_resume_reader_is_cut_off_too() -> None:
+    """GET /streams/<id>: the replay's write blocks, the reader is cut off and aborted."""
+    context = StreamContext()
+    middleware = SSEBridgeMiddleware(
+        cancellable(endless_app([]), context),
+        dialect="ollama",
+        keepalive=0,
+        send_timeout=0.2,
+        resume="memory",
+        resume_grace=5,
+    )
+    store = middleware.store
+    assert store is not None
+    await store.open()
+    recording = store.record(lambda: None)
+    recording.append([b'data: {"token":"a"}\n\n'] * 50)
+    client = StalledClient(accepts=0)
+    reader_context = StreamContext()
+    scope = http_scope(
+        None,
+        method="GET",
+        path=f"/streams/{recording.stream_id}",
+        **{STREAM_KEY: reader_context},
+        extensions={ABORT_EXTENSION: {"abort": client.abort}},
+    )
+    with anyio.fail_after(10):
+        await middleware(scope, client.receive, client.send)
+    assert client.aborted.is_set()
+    assert reader_context.outcome is Outcome.CLIENT_STALLED
+    recording.finish()

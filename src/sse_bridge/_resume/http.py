@@ -21,7 +21,7 @@ import anyio
 
 from sse_bridge._core.asgi import send_json
 from sse_bridge._core.codec import encode_comment
-from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
+from sse_bridge._core.context import ABORT_EXTENSION, STREAM_KEY, Outcome, StreamContext
 from sse_bridge._core.headers import RETRY_AFTER, STREAM_ID_HEADER, event_stream_headers, header
 from sse_bridge._dialects.translator import Translator
 from sse_bridge._resume.binding import Binding, Owner
@@ -30,6 +30,7 @@ from sse_bridge._resume.store import (
     BadPositionError,
     Follower,
     OwnerLostError,
+    ReaderStalledError,
     Recording,
     ResumeError,
     ResumeStore,
@@ -69,6 +70,7 @@ class EndpointBridge(Protocol):
 
     event_ids: bool
     keepalive: float
+    send_timeout: float
     new_translator: Callable[[], Translator]
 
     @property
@@ -266,12 +268,15 @@ class ResumeEndpoints:
         own = [*self.bridge.new_translator().headers, (STREAM_ID_HEADER, stream_id.encode())]
         headers = event_stream_headers(own, scope.get("http_version"))
         reader = _Reader(self, send, stream_id, after, follower, context)
+        extension = (scope.get("extensions") or {}).get(ABORT_EXTENSION) or {}
+        reader.abort = extension.get("abort", reader.abort)
         try:
             context.status = 200
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             async with anyio.create_task_group() as group:
                 group.start_soon(_until_disconnect, receive, group.cancel_scope, context)
-                await reader.run()
+                with contextlib.suppress(ReaderStalledError):
+                    await reader.run()
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -298,6 +303,7 @@ class _Reader:
         self.follower = follower
         self.context = context
         self.last_write = time.monotonic()
+        self.abort: Callable[[], object] = lambda: None  # the server's, if it offers one
 
     async def run(self) -> None:
         bridge = self.endpoints.bridge
@@ -356,7 +362,12 @@ class _Reader:
         await self.write(b"".join(events), more=False)
 
     async def write(self, payload: bytes, *, more: bool) -> None:
-        await self.send({"type": "http.response.body", "body": payload, "more_body": more})
+        with anyio.move_on_after(self.endpoints.bridge.send_timeout or math.inf) as waited:
+            await self.send({"type": "http.response.body", "body": payload, "more_body": more})
+        if waited.cancelled_caught:  # send_timeout (a scope per replayed batch costs little)
+            self.context.settle(Outcome.CLIENT_STALLED)
+            self.abort()
+            raise ReaderStalledError
         self.context.bytes += len(payload)
         self.last_write = time.monotonic()
 
@@ -371,8 +382,7 @@ async def _until_disconnect(
 
 
 def _context(scope: Scope) -> StreamContext:
-    context: StreamContext | None = scope.get(STREAM_KEY)
-    return context if context is not None else StreamContext()
+    return scope.get(STREAM_KEY) or StreamContext()
 
 
 async def _refuse(send: Send, context: StreamContext, error: ResumeError) -> None:

@@ -32,6 +32,10 @@ Batch = list[tuple[int, bytes]]
 """Events as (sequence number, encoded event)."""
 
 
+class ReaderStalledError(Exception):
+    """A resumed stream's reader accepted no bytes for ``send_timeout`` seconds: cut off."""
+
+
 class ResumeError(Exception):
     """A resume or a stop that cannot be served; ``status`` is the HTTP status that says why."""
 
