@@ -401,7 +401,13 @@ class Run:
         row: dict[str, Any] = {"t": round(time.monotonic() - self.started, 2), "phase": phase}
         row.update(process_figures(self.bridge.process.pid))
         stats = self.bridge.stats()
-        for key in ("tasks", "streams", "store_streams", "store_pending_bytes"):
+        for key in (
+            "tasks",
+            "streams",
+            "store_streams",
+            "store_pending_bytes",
+            "store_connections",
+        ):
             if key in stats:
                 row[key] = stats[key]
         self.samples.append(row)
@@ -435,8 +441,14 @@ class Run:
         return row
 
 
+def own_fds(row: dict[str, Any]) -> int:
+    """The bridge's fds but the Redis client's pooled connections: the pool keeps what it made,
+    up to its bound, and may have made one more in the traffic than by the baseline."""
+    return int(row["fds"]) - int(row.get("store_connections", 0))
+
+
 def back(row: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    return bool(row["fds"] <= baseline["fds"] and row["tasks"] <= baseline["tasks"])
+    return own_fds(row) <= own_fds(baseline) and row["tasks"] <= baseline["tasks"]
 
 
 def rss_slope_mib_per_minute(rows: list[dict[str, Any]]) -> float:
@@ -514,7 +526,8 @@ def verdict(result: dict[str, Any], rss_slope: float) -> list[str]:
     baseline, final = result["baseline"], result["final"]
     if not back(final, baseline):
         problems.append(
-            f"not back at the baseline after traffic: fds {final['fds']} (was {baseline['fds']}), "
+            f"not back at the baseline after traffic: fds {final['fds']} (was {baseline['fds']}; "
+            f"the bridge's own {own_fds(final)}, was {own_fds(baseline)}), "
             f"tasks {final['tasks']} (was {baseline['tasks']})"
         )
     if final["streams"]:

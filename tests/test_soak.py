@@ -58,11 +58,14 @@ def test_the_verdict_names_each_problem() -> None:
     problems = verdict(result, 8.0)
     assert len(problems) == 4, problems
     assert "a stream failed" in problems[0]
-    assert "fds 12 (was 10)" in problems[1]
+    assert "fds 12 (was 10; the bridge's own 12, was 10)" in problems[1]
     assert "still open" in problems[2]
     assert "9.5 MiB/min" in problems[3]
     assert back({"fds": 10, "tasks": 3}, baseline)
     assert not back({"fds": 10, "tasks": 4}, baseline)
+    # The Redis client's pooled connections are the pool's, not the bridge's.
+    assert back({"fds": 12, "tasks": 3, "store_connections": 2}, baseline)
+    assert not back({"fds": 12, "tasks": 3, "store_connections": 1}, baseline)
 
 
 def test_the_rss_slope_is_a_least_squares_rate() -> None:

@@ -18,7 +18,12 @@ def test_the_figures_of_a_process_and_its_stores() -> None:
     async def figures() -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         memory = MemoryStore()
         memory.record(lambda: None)
-        redis_like = SimpleNamespace(live={"a": 1, "b": 2}, backlog=SimpleNamespace(bytes=77))
+        pool = SimpleNamespace(_available_connections=[1, 2], _in_use_connections={3})
+        redis_like = SimpleNamespace(
+            live={"a": 1, "b": 2},
+            backlog=SimpleNamespace(bytes=77),
+            redis=SimpleNamespace(connection_pool=pool),
+        )
         return stats.figures(3, memory), stats.figures(0, redis_like), stats.figures(0, None)
 
     memory, redis_like, none = asyncio.run(figures())
@@ -29,6 +34,7 @@ def test_the_figures_of_a_process_and_its_stores() -> None:
     assert memory["fds"] > 2
     assert redis_like["store_streams"] == 2
     assert redis_like["store_pending_bytes"] == 77
+    assert redis_like["store_connections"] == 3
     assert "store_streams" not in none
 
 

@@ -2,7 +2,8 @@
 
 ``stats rss_kib=... fds=... tasks=... streams=... store_streams=... store_pending_bytes=...``:
 resident memory and open file descriptors (from ``/proc``, on Linux), asyncio tasks, open
-streams, and the resume store's streams and the bytes waiting for Redis. A signal rather than an
+streams, and the resume store's streams, the bytes waiting for Redis and the Redis client's
+pooled connections (``store_connections``). A signal rather than an
 endpoint: nothing to guard, and only the process's owner can send it.
 """
 
@@ -38,6 +39,12 @@ def figures(streams: int, store: object) -> dict[str, int]:
         backlog = getattr(store, "backlog", None)
         if backlog is not None:
             found["store_pending_bytes"] = backlog.bytes
+        # The Redis client's pooled connections: fds of their own, kept idle once made.
+        pool = getattr(getattr(store, "redis", None), "connection_pool", None)
+        if pool is not None:
+            found["store_connections"] = len(getattr(pool, "_available_connections", ())) + len(
+                getattr(pool, "_in_use_connections", ())
+            )
     return found
 
 
