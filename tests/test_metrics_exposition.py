@@ -33,6 +33,10 @@ HELP = {
         "Requests refused by the limits: max_streams (503), body_too_large (413), "
         "unauthorized (401), bad_request (400: ambiguous framing, a path out of the base)."
     ),
+    "sse_bridge_resume_dropped": (
+        "Events of resumable streams dropped while Redis was away, past max_pending_bytes "
+        "(those streams are no longer resumable; live clients got them)."
+    ),
 }
 HISTOGRAMS = [name for name in HELP if name.endswith("_seconds")]
 
