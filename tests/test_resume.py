@@ -804,7 +804,9 @@ class Scripted(MemoryStore):
 
     def __init__(self, errors: list[Exception], orphan_fails: bool = False) -> None:
         super().__init__()
-        self.errors = errors
+        # A copy: the list may be a test's parameter, which pytest keeps for the next run of
+        # the test in this process (mutmut runs the tests several times in one).
+        self.errors = list(errors)
         self.orphan_fails = orphan_fails
         self.orphaned: list[tuple[int, list[bytes]]] = []
 
