@@ -143,10 +143,10 @@ class ResumeEndpoints:
         except ResumeError as exc:
             self.retry_at = time.monotonic() + OPEN_RETRY
             if not self.unreachable:
+                # Once: a store that opens stays open, so there is no second outage to tell.
                 self.unreachable = True
                 logger.warning("sse_bridge: streams are not resumable for now: %s", exc)
             return None
-        self.unreachable = False
         bound = self.binding.of(scope)
         # Without an owner, as a store of the protocol's first version takes it.
         return self.store.record(stop) if bound is None else self.store.record(stop, bound)
