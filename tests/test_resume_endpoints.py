@@ -5,6 +5,7 @@ its top). Called as ASGI in process, as tests/test_resume.py does."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -14,7 +15,9 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from sse_bridge._core.context import STREAM_KEY, Outcome, StreamContext
+from sse_bridge._core.context import ABORT_EXTENSION, STREAM_KEY, Outcome, StreamContext
+from sse_bridge._resume import http
+from sse_bridge._resume.binding import owner_hash
 from sse_bridge._resume.http import OPEN_RETRY, with_stream_id
 from sse_bridge._resume.memory import MemoryStore
 from sse_bridge._resume.store import (
@@ -439,3 +442,93 @@ def test_a_dialects_own_id_line_gives_way_and_the_rest_of_the_event_stays() -> N
     event = b"id: 7\nevent: message\ndata: {}\n\n"
     assert with_stream_id(b"id: S:", 3, event) == b"id: S:3\nevent: message\ndata: {}\n\n"
     assert with_stream_id(b"id: S:", 3, b"data: {}\n\n") == b"id: S:3\ndata: {}\n\n"
+
+
+# --- a reader that stalls, or waits in silence -----------------------------------------------
+
+
+class Stalled(Leaver):
+    """A client that accepts the response's start, then not one byte."""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            await anyio.sleep_forever()
+        await super().send(message)
+
+
+@pytest.mark.parametrize("offered", [True, False])
+async def test_a_reader_that_accepts_nothing_is_cut_off_at_the_send_timeout(offered: bool) -> None:
+    mw = bridge(Generation(), send_timeout=0.05)
+    original = Leaver()
+    await run(mw, original)
+    sid = original.headers[b"x-stream-id"].decode()
+    aborted: list[int] = []
+    reader, context = Stalled(), StreamContext()
+    scope = {**get(f"/streams/{sid}"), STREAM_KEY: context}
+    if offered:  # the server's way to drop the connection at once
+        scope["extensions"] = {ABORT_EXTENSION: {"abort": lambda: aborted.append(1)}}
+    await run(mw, reader, scope)
+    assert reader.start["status"] == 200
+    assert context.outcome is Outcome.CLIENT_STALLED
+    assert aborted == ([1] if offered else [])
+
+
+async def test_without_keepalives_a_silent_resume_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http, "IDLE_WAIT", 0.01)  # waits of 30 s, made short
+
+    class Watched(MemoryStore):
+        """A store that tells when a reader's wait ended with nothing."""
+
+        idle = 0
+        waited = anyio.Event()
+
+        async def follow(self, stream_id: str, after: int) -> Any:
+            inner = await super().follow(stream_id, after)
+            store = self
+
+            class Follower:
+                async def next(self, wait: float) -> Batch | None:
+                    batch = await inner.next(wait)
+                    if batch == []:
+                        store.idle += 1
+                        store.waited.set()
+                        store.waited = anyio.Event()
+                    return batch
+
+                async def aclose(self) -> None:
+                    await inner.aclose()
+
+            return Follower()
+
+    app = Paused()
+    store = Watched()
+    mw = bridge(app, resume=store)
+    reader = Leaver()
+    async with anyio.create_task_group() as group:
+        sid = await original_stream(mw, group)
+        group.start_soon(run, mw, reader, get(f"/streams/{sid}"))
+        with anyio.fail_after(5):
+            while store.idle < 3:
+                await store.waited.wait()
+        app.release.set()
+    assert b": ping\n\n" not in [m.get("body") for m in reader.bodies]
+    assert reader.data == await uninterrupted(2)
+
+
+# --- what stores and logs keep of owners and ids ---------------------------------------------
+
+
+def test_an_owner_hash_is_the_same_on_every_instance_and_version() -> None:
+    # Instances of different versions share one Redis: the hash of an owner must not change.
+    alice = "b2b51f192be9e63035de2bff1a9771196c41300d675ffdb0e4666a1b899f8ced"
+    assert owner_hash("alice") == alice
+    # Any text an owner function returns is hashed, even one no codec would encode.
+    assert owner_hash("\udcff") != owner_hash("\udcfe")
+
+
+def test_a_stream_tag_is_the_first_12_hex_digits_of_the_ids_sha256() -> None:
+    sid = "Plk-6c6osv3LRV1c2DND1Q"
+    assert stream_tag(sid) == hashlib.sha256(sid.encode()).hexdigest()[:12] == "1d8546d25204"
+    assert stream_tag("\udcff") != stream_tag("\udcfe")
