@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,6 +23,7 @@ from sse_bridge._resume import http
 from sse_bridge._resume.binding import owner_hash
 from sse_bridge._resume.http import OPEN_RETRY, with_stream_id
 from sse_bridge._resume.memory import MemoryStore
+from sse_bridge._resume.open import open_store
 from sse_bridge._resume.store import (
     Batch,
     OwnerLostError,
@@ -532,3 +536,71 @@ def test_a_stream_tag_is_the_first_12_hex_digits_of_the_ids_sha256() -> None:
     sid = "Plk-6c6osv3LRV1c2DND1Q"
     assert stream_tag(sid) == hashlib.sha256(sid.encode()).hexdigest()[:12] == "1d8546d25204"
     assert stream_tag("\udcff") != stream_tag("\udcfe")
+
+
+# --- the readers' bound, owners, stores of the first version -----------------------------------
+
+
+async def test_a_stream_at_its_most_readers_refuses_one_more_by_either_way() -> None:
+    app = Paused()
+    mw = bridge(app, event_ids=True, resume_max_readers=1)
+    full = "this stream has 1 readers already (the most); retry later"
+    async with anyio.create_task_group() as group:
+        sid = await original_stream(mw, group)
+        other = await original_stream(mw, group)
+        readers = [Leaver(), Leaver()]
+        for reader, stream in zip(readers, (sid, other), strict=True):
+            group.start_soon(run, mw, reader, get(f"/streams/{stream}"))
+            await reader.until(1)  # each stream's bound is its own
+        by_get, get_context = Leaver(), StreamContext()
+        await run(mw, by_get, {**get(f"/streams/{sid}"), STREAM_KEY: get_context})
+        by_id = Leaver()
+        last = (b"last-event-id", f"{sid}:0".encode())
+        await run(mw, by_id, http_scope([*get("/")["headers"], last]))
+        app.release.set()
+    for refused in (by_get, by_id):
+        assert answer(refused) == json_error(429, full, (b"retry-after", b"1"))
+    assert (get_context.status, get_context.outcome) == (429, Outcome.UPSTREAM_ERROR)
+    assert app.started == 2
+    whole = await uninterrupted(2)
+    assert [reader.data for reader in readers] == [whole, whole]
+
+
+async def test_an_owner_stops_its_own_stream() -> None:
+    app = Paused()
+    mw = bridge(app, resume_owner=lambda scope: "alice")
+    original = Leaver()
+    async with anyio.create_task_group() as group:
+        group.start_soon(run, mw, original)
+        await original.until(1)
+        sid = original.headers[b"x-stream-id"].decode()
+        stop = Leaver()
+        await run(mw, stop, get(f"/streams/{sid}", method="DELETE"))
+    assert stop.start["status"] == 204
+    assert json.loads(original.data[-1]) == {"finished": True, "done_reason": "stopped"}
+    assert not app.release.is_set()
+
+
+async def test_a_store_of_the_protocols_first_version_keeps_streams() -> None:
+    class FirstVersion(MemoryStore):
+        """Its ``record`` takes no owner: written before streams could have one."""
+
+        def record(self, stop: Callable[[], None]) -> Any:  # type: ignore[override]
+            return super().record(stop)
+
+    mw = bridge(Generation(), resume=FirstVersion())
+    original = Leaver()
+    await run(mw, original)
+    reader = Leaver()
+    await run(mw, reader, get(f"/streams/{original.headers[b'x-stream-id'].decode()}"))
+    assert reader.data == original.data
+
+
+def test_a_redis_url_without_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the resume extra were not installed: the Redis store's modules import afresh.
+    for name in ("sse_bridge._resume.redis.store", "sse_bridge._resume.redis.client"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    message = "the Redis resume store needs redis-py: pip install 'sse-bridge[resume]'"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        open_store("redis://127.0.0.1:6379/0")
