@@ -87,7 +87,7 @@ class ResumeEndpoints:
         store: ResumeStore,
         path: str,
         *,
-        max_readers: int = 32,
+        max_readers: int,
         owner: Owner | None = None,
     ) -> None:
         self.bridge = bridge
