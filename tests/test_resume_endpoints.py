@@ -581,6 +581,18 @@ async def test_an_owner_stops_its_own_stream() -> None:
     assert not app.release.is_set()
 
 
+async def test_an_owner_resumes_its_own_stream_through_last_event_id() -> None:
+    app = Generation()
+    mw = bridge(app, event_ids=True, resume_owner=lambda scope: "alice")
+    original = Leaver()
+    await run(mw, original)
+    again = Leaver()
+    last = (b"last-event-id", original.ids[4].encode())
+    await run(mw, again, http_scope([*get("/")["headers"], last]))
+    assert app.started == 1
+    assert again.data == original.data[4:]
+
+
 async def test_a_store_of_the_protocols_first_version_keeps_streams() -> None:
     class FirstVersion(MemoryStore):
         """Its ``record`` takes no owner: written before streams could have one."""
