@@ -1,0 +1,137 @@
+"""The httptools transport's flow control, as the upstream sees it: a body nobody reads holds the
+upstream back (TCP backpressure) and reading it lets the upstream go on, however often that
+happens; a request body the upstream does not read ends in a write timeout.
+
+"Held back" is what the upstream sees: its writes stop draining. Each test waits for that with
+a bound that a working transport always exceeds (it holds the upstream for good), so a slow
+machine can only make a broken transport look working, never the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from sse_bridge._proxy.upstream.connection import TAKE_LIMIT
+from tests.test_upstream import HEAD_CHUNKED, chunked, client, upstream
+
+pytestmark = pytest.mark.anyio
+
+# How long a write of the upstream may wait to drain before the upstream counts as held back.
+HELD = 0.5
+
+
+class Producer:
+    """An upstream that streams `size` bytes of chunked body in small chunks, and notes each time
+    its writes stop draining (the client's transport stopped reading) and when it is done."""
+
+    def __init__(self, size: int, chunk: int = 4096) -> None:
+        self.size = size
+        self.chunk = chunk
+        self.held = asyncio.Event()
+        self.holds = 0
+        self.done = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD_CHUNKED)
+        # Small chunks: the transport must count the body bytes of a read, not its last chunk.
+        piece = chunked(b"x" * self.chunk)[:-5]
+        for _ in range(self.size // self.chunk):
+            writer.write(piece)
+            try:
+                await asyncio.wait_for(writer.drain(), HELD)
+            except TimeoutError:
+                self.holds += 1
+                self.held.set()
+                await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        self.done.set()
+        await reader.read()
+
+    async def held_or_done(self) -> None:
+        """Until the upstream is held back again, or has sent everything (bounded)."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.held, self.done)]
+        try:
+            await asyncio.wait(waits, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+
+async def test_a_body_nobody_reads_holds_the_upstream_back_each_time() -> None:
+    producer = Producer(32 * 1024 * 1024)
+    pieces: list[bytes] = []
+    async with (
+        upstream(producer) as (url, _),
+        client() as http,
+        http.stream("GET", url) as response,
+    ):
+        stream = response.aiter_raw()
+        pieces.append(await anext(stream))
+        total = len(pieces[0])
+        for _ in range(2):
+            # Nobody reads: the transport stops reading the socket, the upstream is held back.
+            await producer.held_or_done()
+            assert producer.held.is_set(), "the upstream sent its whole body to a stalled reader"
+            producer.held.clear()
+            # Reading lets it go on: 2 MB read, then nobody reads again.
+            goal = total + 2 * 1024 * 1024
+            while total < goal:
+                pieces.append(await anext(stream))
+                total += len(pieces[-1])
+        assert producer.holds >= 2
+        assert not producer.done.is_set()
+        pieces += [piece async for piece in stream]
+    assert producer.done.is_set()
+    assert sum(map(len, pieces)) == producer.size
+    # What the transport held while nobody read comes out in pieces of at most TAKE_LIMIT.
+    assert max(map(len, pieces)) == TAKE_LIMIT
+
+
+class Deaf:
+    """An upstream that reads a request's head, then nothing until the client has given up; then it
+    reads everything the client had sent, to its end."""
+
+    def __init__(self) -> None:
+        self.given_up = asyncio.Event()
+        self.read = 0
+        self.finished = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await self.given_up.wait()
+        try:
+            while data := await reader.read(1 << 20):
+                self.read += len(data)
+        finally:
+            self.finished.set()
+
+
+async def parts() -> AsyncIterator[bytes]:
+    for _ in range(64):
+        yield b"x" * (1024 * 1024)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "streamed"])
+async def test_a_body_the_upstream_does_not_read_times_out_on_write(
+    streamed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    deaf = Deaf()
+    content = parts() if streamed else b"x" * (64 * 1024 * 1024)
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        async with upstream(deaf) as (url, _), client(write=0.2, read=2) as http:
+            with pytest.raises(httpx.WriteTimeout, match=r"^timed out$"):
+                # Bounded: a write that waited with no timeout would hang here.
+                await asyncio.wait_for(http.post(url, content=content), 10)
+            deaf.given_up.set()
+            # The upstream reads what was sent: the transport's buffer drains and the socket
+            # closes, with nothing left waiting for it.
+            await asyncio.wait_for(deaf.finished.wait(), 10)
+    assert deaf.read > 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
