@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -34,15 +35,23 @@ class Producer:
         self.chunk = chunk
         self.held = asyncio.Event()
         self.holds = 0
+        self.written = 0
         self.done = asyncio.Event()
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
+        # A small send buffer: what the client's transport reads frees room the upstream sees.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         writer.write(HEAD_CHUNKED)
         # Small chunks: the transport must count the body bytes of a read, not its last chunk.
         piece = chunked(b"x" * self.chunk)[:-5]
+        high = writer.transport.get_write_buffer_limits()[1]
         for _ in range(self.size // self.chunk):
             writer.write(piece)
+            self.written += self.chunk
+            if writer.transport.get_write_buffer_size() <= high:
+                continue  # the sockets take it: write on without letting the client read
             try:
                 await asyncio.wait_for(writer.drain(), HELD)
             except TimeoutError:
@@ -92,6 +101,28 @@ async def test_a_body_nobody_reads_holds_the_upstream_back_each_time() -> None:
     assert sum(map(len, pieces)) == producer.size
     # What the transport held while nobody read comes out in pieces of at most TAKE_LIMIT.
     assert max(map(len, pieces)) == TAKE_LIMIT
+
+
+async def test_taking_one_piece_of_a_large_backlog_lets_the_upstream_send_nothing_more() -> None:
+    """The transport reads the socket again only once what it holds is down to READ_HIGH_WATER."""
+    producer = Producer(32 * 1024 * 1024)
+    async with (
+        upstream(producer) as (url, _),
+        client() as http,
+        http.stream("GET", url) as response,
+    ):
+        stream = response.aiter_raw()
+        # The upstream wrote until the sockets were full: one read took far more than
+        # READ_HIGH_WATER before the transport stopped reading.
+        await producer.held_or_done()
+        assert producer.held.is_set()
+        written = producer.written
+        pieces = [await anext(stream)]
+        # Bounded: a transport that read on would let the upstream write within this.
+        await asyncio.sleep(HELD)
+        assert producer.written == written
+        pieces += [piece async for piece in stream]
+    assert sum(map(len, pieces)) == producer.size
 
 
 class Deaf:
