@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from sse_bridge._proxy.upstream.transport import HttptoolsTransport
-from tests.test_upstream import HEAD_CHUNKED, answer_each, chunked, client, upstream
+from tests.test_upstream import HEAD_CHUNKED, Handler, answer_each, chunked, client, upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -130,3 +130,34 @@ async def test_an_idle_connection_the_upstream_closes_is_dropped_quietly(
             assert (await http.get(url)).content == b"ok"
     assert len(heads) == 2
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_each_origin_has_a_pool_of_its_own() -> None:
+    def answering(name: bytes) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n" + name)
+                await writer.drain()
+
+        return handler
+
+    async with (
+        upstream(answering(b"a")) as (a, _),
+        upstream(answering(b"b")) as (b, _),
+        httpx.AsyncClient(transport=HttptoolsTransport()) as http,
+    ):
+        # Kept-alive connections to one are never handed out for the other.
+        answers = [(await http.get(url)).content for url in (a, b, a, b)]
+    assert answers == [b"a", b"b", b"a", b"b"]
+
+
+async def test_the_transport_answers_a_request_sent_without_a_client() -> None:
+    """httpx's transport API on its own: a request with no timeouts in its extensions."""
+    transport = HttptoolsTransport()
+    async with upstream(answer_each) as (url, _):
+        response = await transport.handle_async_request(httpx.Request("GET", url))
+        assert response.status_code == 200
+        assert await response.aread() == b'{"a":1}\n{"b":2}\n'
+        await response.aclose()
+    await transport.aclose()
