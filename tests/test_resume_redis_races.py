@@ -1,0 +1,146 @@
+"""Races the Redis store must win, made to happen on cue: a reader that finishes an orphan while
+its owner, alive after all, writes the next event or refreshes the stream's keys between the
+reader's check and its EXEC; and a Redis that restarts empty twice."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from sse_bridge._resume.redis.store import RedisStore
+from tests._redis import RedisServer, redis_server, running_redis
+from tests.test_resume_redis import (
+    DEADLINE,
+    FAST,
+    numbered,
+    opened,
+    read_to_end,
+    until_available,
+    until_unavailable,
+)
+
+pytestmark = pytest.mark.anyio
+
+SLOW = 10.0
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with redis_server() as found:
+        yield found
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with running_redis() as started:
+        yield started
+
+
+def before_exec(
+    monkeypatch: pytest.MonkeyPatch, store: RedisStore, action: Callable[[], Awaitable[object]]
+) -> list[str]:
+    """Run ``action`` once, just before the next pipeline of ``store`` is sent (the EXEC of a
+    transaction: the commands before it, under WATCH, went at once). Returns the log of sends."""
+    real = store.client().pipeline
+    sends: list[str] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real(*args, **kwargs)
+        execute = pipe.execute
+
+        async def interrupted(*args: Any, **kwargs: Any) -> Any:
+            if not sends:
+                await action()
+            sends.append("exec")
+            return await execute(*args, **kwargs)
+
+        monkeypatch.setattr(pipe, "execute", interrupted)
+        return pipe
+
+    monkeypatch.setattr(store.client(), "pipeline", pipeline)
+    return sends
+
+
+async def test_an_orphan_finish_that_loses_to_the_living_owner_writes_nothing(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        opened(url, heartbeat=SLOW, key_prefix="race-event:") as owner,
+        opened(url, heartbeat=SLOW, key_prefix="race-event:") as reader,
+    ):
+        recording = owner.record(lambda: None)
+        recording.append([b"e1", b"e2"])
+        assert await owner.drain(DEADLINE)
+
+        async def owner_writes_on() -> None:
+            recording.append([b"e3"])
+            assert await owner.drain(DEADLINE)
+
+        sends = before_exec(monkeypatch, reader, owner_writes_on)
+        # The reader took the owner for dead after event 2; the owner wrote event 3 meanwhile.
+        await reader.finish_orphan(recording.stream_id, 2, [b"error"])
+        assert sends == ["exec"]
+        assert not await reader.finished_at(recording.stream_id, 3)
+        recording.append([b"e4"])
+        recording.finish()
+        assert await owner.drain(DEADLINE)
+        assert not recording.taken_over
+        follower = await reader.follow(recording.stream_id, 0)
+        assert await read_to_end(follower) == numbered([b"e1", b"e2", b"e3", b"e4"])
+
+
+async def test_an_orphan_is_finished_even_if_its_keys_were_refreshed_meanwhile(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        opened(url, heartbeat=SLOW, key_prefix="race-refresh:") as owner,
+        opened(url, heartbeat=SLOW, key_prefix="race-refresh:") as reader,
+    ):
+        recording = owner.record(lambda: None)
+        recording.append([b"e1", b"e2"])
+        assert await owner.drain(DEADLINE)
+        client = Redis.from_url(url)
+        try:
+
+            async def owner_refreshes() -> None:
+                # The owner's last heartbeat before it died: no event, only the keys' expiry.
+                await client.pexpire(recording.meta_key, 1_000_000)
+
+            sends = before_exec(monkeypatch, reader, owner_refreshes)
+            await reader.finish_orphan(recording.stream_id, 2, [b"error"])
+        finally:
+            await client.aclose()
+        # The first EXEC found its keys touched; the second, after a fresh look, went through.
+        assert sends == ["exec", "exec"]
+        assert await reader.finished_at(recording.stream_id, 3)
+        follower = await reader.follow(recording.stream_id, 0)
+        assert await read_to_end(follower) == numbered([b"e1", b"e2", b"error"])
+
+
+async def test_after_each_empty_restart_of_redis_the_owner_says_again_whose_stream_it_is(
+    server: RedisServer,
+) -> None:
+    async with (
+        opened(server.url, heartbeat=FAST) as owner,
+        opened(server.url, heartbeat=FAST) as other,
+    ):
+        recording = owner.record(lambda: None)
+        recording.append([b"e1"])
+        assert await owner.drain(DEADLINE)
+        for n in (2, 3):
+            # Redis restarts without its data: the stream's keys, its owner's too, are gone.
+            server.stop(save=False)
+            await until_unavailable(owner)
+            server.start()
+            await until_available(owner)
+            await until_available(other)
+            recording.append([b"e%d" % n])
+            assert await owner.drain(DEADLINE)
+            # Another instance finds the stream and its owner, from where the events are kept.
+            follower = await other.follow(recording.stream_id, n - 1)
+            assert follower.owner == owner.instance_id
+        recording.finish()
+        assert await read_to_end(follower) == [(3, b"e3")]
