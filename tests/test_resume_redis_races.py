@@ -4,13 +4,16 @@ reader's check and its EXEC; and a Redis that restarts empty twice."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sse_bridge._resume.redis.store import RedisStore
+from sse_bridge._resume.store import stream_tag
 from tests._redis import RedisServer, redis_server, running_redis
 from tests.test_resume_redis import (
     DEADLINE,
@@ -144,3 +147,86 @@ async def test_after_each_empty_restart_of_redis_the_owner_says_again_whose_stre
             assert follower.owner == owner.instance_id
         recording.finish()
         assert await read_to_end(follower) == [(3, b"e3")]
+
+
+async def test_an_owner_taken_for_dead_stops_its_stream_and_says_why(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
+    async with (
+        opened(url, heartbeat=SLOW, key_prefix="taken:") as owner,
+        opened(url, heartbeat=SLOW, key_prefix="taken:") as reader,
+    ):
+        stops: list[str] = []
+        recording = owner.record(lambda: stops.append("stopped"))
+        recording.append([b"e1"])
+        assert await owner.drain(DEADLINE)
+        # A reader took the owner for dead after event 1 and ended the stream for it.
+        await reader.finish_orphan(recording.stream_id, 1, [b"error"])
+        recording.append([b"e2", b"e3"])
+        assert await owner.drain(DEADLINE)
+        assert stops == ["stopped"]
+        assert recording.taken_over
+        assert [r.getMessage() for r in caplog.records] == [
+            f"sse_bridge: stream {stream_tag(recording.stream_id)} was ended by another "
+            "instance, which took this one for dead; its client gets an error"
+        ]
+        # Nothing more of it is stored, and the owner has nothing left to send.
+        recording.append([b"e4"])
+        recording.finish()
+        assert await owner.drain(DEADLINE)
+        assert not owner.writer.dirty
+        assert recording.stream_id not in owner.live
+        client = Redis.from_url(url)
+        try:
+            ids = [entry_id for entry_id, _ in await client.xrange(recording.events_key) or []]
+            # One end, the reader's (an event of the round trip that found the stream taken may
+            # have gone in after it: no reader reads past an end).
+            assert ids[:3] == [b"1-0", b"2-0", b"2-1"]
+            assert [i for i in ids if isinstance(i, bytes) and i.endswith(b"-1")] == [b"2-1"]
+            assert await client.hget(recording.meta_key, "owner") == owner.instance_id.encode()
+            assert await client.hget(recording.meta_key, "ended_by") == (
+                reader.instance_id.encode()
+            )
+        finally:
+            await client.aclose()
+        follower = await reader.follow(recording.stream_id, 0)
+        assert await read_to_end(follower) == numbered([b"e1", b"error"])
+        await owner.stop(recording.stream_id)
+        assert stops == ["stopped"]
+
+
+async def test_a_round_trip_whose_reply_is_lost_is_sent_again_without_a_gap_or_a_double(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(url, heartbeat=FAST, key_prefix="half-done:") as owner:
+        real = owner.client().pipeline
+        lost: list[int] = []
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real(*args, **kwargs)
+            execute = pipe.execute
+
+            async def reply_lost(*args: Any, **kwargs: Any) -> Any:
+                writes = any(command[0][0] == "XADD" for command in pipe.command_stack)
+                result = await execute(*args, **kwargs)
+                if writes and not lost:
+                    # Redis did it all; the connection broke before its reply came.
+                    lost.append(len(result))
+                    raise RedisConnectionError("Connection reset by peer")
+                return result
+
+            monkeypatch.setattr(pipe, "execute", reply_lost)
+            return pipe
+
+        monkeypatch.setattr(owner.client(), "pipeline", pipeline)
+        recording = owner.record(lambda: None)
+        recording.append([b"e1", b"e2"])
+        assert await owner.drain(DEADLINE)
+        assert lost
+        recording.append([b"e3"])
+        recording.finish()
+        assert await owner.drain(DEADLINE)
+        assert not recording.taken_over
+        follower = await owner.follow(recording.stream_id, 0)
+        assert await read_to_end(follower) == numbered([b"e1", b"e2", b"e3"])
