@@ -176,3 +176,20 @@ async def test_redis_gone_under_a_call_is_told_and_logged_with_its_reason(
         assert not store.available
     finally:
         await store.aclose()
+
+
+async def test_whose_stream_it_is_is_known_on_every_instance(url: str) -> None:
+    async with (
+        opened(url, key_prefix="bound:") as owner,
+        opened(url, key_prefix="bound:") as other,
+    ):
+        bound = owner.record(lambda: None, bound_to="alice-hash")
+        free = owner.record(lambda: None)
+        # The owner answers for its own streams before Redis has them.
+        assert await owner.bound_to(bound.stream_id) == "alice-hash"
+        assert await owner.bound_to(free.stream_id) is None
+        assert await owner.drain(DEADLINE)
+        assert await other.bound_to(bound.stream_id) == "alice-hash"
+        assert await other.bound_to(free.stream_id) is None
+        with pytest.raises(UnknownStreamError, match="no-such-stream"):
+            await other.bound_to("no-such-stream")
