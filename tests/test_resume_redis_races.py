@@ -132,6 +132,9 @@ async def test_after_each_empty_restart_of_redis_the_owner_says_again_whose_stre
     ):
         recording = owner.record(lambda: None)
         recording.append([b"e1"])
+        # This one sends nothing after the first event: Redis learns it again all the same.
+        quiet = owner.record(lambda: None)
+        quiet.append([b"q1"])
         assert await owner.drain(DEADLINE)
         for n in (2, 3):
             # Redis restarts without its data: the stream's keys, its owner's too, are gone.
@@ -145,6 +148,7 @@ async def test_after_each_empty_restart_of_redis_the_owner_says_again_whose_stre
             # Another instance finds the stream and its owner, from where the events are kept.
             follower = await other.follow(recording.stream_id, n - 1)
             assert follower.owner == owner.instance_id
+            assert (await other.follow(quiet.stream_id, 1)).owner == owner.instance_id
         recording.finish()
         assert await read_to_end(follower) == [(3, b"e3")]
 
