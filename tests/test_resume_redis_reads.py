@@ -13,7 +13,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from sse_bridge._resume.redis.store import RedisStore
+from sse_bridge._resume.redis.store import RESERVED_CONNECTIONS, RedisStore
 from sse_bridge._resume.store import (
     BadPositionError,
     Follower,
@@ -193,3 +193,45 @@ async def test_whose_stream_it_is_is_known_on_every_instance(url: str) -> None:
         assert await other.bound_to(free.stream_id) is None
         with pytest.raises(UnknownStreamError, match="no-such-stream"):
             await other.bound_to("no-such-stream")
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "ttl", "live_ms"),
+    [
+        # A live stream's keys outlive three refreshes (every heartbeat, or every third of the
+        # ttl if that is longer), and at least the ttl.
+        pytest.param(SLOW, 0.3, 30_000, id="refreshed-every-heartbeat"),
+        pytest.param(0.05, 60.0, 60_000, id="refreshed-every-third-of-the-ttl"),
+    ],
+)
+async def test_a_streams_keys_live_the_ttl_once_it_has_ended(
+    url: str, client: Redis, heartbeat: float, ttl: float, live_ms: int
+) -> None:
+    async with opened(url, heartbeat=heartbeat, ttl=ttl, key_prefix="ttl:") as store:
+        recording = store.record(lambda: None)
+        recording.append([b"e1"])
+        assert await store.drain(DEADLINE)
+        for key in (recording.events_key, recording.meta_key):
+            pttl = await client.pttl(key)
+            assert live_ms - 5000 < pttl <= live_ms, (key, pttl)
+        recording.finish()
+        assert await store.drain(DEADLINE)
+        for key in (recording.events_key, recording.meta_key):
+            pttl = await client.pttl(key)
+            assert max(0, ttl * 1000 - 5000) < pttl <= ttl * 1000, (key, pttl)
+
+
+async def test_past_max_followers_a_reader_is_told_to_come_back(url: str) -> None:
+    async with opened(url, max_followers=2, key_prefix="followers:") as store:
+        # Each follower may hold a connection in a blocking read: the pool has room for them
+        # and for the store's own tasks.
+        assert store.client().connection_pool.max_connections == 2 + RESERVED_CONNECTIONS
+        recording = store.record(lambda: None)
+        followers = [await store.follow(recording.stream_id, 0) for _ in range(2)]
+        with pytest.raises(StoreUnavailableError) as caught:
+            await store.follow(recording.stream_id, 0)
+        assert str(caught.value) == (
+            "this instance follows 2 streams' readers already (max_followers); try again later"
+        )
+        await followers[0].aclose()
+        await (await store.follow(recording.stream_id, 0)).aclose()
