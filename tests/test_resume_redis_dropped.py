@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from sse_bridge._resume.store import UnknownStreamError
 from tests._redis import RedisServer, redis_server, running_redis
-from tests.test_resume_redis import DEADLINE, FAST, opened, until_unavailable
+from tests.test_resume_redis import DEADLINE, FAST, opened, read_to_end, until_unavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -70,3 +70,29 @@ async def test_a_stream_redis_refuses_leaves_nothing_counted_against_the_bound(u
         assert store.backlog.bytes == 0
         recording.append([EVENT])
         assert store.backlog.bytes == 0
+
+
+@pytest.mark.parametrize("refused_key", ["meta", "events"])
+async def test_a_refusal_among_new_trimmed_ending_streams_abandons_only_its_own(
+    url: str, refused_key: str
+) -> None:
+    # Each stream's first round says who owns it, trims, ends and sets the expiry: every kind
+    # of command in one round trip, and the refused one's errors right at its first command.
+    async with opened(url, flush_window=0.5, max_stream_bytes=10, key_prefix="mixed:") as store:
+        first, refused, last = (store.record(lambda: None) for _ in range(3))
+        client = Redis.from_url(url)
+        try:
+            key = refused.meta_key if refused_key == "meta" else refused.events_key
+            await client.set(key, b"not a stream's")
+        finally:
+            await client.aclose()
+        for recording in (first, refused, last):
+            recording.append([b"a" * 6, b"b" * 6])
+            recording.finish()
+        assert len(store.writer.dirty) == 3
+        assert await store.drain(DEADLINE)
+        for recording in (first, last):
+            follower = await store.follow(recording.stream_id, 1)
+            assert await read_to_end(follower) == [(2, b"b" * 6)]
+        with pytest.raises(UnknownStreamError):
+            await store.follow(refused.stream_id, 1)

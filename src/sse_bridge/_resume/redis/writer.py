@@ -237,13 +237,15 @@ class RedisRecording:
             return False
 
     def has_work(self) -> bool:
-        if self.dropped:
-            return not self.end_written
-        return (
+        if self.end_written:
+            # Ended, abandoned or taken over: nothing more of it goes to Redis (an abandoned
+            # stream with a trim due would otherwise come back as an end without events).
+            return False
+        return self.dropped or (
             self.written_in != self.store.outages
             or bool(self.pending)
             or self.trimmed < self.first
-            or (self.ended and not self.end_written)
+            or self.ended
         )
 
     def queue(self, pipe: Pipeline) -> Plan:
