@@ -1,0 +1,146 @@
+"""The Redis store's life as a server sees it: aclose() sends what the writer holds and says
+that this instance has left, a store closed during an outage opens again, a task that fails says
+so, the heartbeat says again whose stream it is, and a Redis that restarted between two calls is
+not taken for one that is away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from sse_bridge._resume.redis.store import RedisStore
+from tests._redis import RedisServer, redis_server, running_redis
+from tests.test_resume_redis import (
+    DEADLINE,
+    FAST,
+    numbered,
+    opened,
+    read,
+    read_to_end,
+    until_unavailable,
+)
+
+pytestmark = pytest.mark.anyio
+
+SLOW = 10.0
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with redis_server() as found:
+        yield found
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    with running_redis() as started:
+        yield started
+
+
+@pytest.fixture
+async def client(url: str) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+async def test_aclose_sends_what_the_writer_holds_and_says_this_instance_left(
+    url: str, client: Redis
+) -> None:
+    store = RedisStore(url, heartbeat=SLOW, key_prefix="leave:")
+    await store.open()
+    instance_key = store.keys.instance(store.instance_id)
+    assert await client.exists(instance_key)
+    recording = store.record(lambda: None)
+    recording.append([b"e1", b"e2"])
+    await store.aclose()
+    assert not store.tasks
+    assert not await client.exists(instance_key)
+    async with opened(url, key_prefix="leave:") as other:
+        follower = await other.follow(recording.stream_id, 0)
+        assert follower.owner == store.instance_id
+        assert await read(follower, 2) == numbered([b"e1", b"e2"])
+
+
+async def test_a_store_closed_while_redis_was_away_opens_again(server: RedisServer) -> None:
+    store = RedisStore(server.url, heartbeat=FAST)
+    await store.open()
+    server.stop(save=True)
+    await until_unavailable(store)
+    await store.aclose()
+    server.start()
+    await store.open()
+    try:
+        assert store.available
+        recording = store.record(lambda: None)
+        recording.append([b"e1"])
+        recording.finish()
+        assert await store.drain(DEADLINE)
+        assert await read_to_end(await store.follow(recording.stream_id, 0)) == numbered([b"e1"])
+    finally:
+        await store.aclose()
+
+
+async def test_a_store_task_that_fails_says_which_and_why(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="sse_bridge")
+    async with opened(url, key_prefix="task-failed:") as store:
+        (writer,) = [task for task in store.tasks if task.get_name() == "resume writer"]
+
+        async def broken(recordings: Any) -> None:
+            raise RuntimeError("the writer broke")
+
+        monkeypatch.setattr(store.writer, "flush", broken)
+        store.record(lambda: None)
+        with anyio.fail_after(DEADLINE):
+            await asyncio.wait([writer])
+        assert writer not in store.tasks
+    (record,) = caplog.records
+    assert record.getMessage() == "sse_bridge: resume store task resume writer failed"
+    assert record.exc_info is not None
+    assert str(record.exc_info[1]) == "the writer broke"
+
+
+async def test_the_heartbeat_says_again_whose_stream_it_is(url: str, client: Redis) -> None:
+    # ttl 0.3 s: a live stream's keys are refreshed every 0.1 s.
+    async with opened(url, heartbeat=0.05, ttl=0.3, key_prefix="owner-again:") as store:
+        recording = store.record(lambda: None)
+        recording.append([b"e1"])
+        assert await store.drain(DEADLINE)
+        # As after a Redis that lost the stream's meta between two of its writes.
+        assert await client.hdel(recording.meta_key, "owner") == 1
+        with anyio.fail_after(DEADLINE):
+            for _ in range(int(DEADLINE / 0.01)):
+                if await client.hget(recording.meta_key, "owner") is not None:
+                    break
+                await anyio.sleep(0.01)
+        assert await client.hget(recording.meta_key, "owner") == store.instance_id.encode()
+
+
+async def test_a_redis_restarted_between_two_calls_is_not_taken_for_away(
+    server: RedisServer,
+) -> None:
+    async with (
+        opened(server.url, heartbeat=SLOW) as owner,
+        opened(server.url, heartbeat=SLOW) as other,
+    ):
+        recording = owner.record(lambda: None)
+        recording.append([b"e1"])
+        assert await owner.drain(DEADLINE)
+        assert await other.bound_to(recording.stream_id) is None
+        # The pooled connections are closed by the restart; the next call finds out, and its
+        # one retry on a new connection goes through.
+        server.stop(save=True)
+        server.start()
+        follower = await other.follow(recording.stream_id, 0)
+        assert other.available
+        assert await read(follower, 1) == [(1, b"e1")]
