@@ -78,21 +78,22 @@ async def test_a_refusal_among_new_trimmed_ending_streams_abandons_only_its_own(
 ) -> None:
     # Each stream's first round says who owns it, trims, ends and sets the expiry: every kind
     # of command in one round trip, and the refused one's errors right at its first command.
-    async with opened(url, flush_window=0.5, max_stream_bytes=10, key_prefix="mixed:") as store:
-        first, refused, last = (store.record(lambda: None) for _ in range(3))
-        client = Redis.from_url(url)
-        try:
+    client = Redis.from_url(url)
+    try:
+        async with opened(url, flush_window=0.5, max_stream_bytes=10, key_prefix="mixed:") as store:
+            first, refused, last = (store.record(lambda: None) for _ in range(3))
+            for recording in (first, refused, last):
+                recording.append([b"a" * 6, b"b" * 6])
+                recording.finish()
+            assert len(store.writer.dirty) == 3
+            # Within the writer's flush window: one round trip of 500 ms against one of ours.
             key = refused.meta_key if refused_key == "meta" else refused.events_key
             await client.set(key, b"not a stream's")
-        finally:
-            await client.aclose()
-        for recording in (first, refused, last):
-            recording.append([b"a" * 6, b"b" * 6])
-            recording.finish()
-        assert len(store.writer.dirty) == 3
-        assert await store.drain(DEADLINE)
-        for recording in (first, last):
-            follower = await store.follow(recording.stream_id, 1)
-            assert await read_to_end(follower) == [(2, b"b" * 6)]
-        with pytest.raises(UnknownStreamError):
-            await store.follow(refused.stream_id, 1)
+            assert await store.drain(DEADLINE)
+            for recording in (first, last):
+                follower = await store.follow(recording.stream_id, 1)
+                assert await read_to_end(follower) == [(2, b"b" * 6)]
+            with pytest.raises(UnknownStreamError):
+                await store.follow(refused.stream_id, 1)
+    finally:
+        await client.aclose()
