@@ -144,3 +144,28 @@ async def test_a_redis_restarted_between_two_calls_is_not_taken_for_away(
         follower = await other.follow(recording.stream_id, 0)
         assert other.available
         assert await read(follower, 1) == [(1, b"e1")]
+
+
+@pytest.mark.parametrize("first", ["writer", "stop listener", "heartbeat"])
+async def test_the_task_that_finds_redis_gone_logs_why(
+    server: RedisServer, caplog: pytest.LogCaptureFixture, first: str
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
+    async with opened(server.url, heartbeat=FAST if first == "heartbeat" else SLOW) as store:
+        recording = store.record(lambda: None)
+        assert await store.drain(DEADLINE)
+        if first != "stop listener":
+            # The stop channel's subscriber would see its connection close first.
+            (listener,) = [task for task in store.tasks if task.get_name() == "stop listener"]
+            listener.cancel()
+            with anyio.fail_after(DEADLINE):
+                await asyncio.wait([listener])
+        server.stop()
+        # Each one alone to find out (no heartbeat before the test ends, but for its own).
+        if first == "writer":
+            recording.append([b"e1"])
+        await until_unavailable(store)
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert line.startswith("sse_bridge: resume store unavailable: ")
+        # redis-py's words for it, which name where Redis was.
+        assert f"127.0.0.1:{server.port}" in line
