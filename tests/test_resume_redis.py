@@ -55,12 +55,25 @@ def server() -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str, **options: Any) -> AsyncIterator[RedisStore]:
+async def opened(url: str, *, watched: bool = True, **options: Any) -> AsyncIterator[RedisStore]:
+    """An open store; unless not ``watched``, a task of it that fails fails the test at once
+    (rather than when a wait on what the task would have done runs out)."""
     store = RedisStore(url, **options)
     await store.open()
+    test = asyncio.current_task()
+
+    def failed(task: asyncio.Task[None]) -> None:
+        if test is not None and not task.cancelled() and task.exception() is not None:
+            test.cancel(f"the store's task {task.get_name()!r} failed: {task.exception()!r}")
+
+    tasks = list(store.tasks) if watched else []
+    for task in tasks:
+        task.add_done_callback(failed)
     try:
         yield store
     finally:
+        for task in tasks:
+            task.remove_done_callback(failed)
         await store.aclose()
 
 

@@ -93,7 +93,7 @@ async def test_a_store_task_that_fails_says_which_and_why(
     url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="sse_bridge")
-    async with opened(url, key_prefix="task-failed:") as store:
+    async with opened(url, watched=False, key_prefix="task-failed:") as store:
         (writer,) = [task for task in store.tasks if task.get_name() == "resume writer"]
 
         async def broken(recordings: Any) -> None:
