@@ -4,6 +4,7 @@ against ``max_pending_bytes``, and a stop no longer reaches them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -106,3 +107,28 @@ async def test_a_refusal_among_new_trimmed_ending_streams_abandons_only_its_own(
                 await store.follow(refused.stream_id, 1)
     finally:
         await client.aclose()
+
+
+async def test_the_backlog_may_be_full_to_the_byte_and_its_line_says_what_went(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
+    async with opened(server.url, heartbeat=FAST, max_pending_bytes=600) as store:
+        server.stop(save=False)
+        await until_unavailable(store)
+        old, newer, live = (store.record(lambda: None) for _ in range(3))
+        for recording in (old, newer):
+            recording.append([EVENT] * 3)
+            recording.finish()
+        # 600 bytes of 600: nothing goes.
+        assert store.backlog.bytes == 600
+        assert (old.dropped, newer.dropped) == (False, False)
+        # 900: the oldest finished stream goes, and 600 are left, which is within the bound.
+        live.append([EVENT] * 3)
+        assert (old.dropped, newer.dropped, live.dropped) == (True, False, False)
+        assert store.backlog.bytes == 600
+        assert [r.getMessage() for r in caplog.records if "backlog" in r.getMessage()] == [
+            "sse_bridge: resume store backlog over max_pending_bytes=600 while Redis is away: "
+            "1 stream(s) are no longer resumable (3 events dropped; live clients get every "
+            "event); more may follow until Redis is back"
+        ]
