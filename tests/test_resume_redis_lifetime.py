@@ -14,7 +14,9 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
+from loadtests.stack import free_port
 from sse_bridge._resume.redis.store import RedisStore
+from sse_bridge._resume.store import StoreUnavailableError
 from tests._redis import RedisServer, redis_server, running_redis
 from tests.test_resume_redis import (
     DEADLINE,
@@ -169,3 +171,33 @@ async def test_the_task_that_finds_redis_gone_logs_why(
         assert line.startswith("sse_bridge: resume store unavailable: ")
         # redis-py's words for it, which name where Redis was.
         assert f"127.0.0.1:{server.port}" in line
+
+
+async def test_each_heartbeat_sets_the_instance_key_to_three_heartbeats(
+    url: str, client: Redis
+) -> None:
+    async with opened(url, heartbeat=0.05, key_prefix="beat:") as store:
+        key = store.keys.instance(store.instance_id)
+        assert await client.pexpire(key, 1_000_000)
+        with anyio.fail_after(DEADLINE):
+            for _ in range(int(DEADLINE / 0.01)):
+                if 0 < await client.pttl(key) <= 150:
+                    break
+                await anyio.sleep(0.01)
+
+
+async def test_open_says_what_went_wrong_in_so_many_words(url: str) -> None:
+    async with opened(url, key_prefix="open-twice:") as store:
+        with pytest.raises(RuntimeError) as twice:
+            await store.open()
+    assert str(twice.value) == "RedisStore.open() was called twice (without aclose() between)"
+    with pytest.raises(RuntimeError) as closed:
+        store.record(lambda: None)
+    assert str(closed.value) == "RedisStore.open() must be awaited first"
+    port = free_port()
+    with pytest.raises(StoreUnavailableError) as away:
+        await RedisStore(f"redis://127.0.0.1:{port}/0").open()
+    prefix = f"cannot reach Redis at redis://127.0.0.1:{port}/0: "
+    assert str(away.value).startswith(prefix)
+    # redis-py's reason, which names where it looked.
+    assert f"127.0.0.1:{port}" in str(away.value).removeprefix(prefix)
