@@ -132,3 +132,37 @@ async def test_the_backlog_may_be_full_to_the_byte_and_its_line_says_what_went(
             "1 stream(s) are no longer resumable (3 events dropped; live clients get every "
             "event); more may follow until Redis is back"
         ]
+
+
+async def test_each_stream_of_a_round_gets_its_own_results_whatever_it_sends(url: str) -> None:
+    """One round trip: new streams (who owns them, a trim, the end, the expiry) and a stream
+    that sends events only, refused ones between good ones: a miscount of any stream's commands
+    would hand a neighbour another's error."""
+    client = Redis.from_url(url)
+    try:
+        async with opened(url, flush_window=0.5, max_stream_bytes=10, key_prefix="kinds:") as store:
+            plain = store.record(lambda: None)
+            plain.append([b"p1"])
+            assert await store.drain(DEADLINE)
+            before, refused_new, between = (store.record(lambda: None) for _ in range(3))
+            plain.append([b"p2", b"p3"])
+            after = store.record(lambda: None)
+            for recording in (before, refused_new, between, after):
+                recording.append([b"a" * 6, b"b" * 6])
+                recording.finish()
+            assert list(store.writer.dirty.values()) == [before, refused_new, between, plain, after]
+            # Within the writer's flush window: every command of one fails, and every event of
+            # the other.
+            await client.set(refused_new.meta_key, b"not a hash")
+            await client.set(refused_new.events_key, b"not a stream")
+            await client.delete(plain.events_key)
+            await client.set(plain.events_key, b"not a stream")
+            assert await store.drain(DEADLINE)
+            for recording in (before, between, after):
+                follower = await store.follow(recording.stream_id, 1)
+                assert await read_to_end(follower) == [(2, b"b" * 6)]
+            for recording in (refused_new, plain):
+                with pytest.raises(UnknownStreamError):
+                    await store.follow(recording.stream_id, 0)
+    finally:
+        await client.aclose()
