@@ -13,6 +13,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
+from sse_bridge._resume.redis.reader import READ_COUNT
 from sse_bridge._resume.redis.store import RESERVED_CONNECTIONS, RedisStore
 from sse_bridge._resume.store import (
     BadPositionError,
@@ -22,7 +23,7 @@ from sse_bridge._resume.store import (
     UnknownStreamError,
 )
 from tests._redis import RedisServer, redis_server, running_redis
-from tests.test_resume_redis import DEADLINE, FAST, numbered, opened, read, read_to_end
+from tests.test_resume_redis import DEADLINE, FAST, POLL, numbered, opened, read, read_to_end
 
 pytestmark = pytest.mark.anyio
 
@@ -235,3 +236,20 @@ async def test_past_max_followers_a_reader_is_told_to_come_back(url: str) -> Non
         )
         await followers[0].aclose()
         await (await store.follow(recording.stream_id, 0)).aclose()
+
+
+async def test_a_reader_far_behind_gets_its_events_in_bounded_batches(url: str) -> None:
+    async with (
+        opened(url, key_prefix="far-behind:") as owner,
+        opened(url, key_prefix="far-behind:") as other,
+    ):
+        recording = owner.record(lambda: None)
+        events = [b"%d" % n for n in range(1, READ_COUNT + 501)]
+        recording.append(events)
+        recording.finish()
+        assert await owner.drain(DEADLINE)
+        follower = await other.follow(recording.stream_id, 0)
+        # One XREAD's worth at a time: a round trip stays bounded however far behind it is.
+        first = await follower.next(POLL)
+        assert first == numbered(events[:READ_COUNT])
+        assert await read_to_end(follower) == numbered(events[READ_COUNT:], READ_COUNT + 1)
