@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis
 
@@ -166,3 +169,27 @@ async def test_each_stream_of_a_round_gets_its_own_results_whatever_it_sends(url
                     await store.follow(recording.stream_id, 0)
     finally:
         await client.aclose()
+
+
+async def test_streams_that_write_within_the_flush_window_share_a_round_trip(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with opened(url, flush_window=0.5, key_prefix="window:") as store:
+        first = store.record(lambda: None)
+        assert await store.drain(DEADLINE)
+        rounds: list[int] = []
+        flush = store.writer.flush
+
+        async def counted(recordings: list[Any]) -> None:
+            rounds.append(len(recordings))
+            await flush(recordings)
+
+        monkeypatch.setattr(store.writer, "flush", counted)
+        first.append([b"e1"])
+        # The writer wakes up for the first stream and lets the others gather.
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        second = store.record(lambda: None)
+        second.append([b"e1"])
+        assert await store.drain(DEADLINE)
+        assert rounds == [2]
