@@ -171,6 +171,8 @@ async def test_an_owner_taken_for_dead_stops_its_stream_and_says_why(
         assert await owner.drain(DEADLINE)
         assert stops == ["stopped"]
         assert recording.taken_over
+        # What it still held for Redis is no longer counted against max_pending_bytes.
+        assert owner.backlog.bytes == 0
         assert [r.getMessage() for r in caplog.records] == [
             f"sse_bridge: stream {stream_tag(recording.stream_id)} was ended by another "
             "instance, which took this one for dead; its client gets an error"
