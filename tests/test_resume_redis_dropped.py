@@ -193,3 +193,35 @@ async def test_streams_that_write_within_the_flush_window_share_a_round_trip(
         second.append([b"e1"])
         assert await store.drain(DEADLINE)
         assert rounds == [2]
+
+
+async def test_finished_streams_go_before_an_older_live_one_and_one_line_counts_them_all(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
+    async with opened(server.url, heartbeat=FAST, max_pending_bytes=600) as store:
+        # Sent before the outage: nothing of it waits, so nothing of it can be dropped.
+        sent = store.record(lambda: None)
+        sent.append([EVENT])
+        assert await store.drain(DEADLINE)
+        server.stop(save=False)
+        await until_unavailable(store)
+        live = store.record(lambda: None)
+        live.append([EVENT] * 2)
+        done = [store.record(lambda: None) for _ in range(2)]
+        for recording in done:
+            recording.append([EVENT] * 2)
+            recording.finish()
+        assert store.backlog.bytes == 600
+        # 900: both finished streams go, newer than the live one as they are, in one call.
+        live.append([EVENT] * 3)
+        assert [r.dropped for r in (sent, live, *done)] == [False, False, True, True]
+        assert store.backlog.bytes == 500
+        assert [r.getMessage() for r in caplog.records if "backlog" in r.getMessage()] == [
+            "sse_bridge: resume store backlog over max_pending_bytes=600 while Redis is away: "
+            "2 stream(s) are no longer resumable (4 events dropped; live clients get every "
+            "event); more may follow until Redis is back"
+        ]
+        # Only live streams left: the one with events waiting goes, not the one without.
+        live.append([EVENT] * 2)
+        assert [r.dropped for r in (sent, live)] == [False, True]
