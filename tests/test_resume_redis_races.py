@@ -249,3 +249,34 @@ async def test_a_round_trip_whose_reply_is_lost_is_sent_again_without_a_gap_or_a
         assert not recording.taken_over
         follower = await owner.follow(recording.stream_id, 0)
         assert await read_to_end(follower) == numbered([b"e1", b"e2", b"e3"])
+
+
+@pytest.mark.parametrize("meanwhile", ["an event", "the end", "an event and the end"])
+async def test_what_comes_while_a_round_trip_is_under_way_goes_in_the_next(
+    url: str, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    async with opened(url, heartbeat=SLOW, key_prefix="meanwhile:") as store:
+        recording = store.record(lambda: None)
+        assert await store.drain(DEADLINE)
+
+        async def the_generation_goes_on() -> None:
+            if "event" in meanwhile:
+                recording.append([b"e2"])
+            if "end" in meanwhile:
+                recording.finish()
+
+        sends = before_exec(monkeypatch, store, the_generation_goes_on)
+        recording.append([b"e1"])
+        # drain(): every event appended so far, and the end if given, is in Redis.
+        assert await store.drain(DEADLINE)
+        assert len(sends) == 2
+        expected = [b"e1", b"e2"] if "event" in meanwhile else [b"e1"]
+        client = Redis.from_url(url)
+        try:
+            entries = await client.xrange(recording.events_key) or []
+        finally:
+            await client.aclose()
+        ends = [(b"%d-1" % len(expected), {b"end": b"1"})] if "end" in meanwhile else []
+        assert (
+            entries == [(b"%d-0" % seq, {b"e": event}) for seq, event in numbered(expected)] + ends
+        )
