@@ -13,7 +13,7 @@ import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis
 
-from sse_bridge._resume.store import UnknownStreamError
+from sse_bridge._resume.store import UnknownStreamError, stream_tag
 from tests._redis import RedisServer, redis_server, running_redis
 from tests.test_resume_redis import DEADLINE, FAST, opened, read_to_end, until_unavailable
 
@@ -137,23 +137,32 @@ async def test_the_backlog_may_be_full_to_the_byte_and_its_line_says_what_went(
         ]
 
 
-async def test_each_stream_of_a_round_gets_its_own_results_whatever_it_sends(url: str) -> None:
-    """One round trip: new streams (who owns them, a trim, the end, the expiry) and a stream
-    that sends events only, refused ones between good ones: a miscount of any stream's commands
-    would hand a neighbour another's error."""
+async def test_each_stream_of_a_round_gets_its_own_results_whatever_it_sends(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One round trip: new streams (who owns them, a trim, the end, the expiry), a dropped one
+    and a stream that sends events only, refused ones between good ones: a miscount of any
+    stream's commands would hand a neighbour another's error."""
+    caplog.set_level(logging.WARNING, logger="sse_bridge")
     client = Redis.from_url(url)
     try:
-        async with opened(url, flush_window=0.5, max_stream_bytes=10, key_prefix="kinds:") as store:
+        async with opened(
+            url, flush_window=0.5, max_stream_bytes=10, max_pending_bytes=100, key_prefix="kinds:"
+        ) as store:
             plain = store.record(lambda: None)
             plain.append([b"p1"])
             assert await store.drain(DEADLINE)
-            before, refused_new, between = (store.record(lambda: None) for _ in range(3))
+            before, refused_new, between, dropped = (store.record(lambda: None) for _ in range(4))
+            # More than max_pending_bytes at once: it stops being resumable at once.
+            dropped.append([b"x" * 200])
+            assert dropped.dropped
             plain.append([b"p2", b"p3"])
             after = store.record(lambda: None)
             for recording in (before, refused_new, between, after):
                 recording.append([b"a" * 6, b"b" * 6])
                 recording.finish()
-            assert list(store.writer.dirty.values()) == [before, refused_new, between, plain, after]
+            order = [before, refused_new, between, dropped, plain, after]
+            assert list(store.writer.dirty.values()) == order
             # Within the writer's flush window: every command of one fails, and every event of
             # the other.
             await client.set(refused_new.meta_key, b"not a hash")
@@ -164,9 +173,14 @@ async def test_each_stream_of_a_round_gets_its_own_results_whatever_it_sends(url
             for recording in (before, between, after):
                 follower = await store.follow(recording.stream_id, 1)
                 assert await read_to_end(follower) == [(2, b"b" * 6)]
-            for recording in (refused_new, plain):
+            for recording in (refused_new, dropped, plain):
                 with pytest.raises(UnknownStreamError):
                     await store.follow(recording.stream_id, 0)
+            # Refused: the two whose keys hold something else, and no other.
+            refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+            assert len(refusals) == 2, refusals
+            assert stream_tag(refused_new.stream_id) in refusals[0]
+            assert stream_tag(plain.stream_id) in refusals[1]
     finally:
         await client.aclose()
 
