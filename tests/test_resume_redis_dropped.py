@@ -13,7 +13,7 @@ import anyio.lowlevel
 import pytest
 from redis.asyncio import Redis
 
-from sse_bridge._resume.store import UnknownStreamError, stream_tag
+from sse_bridge._resume.store import EventsGoneError, UnknownStreamError, stream_tag
 from tests._redis import RedisServer, redis_server, running_redis
 from tests.test_resume_redis import DEADLINE, FAST, opened, read_to_end, until_unavailable
 
@@ -239,3 +239,17 @@ async def test_finished_streams_go_before_an_older_live_one_and_one_line_counts_
         # Only live streams left: the one with events waiting goes, not the one without.
         live.append([EVENT] * 2)
         assert [r.dropped for r in (sent, live)] == [False, True]
+
+
+async def test_the_byte_bound_trims_from_the_first_event_on(url: str) -> None:
+    async with opened(url, max_stream_bytes=10, key_prefix="first-trim:") as store:
+        recording = store.record(lambda: None)
+        recording.append([b"a" * 6])
+        assert await store.drain(DEADLINE)
+        # 12 bytes: event 1, in Redis already, goes.
+        recording.append([b"b" * 6])
+        recording.finish()
+        assert await store.drain(DEADLINE)
+        with pytest.raises(EventsGoneError, match=r"events after 0 .* oldest kept is 2\)"):
+            await store.follow(recording.stream_id, 0)
+        assert await read_to_end(await store.follow(recording.stream_id, 1)) == [(2, b"b" * 6)]
