@@ -201,3 +201,18 @@ async def test_open_says_what_went_wrong_in_so_many_words(url: str) -> None:
     assert str(away.value).startswith(prefix)
     # redis-py's reason, which names where it looked.
     assert f"127.0.0.1:{port}" in str(away.value).removeprefix(prefix)
+
+
+async def test_a_stop_channel_message_that_is_not_an_id_is_ignored(url: str, client: Redis) -> None:
+    async with (
+        opened(url, key_prefix="stop-garbage:") as a,
+        opened(url, key_prefix="stop-garbage:") as b,
+    ):
+        stopped = anyio.Event()
+        recording = a.record(stopped.set)
+        assert await a.drain(DEADLINE)
+        # Bytes that no stream id is made of: the channel goes on listening.
+        assert await client.publish(a.keys.stop_channel(a.instance_id), b"\xff\xfe") == 1
+        await b.stop(recording.stream_id)
+        with anyio.fail_after(DEADLINE):
+            await stopped.wait()
