@@ -91,25 +91,33 @@ async def test_a_store_closed_while_redis_was_away_opens_again(server: RedisServ
         await store.aclose()
 
 
+@pytest.mark.parametrize("name", ["resume writer", "heartbeat"])
 async def test_a_store_task_that_fails_says_which_and_why(
-    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
     caplog.set_level(logging.ERROR, logger="sse_bridge")
-    async with opened(url, watched=False, key_prefix="task-failed:") as store:
-        (writer,) = [task for task in store.tasks if task.get_name() == "resume writer"]
+    async with opened(url, watched=False, heartbeat=FAST, key_prefix="task-failed:") as store:
+        (task,) = [task for task in store.tasks if task.get_name() == name]
 
-        async def broken(recordings: Any) -> None:
-            raise RuntimeError("the writer broke")
+        def broken(*args: Any) -> None:
+            raise RuntimeError(f"the {name} broke")
 
-        monkeypatch.setattr(store.writer, "flush", broken)
-        store.record(lambda: None)
+        async def broken_flush(*args: Any) -> None:
+            broken()
+
+        if name == "resume writer":
+            monkeypatch.setattr(store.writer, "flush", broken_flush)
+            store.record(lambda: None)
+        else:
+            # What the heartbeat does after each round trip that went through.
+            monkeypatch.setattr(store, "came_back", broken)
         with anyio.fail_after(DEADLINE):
-            await asyncio.wait([writer])
-        assert writer not in store.tasks
+            await asyncio.wait([task])
+        assert task not in store.tasks
     (record,) = caplog.records
-    assert record.getMessage() == "sse_bridge: resume store task resume writer failed"
+    assert record.getMessage() == f"sse_bridge: resume store task {name} failed"
     assert record.exc_info is not None
-    assert str(record.exc_info[1]) == "the writer broke"
+    assert str(record.exc_info[1]) == f"the {name} broke"
 
 
 async def test_the_heartbeat_says_again_whose_stream_it_is(url: str, client: Redis) -> None:
