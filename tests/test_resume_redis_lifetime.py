@@ -6,15 +6,18 @@ not taken for one that is away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from redis.asyncio import Redis
 
 from loadtests.stack import free_port
+from sse_bridge._resume.redis import instance
 from sse_bridge._resume.redis.store import RedisStore
 from sse_bridge._resume.store import StoreUnavailableError
 from tests._redis import RedisServer, redis_server, running_redis
@@ -224,3 +227,44 @@ async def test_a_stop_channel_message_that_is_not_an_id_is_ignored(url: str, cli
         await b.stop(recording.stream_id)
         with anyio.fail_after(DEADLINE):
             await stopped.wait()
+
+
+# A server's replies: HELLO's in RESP3 (redis-py asks for it), SUBSCRIBE's never, +OK for the
+# rest.
+REPLIES = {
+    b"HELLO": b"%1\r\n$5\r\nproto\r\n:3\r\n",
+    b"PING": b"+PONG\r\n",
+    b"SUBSCRIBE": b"",
+}
+
+
+async def test_a_redis_that_never_confirms_the_subscribe_cannot_be_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(instance, "CONNECT_TIMEOUT", 0.2)
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        buffered = b""
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    buffered += await stream.receive()
+                    # One command per RESP array: "*<n>", then "$<len>" and the word, n times.
+                    while b"\r\n" in buffered:
+                        lines = buffered.split(b"\r\n")
+                        count = int(lines[0][1:])
+                        if len(lines) <= 2 * count + 1:
+                            break
+                        buffered = b"\r\n".join(lines[1 + 2 * count :])
+                        await stream.send(REPLIES.get(lines[2].upper(), b"+OK\r\n"))
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, handle)
+        with pytest.raises(StoreUnavailableError) as caught:
+            await RedisStore(f"redis://127.0.0.1:{port}/0").open()
+        tasks.cancel_scope.cancel()
+    assert str(caught.value) == (
+        f"cannot reach Redis at redis://127.0.0.1:{port}/0: Redis did not confirm the SUBSCRIBE"
+    )
