@@ -55,12 +55,25 @@ def server() -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def opened(url: str, **options: Any) -> AsyncIterator[RedisStore]:
+async def opened(url: str, *, watched: bool = True, **options: Any) -> AsyncIterator[RedisStore]:
+    """An open store; unless not ``watched``, a task of it that fails fails the test at once
+    (rather than when a wait on what the task would have done runs out)."""
     store = RedisStore(url, **options)
     await store.open()
+    test = asyncio.current_task()
+
+    def failed(task: asyncio.Task[None]) -> None:
+        if test is not None and not task.cancelled() and task.exception() is not None:
+            test.cancel(f"the store's task {task.get_name()!r} failed: {task.exception()!r}")
+
+    tasks = list(store.tasks) if watched else []
+    for task in tasks:
+        task.add_done_callback(failed)
     try:
         yield store
     finally:
+        for task in tasks:
+            task.remove_done_callback(failed)
         await store.aclose()
 
 
@@ -684,10 +697,16 @@ def test_the_redis_server_helper_restarts_on_the_same_port(server: RedisServer) 
     assert ping(port)
 
 
+@pytest.mark.parametrize(
+    ("bound", "expected_rounds"),
+    # Each stream is 1 + 2 + 2 + 2 commands, taken whole: a round takes streams until it holds
+    # the bound's number of commands or more.
+    [(4, 3), (7, 3), (8, 2), (14, 2), (15, 1)],
+)
 async def test_one_round_trip_carries_many_streams_within_its_bound(
-    url: str, monkeypatch: pytest.MonkeyPatch
+    url: str, monkeypatch: pytest.MonkeyPatch, bound: int, expected_rounds: int
 ) -> None:
-    monkeypatch.setattr(_redis_writer, "ROUND_COMMANDS", 4)
+    monkeypatch.setattr(_redis_writer, "ROUND_COMMANDS", bound)
     async with opened(url, flush_window=0.05) as store:
         recordings = [store.record(lambda: None) for _ in range(3)]
         for i, recording in enumerate(recordings):
@@ -703,8 +722,7 @@ async def test_one_round_trip_carries_many_streams_within_its_bound(
 
         monkeypatch.setattr(store.writer, "flush", counted)
         assert await store.drain(DEADLINE)
-        # Each stream is 1 + 2 + 2 + 2 commands: one per round under the bound of 4.
-        assert rounds == 3
+        assert rounds == expected_rounds
         for i, recording in enumerate(recordings):
             follower = await store.follow(recording.stream_id, 0)
             assert await read_to_end(follower) == numbered([b"a%d" % i, b"b%d" % i])

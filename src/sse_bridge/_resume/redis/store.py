@@ -100,11 +100,11 @@ class RedisStore:
         flush_window: float = FLUSH_WINDOW,
         max_followers: int = 256,
     ) -> None:
-        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
-        if scheme not in SCHEMES:
+        if not isinstance(url, str) or urlsplit(url).scheme not in SCHEMES:
+            shown = redact(url) if isinstance(url, str) else url
             raise ValueError(
                 "the resume store URL must start with redis://, rediss:// or unix://, "
-                f"got {redact(url)!r}"
+                f"got {shown!r}"
             )
         url, from_url = _take_query(url, "max_pending_bytes")
         if max_pending_bytes is None:

@@ -208,14 +208,18 @@ class RedisRecording:
         """Let every waiting event go (the backlog is over its bound); return how many. The
         stream is resumable no more: its keys go when Redis is back."""
         count = len(self.pending)
-        self.pending.clear()
-        self.store.backlog.grow(-self.pending_bytes)
-        self.pending_bytes = 0
+        self.forget()
         self.dropped = True
         self.ended = True
         self.stop = None
         self.writer.mark(self)
         return count
+
+    def forget(self) -> None:
+        """Let every waiting event go, and their bytes out of the store's backlog."""
+        self.pending.clear()
+        self.store.backlog.grow(-self.pending_bytes)
+        self.pending_bytes = 0
 
     def finish(self) -> None:
         if self.ended:
@@ -237,13 +241,15 @@ class RedisRecording:
             return False
 
     def has_work(self) -> bool:
-        if self.dropped:
-            return not self.end_written
-        return (
+        if self.end_written:
+            # Ended, abandoned or taken over: nothing more of it goes to Redis (an abandoned
+            # stream with a trim due would otherwise come back as an end without events).
+            return False
+        return self.dropped or (
             self.written_in != self.store.outages
             or bool(self.pending)
             or self.trimmed < self.first
-            or (self.ended and not self.end_written)
+            or self.ended
         )
 
     def queue(self, pipe: Pipeline) -> Plan:
@@ -302,8 +308,7 @@ class RedisRecording:
             stream_tag(self.stream_id),
         )
         self.taken_over = self.ended = self.end_written = True
-        self.written_in = self.store.outages
-        self.pending.clear()
+        self.forget()
         stop = self.take_stop()
         if stop is not None:
             stop()
@@ -317,10 +322,7 @@ class RedisRecording:
         )
         # Nothing more is kept: the live stream goes on for its own client only.
         self.ended = self.end_written = True
-        self.written_in = self.store.outages
-        self.pending.clear()
-        self.store.backlog.grow(-self.pending_bytes)
-        self.pending_bytes = 0
+        self.forget()
         self.stop = None
         with contextlib.suppress(*ERRORS):
             await self.store.client().delete(self.events_key, self.meta_key)
