@@ -371,3 +371,71 @@ async def test_uvicorn_with_lifespan_on_refuses_to_start_with_a_bad_middleware_o
         await server.serve()
     assert exited.value.code == 3
     assert not server.started
+
+
+def refused(message: str) -> Any:
+    """The whole message, word for word: what a user reads is the option's documentation."""
+    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 1.01, 1.5, 2, True, "0.2", float("nan"), None])
+def test_a_retry_jitter_that_is_not_a_fraction_is_refused_in_words(jitter: Any) -> None:
+    message = f"retry_jitter must be a fraction from 0 to 1 (0.2: retry +-20 %), got {jitter!r}"
+    with refused(message):
+        BridgeOptions(retry=1000, retry_jitter=jitter)
+
+
+@pytest.mark.parametrize("jitter", [0, 0.0, 0.2, 1, 1.0])
+def test_a_retry_jitter_from_zero_to_one_is_taken(jitter: float) -> None:
+    assert BridgeOptions(retry=1000, retry_jitter=jitter).retry_jitter == jitter
+
+
+def test_a_resume_owner_that_is_not_a_function_is_refused_in_words() -> None:
+    with refused(
+        "resume_owner must be a function of the scope that returns the owner's id "
+        "(a string) or None, not 'x-user'"
+    ):
+        BridgeOptions(resume="memory", resume_owner="x-user")  # type: ignore[arg-type]
+
+
+class _StoreWithoutOwners:
+    """A store of the protocol's first version: it cannot keep who owns a stream."""
+
+    def record(self, stop: object) -> None: ...
+    def follow(self) -> None: ...
+    def stop(self) -> None: ...
+    def finished_at(self) -> None: ...
+
+
+class _StoreWithOwners(_StoreWithoutOwners):
+    def bound_to(self) -> None: ...
+
+
+def test_an_owner_needs_a_store_that_keeps_owners() -> None:
+    with refused(
+        "resume_owner binds streams to owners, which this store cannot keep: "
+        "a store of your own needs the bound_to method (docs/resume.md)"
+    ):
+        BridgeOptions(resume=_StoreWithoutOwners(), resume_owner=lambda scope: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("store", ["memory", _StoreWithOwners()], ids=["named", "own"])
+def test_an_owner_function_is_taken_with_a_store_that_keeps_owners(store: Any) -> None:
+    def owner(scope: Any) -> str | None:
+        return None
+
+    assert BridgeOptions(resume=store, resume_owner=owner).resume_owner is owner
+
+
+def test_a_store_that_keeps_no_owners_is_taken_without_an_owner_function() -> None:
+    store: Any = _StoreWithoutOwners()
+    assert BridgeOptions(resume=store).resume is store
+
+
+@pytest.mark.parametrize("path", ["/", "//", "///"])
+def test_the_resume_path_is_not_the_root(path: str) -> None:
+    with refused(
+        f"resume_path must be a path such as '/streams', not the root {path!r}: "
+        "every request would be taken for a resume"
+    ):
+        BridgeOptions(resume="memory", resume_path=path)
