@@ -1,11 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from loadtests.stack import bridges as two_bridges
 from loadtests.stack import fake_ollama
+from tests._redis import RedisServer, redis_server, running_redis
 
 
 @pytest.fixture
@@ -29,3 +31,29 @@ def bridges(fake: str) -> Iterator[list[int]]:
     """Two ``sse-bridge serve`` processes in front of ``fake``: their ports."""
     with two_bridges(fake) as ports:
         yield ports
+
+
+# The Redis store's tests (tests/test_resume_redis*.py) share these three; a module that means
+# something else by one of the names defines its own, which takes precedence.
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    """A redis-server for the module, on a free loopback port: its URL."""
+    with redis_server() as found:
+        yield found
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A server of the test's own, for the tests that stop and restart it."""
+    with running_redis() as started:
+        yield started
+
+
+@pytest.fixture
+async def client(url: str) -> AsyncIterator[Redis]:
+    """A plain client of ``url``, to look at and change the store's keys behind its back."""
+    redis = Redis.from_url(url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()

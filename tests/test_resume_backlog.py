@@ -25,7 +25,6 @@ from tests.test_resume_redis import (
     numbered,
     opened,
     read_to_end,
-    server,  # noqa: F401 (the fixture)
     until_unavailable,
 )
 
@@ -39,7 +38,7 @@ def backlog_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def test_past_the_bound_the_oldest_finished_streams_go_first(
-    server: RedisServer,  # noqa: F811
+    server: RedisServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="sse_bridge")
@@ -93,7 +92,7 @@ async def test_past_the_bound_the_oldest_finished_streams_go_first(
         assert len(backlog_lines(caplog)) == 2
 
 
-async def test_within_the_bound_an_outage_loses_nothing(server: RedisServer) -> None:  # noqa: F811
+async def test_within_the_bound_an_outage_loses_nothing(server: RedisServer) -> None:
     async with opened(server.url, heartbeat=FAST, max_pending_bytes=10_000) as store:
         server.stop(save=True)
         await until_unavailable(store)
@@ -111,7 +110,7 @@ async def test_within_the_bound_an_outage_loses_nothing(server: RedisServer) -> 
 
 
 async def test_the_live_client_gets_every_event_while_its_copy_is_dropped(
-    server: RedisServer,  # noqa: F811
+    server: RedisServer,
 ) -> None:
     """Through the middleware: Redis stopped, a stream far past the bound, its client whole."""
     sent: list[bytes] = []

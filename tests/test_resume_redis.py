@@ -9,7 +9,7 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -30,7 +30,7 @@ from sse_bridge._resume.store import (
     UnknownStreamError,
     stream_tag,
 )
-from tests._redis import RedisServer, ping, redis_binary, redis_server, running_redis
+from tests._redis import RedisServer, ping, redis_binary
 
 pytestmark = pytest.mark.anyio
 
@@ -39,19 +39,6 @@ DEADLINE = 10.0
 POLL = 0.5
 # A short heartbeat where a test waits for an instance to be declared dead or Redis to be back.
 FAST = 0.1
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    """A server of the test's own, for the tests that stop and restart it."""
-    with running_redis() as started:
-        yield started
 
 
 @contextlib.asynccontextmanager

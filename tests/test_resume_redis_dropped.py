@@ -5,7 +5,6 @@ against ``max_pending_bytes``, and a stop no longer reaches them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -14,24 +13,12 @@ import pytest
 from redis.asyncio import Redis
 
 from sse_bridge._resume.store import EventsGoneError, UnknownStreamError, stream_tag
-from tests._redis import RedisServer, redis_server, running_redis
+from tests._redis import RedisServer
 from tests.test_resume_redis import DEADLINE, FAST, opened, read_to_end, until_unavailable
 
 pytestmark = pytest.mark.anyio
 
 EVENT = b"x" * 100
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as started:
-        yield started
 
 
 async def test_a_dropped_stream_keeps_nothing_more_and_is_not_stopped(server: RedisServer) -> None:

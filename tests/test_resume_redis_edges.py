@@ -5,7 +5,6 @@ call, each told with the figures and words the caller sees."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
@@ -20,33 +19,12 @@ from sse_bridge._resume.store import (
     UnknownStreamError,
     stream_tag,
 )
-from tests._redis import RedisServer, redis_server, running_redis
+from tests._redis import RedisServer
 from tests.test_resume_redis import DEADLINE, numbered, opened, read, read_to_end
 
 pytestmark = pytest.mark.anyio
 
 SLOW = 10.0
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as started:
-        yield started
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -20,7 +19,7 @@ from loadtests.stack import free_port
 from sse_bridge._resume.redis import instance
 from sse_bridge._resume.redis.store import RedisStore
 from sse_bridge._resume.store import StoreUnavailableError
-from tests._redis import RedisServer, redis_server, running_redis
+from tests._redis import RedisServer
 from tests.test_resume_redis import (
     DEADLINE,
     FAST,
@@ -34,27 +33,6 @@ from tests.test_resume_redis import (
 pytestmark = pytest.mark.anyio
 
 SLOW = 10.0
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as started:
-        yield started
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 async def test_aclose_sends_what_the_writer_holds_and_says_this_instance_left(

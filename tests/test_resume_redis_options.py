@@ -5,34 +5,17 @@ and in the connection pool."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from sse_bridge._resume.redis.store import RESERVED_CONNECTIONS, RedisStore
-from tests._redis import redis_server
 from tests.test_resume_redis import DEADLINE, opened
 
 pytestmark = pytest.mark.anyio
 
 URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ ends whatever the store's tasks were doing."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
@@ -18,7 +17,6 @@ from sse_bridge._resume.store import (
     UnknownStreamError,
     stream_tag,
 )
-from tests._redis import redis_server
 from tests.test_resume import Generation, Leaver, bridge, get, run, uninterrupted
 from tests.test_resume_redis import DEADLINE, POLL, numbered, opened, read, read_to_end
 
@@ -27,22 +25,6 @@ pytestmark = pytest.mark.anyio
 # Long enough that no heartbeat comes during a test that sets the keys by hand.
 SLOW = 10.0
 LAST_EVENT_2 = [(b"last-event-id", b"2")]
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Redis]:
-    """A plain client, to look at and change the store's keys behind its back."""
-    redis = Redis.from_url(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 async def test_aclose_ends_even_when_a_cancel_is_lost(url: str) -> None:

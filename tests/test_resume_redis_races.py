@@ -5,7 +5,7 @@ reader's check and its EXEC; and a Redis that restarts empty twice."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from sse_bridge._resume.redis.store import RedisStore
 from sse_bridge._resume.store import stream_tag
-from tests._redis import RedisServer, redis_server, running_redis
+from tests._redis import RedisServer
 from tests.test_resume_redis import (
     DEADLINE,
     FAST,
@@ -28,18 +28,6 @@ from tests.test_resume_redis import (
 pytestmark = pytest.mark.anyio
 
 SLOW = 10.0
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as started:
-        yield started
 
 
 def before_exec(

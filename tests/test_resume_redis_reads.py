@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -22,33 +22,12 @@ from sse_bridge._resume.store import (
     StoreUnavailableError,
     UnknownStreamError,
 )
-from tests._redis import RedisServer, redis_server, running_redis
+from tests._redis import RedisServer
 from tests.test_resume_redis import DEADLINE, FAST, POLL, numbered, opened, read, read_to_end
 
 pytestmark = pytest.mark.anyio
 
 SLOW = 10.0
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    with redis_server() as found:
-        yield found
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with running_redis() as started:
-        yield started
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 async def xread_calls(client: Redis) -> int:
