@@ -390,19 +390,6 @@ async def test_a_waiting_request_gets_the_connection_a_finished_one_releases() -
     assert len(heads) == 2
 
 
-async def test_a_connect_that_hangs_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-
-    async def hang(*args: object, **kwargs: object) -> object:
-        await asyncio.sleep(5)
-        raise AssertionError("not reached")
-
-    monkeypatch.setattr(loop, "create_connection", hang)
-    async with client(connect=0.1) as http:
-        with pytest.raises(httpx.ConnectTimeout):
-            await http.get("http://127.0.0.1:9/")
-
-
 async def test_open_frames_the_body_and_names_the_host() -> None:
     received: list[bytes] = []
 
